@@ -1,0 +1,421 @@
+"""The on-disk dataset format (stage 1 output) and its reader/writer.
+
+A dataset directory holds raw little-endian arrays, each described in
+``manifest.json`` (path, dtype, shape, bytes, crc32), and is complete only once
+the manifest exists:
+
+* ``indptr.bin``   int64  [N + 1]  in-edge CSR offsets (monotone, 0 .. E)
+* ``indices.bin``  int32 (N < 2**31) or int64 [E]  source node of each in-edge
+* ``features.bin`` fp32 / fp16 / bf16 [N, F]  row-major, data at offset 0 (4096-aligned)
+* ``labels.bin``   int64  [N]  class in 0 .. C-1, or -1 for an unlabelled node
+* ``train_idx.bin``, ``val_idx.bin``, ``test_idx.bin`` int64  disjoint node ids
+
+bf16 rows are stored as their raw 16-bit patterns (numpy has no bf16); use
+:func:`features_to_torch` to view them as ``torch.bfloat16``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from diskgnn.errors import ConfigError, InputFormatError, IntegrityError
+from diskgnn.manifest import (Crc32Writer, finish_output_dir, prepare_output_dir,
+                              read_manifest, write_manifest, _clear_directory)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "diskgnn.dataset"
+VERSION = 1
+FEATURE_DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
+SPLITS = ("train", "val", "test")
+ALIGN = 4096
+
+
+def feature_dtype(name: str) -> np.dtype:
+    """The numpy storage dtype of a feature dtype name (bf16 is stored as uint16 bits)."""
+    try:
+        return FEATURE_DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"feature dtype {name!r} is not supported; choose one of {', '.join(FEATURE_DTYPES)}") from None
+
+
+def node_id_dtype(num_nodes: int) -> np.dtype:
+    """int32 node ids while N < 2**31, int64 beyond."""
+    return np.dtype("<i4") if num_nodes < 2**31 else np.dtype("<i8")
+
+
+def features_to_torch(rows: np.ndarray, dtype_name: str):
+    """View stored feature rows as a torch tensor of the stored precision (no copy)."""
+    import torch
+    t = torch.from_numpy(rows)
+    if dtype_name == "bf16":
+        t = t.view(torch.bfloat16)
+    return t
+
+
+def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bf16 (round-to-nearest-even) and return the uint16 bit patterns."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((bits + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Widen bf16 bit patterns (uint16) to float32 exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def convert_features(rows: np.ndarray, dtype_name: str) -> np.ndarray:
+    """Convert float rows to the storage representation of ``dtype_name``."""
+    if dtype_name == "bf16":
+        if rows.dtype == np.uint16:
+            return rows
+        return float32_to_bf16_bits(np.asarray(rows, dtype=np.float32))
+    return np.asarray(rows, dtype=feature_dtype(dtype_name))
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """Where one raw array lives and what it holds."""
+    path: str
+    """File name relative to the dataset directory."""
+    dtype: str
+    """numpy dtype string, little-endian (e.g. ``<i8``)."""
+    shape: tuple[int, ...]
+    """Array shape; the file holds exactly ``prod(shape) * itemsize`` bytes."""
+    crc32: int | None = None
+    """crc32 of the file bytes, computed while writing."""
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "dtype": self.dtype, "shape": list(self.shape),
+                "offset": 0, "bytes": self.nbytes, "crc32": self.crc32}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str) -> "ArraySpec":
+        try:
+            return cls(path=str(obj["path"]), dtype=str(np.dtype(obj["dtype"]).str),
+                       shape=tuple(int(s) for s in obj["shape"]), crc32=obj.get("crc32"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{where}: malformed file entry {obj!r} ({exc}); re-create the directory") from None
+
+
+def open_array(directory: Path, spec: ArraySpec, mode: str = "r") -> np.ndarray:
+    """Memory-map one array, checking that the file has exactly the promised size."""
+    path = directory / spec.path
+    if not path.exists():
+        raise IntegrityError(f"{path} is missing although the manifest lists it; re-create {directory}")
+    size = path.stat().st_size
+    if size != spec.nbytes:
+        what = "truncated" if size < spec.nbytes else "longer than expected"
+        raise IntegrityError(f"{path} is {what}: {size} bytes on disk, the manifest promises {spec.nbytes} "
+                             f"({spec.dtype} {list(spec.shape)}); re-create {directory}")
+    if spec.nbytes == 0:
+        return np.zeros(spec.shape, dtype=spec.dtype)
+    return np.memmap(path, dtype=spec.dtype, mode=mode, shape=spec.shape)
+
+
+class ArrayWriter:
+    """Streams one raw array to disk in chunks, counting rows and computing crc32."""
+
+    def __init__(self, directory: Path, name: str, dtype, row_shape: tuple[int, ...] = ()):
+        self.name = name
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.row_shape = tuple(row_shape)
+        self.rows = 0
+        self._writer = Crc32Writer(directory / f"{name}.bin")
+
+    def write(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+        if chunk.shape[1:] != self.row_shape:
+            raise InputFormatError(f"{self.name}: chunk of shape {chunk.shape} does not have rows of shape {self.row_shape}")
+        self._writer.write(chunk)
+        self.rows += chunk.shape[0]
+
+    def close(self) -> ArraySpec:
+        info = self._writer.close()
+        return ArraySpec(path=f"{self.name}.bin", dtype=self.dtype.str, shape=(self.rows, *self.row_shape),
+                         crc32=info["crc32"])
+
+
+class DatasetWriter:
+    """Writes a dataset directory; the manifest is published by :meth:`finish` only.
+
+    Use as a context manager: leaving the block with an exception removes the
+    partial files, so nothing that looks like a dataset is left behind.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, num_nodes: int, feat_dim: int, feat_dtype: str,
+                 num_classes: int, source: dict, config: dict, overwrite: bool = False):
+        if num_nodes <= 0:
+            raise InputFormatError(f"a dataset needs at least one node, got {num_nodes}")
+        if feat_dim <= 0:
+            raise InputFormatError(f"features need at least one column, got {feat_dim}")
+        if num_classes <= 0:
+            raise InputFormatError(f"labels need at least one class, got {num_classes}")
+        feature_dtype(feat_dtype)
+        self.out = prepare_output_dir(out, overwrite=overwrite)
+        self.num_nodes, self.feat_dim, self.feat_dtype = int(num_nodes), int(feat_dim), feat_dtype
+        self.num_classes = int(num_classes)
+        self.source, self.config = source, config
+        self.specs: dict[str, ArraySpec] = {}
+        self.stats: dict = {}
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove everything written so far (the directory never had a manifest)."""
+        try:
+            _clear_directory(self.out)
+            (self.out / ".diskgnn-partial").write_text("aborted\n")
+        except OSError:
+            pass
+
+    def writer(self, name: str, dtype, row_shape: tuple[int, ...] = ()) -> ArrayWriter:
+        return ArrayWriter(self.out, name, dtype, row_shape)
+
+    def features_writer(self) -> ArrayWriter:
+        return self.writer("features", feature_dtype(self.feat_dtype), (self.feat_dim,))
+
+    def add(self, spec: ArraySpec, name: str) -> None:
+        self.specs[name] = spec
+
+    def write_array(self, name: str, array: np.ndarray, dtype=None, chunk_rows: int = 1 << 22) -> ArraySpec:
+        w = self.writer(name, dtype or array.dtype, tuple(array.shape[1:]))
+        for lo in range(0, array.shape[0], chunk_rows):
+            w.write(np.asarray(array[lo:lo + chunk_rows]))
+        spec = w.close()
+        self.specs[name] = spec
+        return spec
+
+    def finish(self, *, extra: dict | None = None, check: bool = True) -> "Dataset":
+        """Check the arrays, then publish the manifest."""
+        missing = [n for n in ("indptr", "indices", "features", "labels", *(f"{s}_idx" for s in SPLITS))
+                   if n not in self.specs]
+        if missing:
+            raise InputFormatError(f"dataset is missing arrays: {', '.join(missing)}")
+        num_edges = self.specs["indices"].shape[0]
+        body = {
+            "num_nodes": self.num_nodes, "num_edges": int(num_edges), "feat_dim": self.feat_dim,
+            "feat_dtype": self.feat_dtype, "num_classes": self.num_classes,
+            "files": {n: s.to_json() for n, s in sorted(self.specs.items())},
+            "source": self.source, "config": self.config, "stats": self.stats, **(extra or {}),
+        }
+        tmp = Dataset(self.out, body, check_files=True)
+        if check:
+            verify_dataset(tmp, check_crc=False, check_features=False)
+        write_manifest(self.out, FORMAT, VERSION, body)
+        finish_output_dir(self.out)
+        return Dataset.open(self.out)
+
+
+class Dataset:
+    """A read-only view of a dataset directory; arrays are memory-mapped lazily."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict, check_files: bool = True):
+        self.path = Path(path)
+        self.manifest = manifest
+        where = str(self.path / "manifest.json")
+        try:
+            self.num_nodes = int(manifest["num_nodes"])
+            self.num_edges = int(manifest["num_edges"])
+            self.feat_dim = int(manifest["feat_dim"])
+            self.feat_dtype = str(manifest["feat_dtype"])
+            self.num_classes = int(manifest["num_classes"])
+            files = manifest["files"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{where} lacks a valid field ({exc}); re-create {self.path}") from None
+        if self.feat_dtype not in FEATURE_DTYPES:
+            raise IntegrityError(f"{where}: unknown feature dtype {self.feat_dtype!r}")
+        self.specs = {name: ArraySpec.from_json(obj, where) for name, obj in files.items()}
+        expect = {"indptr": (self.num_nodes + 1,), "indices": (self.num_edges,),
+                  "features": (self.num_nodes, self.feat_dim), "labels": (self.num_nodes,)}
+        for name, shape in expect.items():
+            if name not in self.specs:
+                raise IntegrityError(f"{where} does not list the {name} array; re-create {self.path}")
+            if self.specs[name].shape != shape:
+                raise IntegrityError(f"{where}: {name} has shape {list(self.specs[name].shape)}, "
+                                     f"expected {list(shape)} for {self.num_nodes} nodes")
+        if np.dtype(self.specs["features"].dtype) != feature_dtype(self.feat_dtype):
+            raise IntegrityError(f"{where}: features stored as {self.specs['features'].dtype} but feat_dtype "
+                                 f"is {self.feat_dtype}")
+        for s in SPLITS:
+            if f"{s}_idx" not in self.specs:
+                raise IntegrityError(f"{where} does not list the {s}_idx array")
+        self._cache: dict[str, np.ndarray] = {}
+        if check_files:
+            for spec in self.specs.values():
+                open_array(self.path, spec)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Dataset":
+        manifest = read_manifest(path, FORMAT, VERSION)
+        return cls(path, manifest)
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = open_array(self.path, self.specs[name])
+        return self._cache[name]
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self.array("indptr")
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.array("indices")
+
+    @property
+    def features(self) -> np.ndarray:
+        """[N, F] memory map of the stored rows (bf16 as uint16 bits)."""
+        return self.array("features")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.array("labels")
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in SPLITS:
+            raise ConfigError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return self.array(f"{name}_idx")
+
+    @property
+    def features_path(self) -> Path:
+        return self.path / self.specs["features"].path
+
+    @property
+    def row_bytes(self) -> int:
+        return self.feat_dim * feature_dtype(self.feat_dtype).itemsize
+
+    @property
+    def feature_bytes(self) -> int:
+        return self.num_nodes * self.row_bytes
+
+    def load_topology(self) -> tuple[np.ndarray, np.ndarray]:
+        """indptr and indices read fully into memory."""
+        return np.array(self.indptr), np.array(self.indices)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short id of the data (sizes and checksums), stored by later steps to detect mix-ups."""
+        key = json.dumps({n: [s.dtype, list(s.shape), s.crc32] for n, s in sorted(self.specs.items())},
+                         sort_keys=True)
+        return f"{zlib.crc32(key.encode()):08x}"
+
+    def __repr__(self) -> str:
+        return (f"Dataset({str(self.path)!r}, nodes={self.num_nodes}, edges={self.num_edges}, "
+                f"feat={self.feat_dim}x{self.feat_dtype}, classes={self.num_classes})")
+
+
+def summary(ds: Dataset) -> dict:
+    """Human-facing statistics of a dataset (degree stats are computed from indptr in chunks)."""
+    indptr = ds.indptr
+    dmin, dmax, zero = None, 0, 0
+    chunk = 1 << 24
+    for lo in range(0, ds.num_nodes, chunk):
+        deg = np.diff(np.asarray(indptr[lo:min(lo + chunk, ds.num_nodes) + 1]))
+        if deg.size:
+            dmin = int(deg.min()) if dmin is None else min(dmin, int(deg.min()))
+            dmax = max(dmax, int(deg.max()))
+            zero += int((deg == 0).sum())
+    return {
+        "path": str(ds.path), "format_version": ds.manifest.get("version"),
+        "nodes": ds.num_nodes, "edges": ds.num_edges,
+        "in_degree": {"mean": ds.num_edges / max(ds.num_nodes, 1), "min": dmin or 0, "max": dmax,
+                      "isolated": zero},
+        "features": {"dim": ds.feat_dim, "dtype": ds.feat_dtype, "bytes": ds.feature_bytes},
+        "classes": ds.num_classes,
+        "splits": {s: int(ds.specs[f"{s}_idx"].shape[0]) for s in SPLITS},
+        "source": ds.manifest.get("source"), "fingerprint": ds.fingerprint,
+    }
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
+def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool = True,
+                   chunk: int = 1 << 24, progress=None) -> None:
+    """Check every invariant of ``ds``; raise :class:`IntegrityError` naming the first problem."""
+    where = ds.path
+    n, e = ds.num_nodes, ds.num_edges
+    indptr = ds.indptr
+    if int(indptr[0]) != 0 or int(indptr[-1]) != e:
+        raise IntegrityError(f"{where}/indptr.bin: offsets must start at 0 and end at {e} (edges), "
+                             f"found {int(indptr[0])} .. {int(indptr[-1])}")
+    for lo, hi in _chunks(n, chunk):
+        part = np.asarray(indptr[lo:hi + 1])
+        if (np.diff(part) < 0).any():
+            bad = lo + int(np.flatnonzero(np.diff(part) < 0)[0])
+            raise IntegrityError(f"{where}/indptr.bin: offsets decrease at node {bad}; the CSR is corrupt")
+    indices = ds.indices
+    for lo, hi in _chunks(e, chunk):
+        part = np.asarray(indices[lo:hi])
+        if part.size and (int(part.min()) < 0 or int(part.max()) >= n):
+            bad = lo + int(np.flatnonzero((part < 0) | (part >= n))[0])
+            raise IntegrityError(f"{where}/indices.bin: edge {bad} has source node {int(indices[bad])}, "
+                                 f"outside 0..{n - 1}")
+    labels = ds.labels
+    for lo, hi in _chunks(n, chunk):
+        part = np.asarray(labels[lo:hi])
+        if part.size and (int(part.min()) < -1 or int(part.max()) >= ds.num_classes):
+            bad = lo + int(np.flatnonzero((part < -1) | (part >= ds.num_classes))[0])
+            raise IntegrityError(f"{where}/labels.bin: node {bad} has label {int(labels[bad])}, outside "
+                                 f"0..{ds.num_classes - 1} (or -1 for unlabelled)")
+    seen = np.zeros(n, dtype=np.uint8)
+    for s in SPLITS:
+        idx = np.asarray(ds.split(s))
+        if idx.size == 0:
+            continue
+        if int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise IntegrityError(f"{where}/{s}_idx.bin: node ids must lie in 0..{n - 1}, "
+                                 f"found {int(idx.min())}..{int(idx.max())}")
+        if np.unique(idx).size != idx.size:
+            raise IntegrityError(f"{where}/{s}_idx.bin: repeats node ids")
+        if seen[idx].any():
+            bad = int(idx[np.flatnonzero(seen[idx])[0]])
+            raise IntegrityError(f"{where}: splits overlap; node {bad} is in {s} and in an earlier split")
+        seen[idx] = 1
+        if (np.asarray(labels)[idx] < 0).any():
+            raise IntegrityError(f"{where}/{s}_idx.bin: contains unlabelled nodes (label -1)")
+    if check_features:
+        feats = ds.features
+        rows = max(1, (64 << 20) // max(ds.row_bytes, 1))
+        for lo, hi in _chunks(n, rows):
+            block = np.asarray(feats[lo:hi])
+            if ds.feat_dtype == "bf16":
+                block = bf16_bits_to_float32(block)
+            if not np.isfinite(block).all():
+                bad = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                raise IntegrityError(f"{where}/features.bin: row {bad} holds NaN or inf")
+            if progress:
+                progress(hi - lo)
+    if check_crc:
+        from diskgnn.manifest import file_crc32
+        for name, spec in ds.specs.items():
+            if spec.crc32 is None:
+                continue
+            got = file_crc32(where / spec.path)
+            if got != spec.crc32:
+                raise IntegrityError(f"{where}/{spec.path}: checksum mismatch (crc32 {got:08x}, manifest says "
+                                     f"{spec.crc32:08x}); the file is corrupt, re-create the dataset")

@@ -1,0 +1,212 @@
+"""Versioned manifests and atomic publication of output directories.
+
+A diskgnn output directory (dataset, samples, packed) is complete exactly when
+its ``manifest.json`` exists and parses: every step writes its data files
+first and the manifest last, atomically (write ``*.partial``, fsync, rename).
+Reading checks the format name and version before anything else.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from diskgnn.errors import (DiskFullError, ManifestError, ManifestNotFoundError,
+                            OutputExistsError, ConfigError)
+
+MANIFEST_NAME = "manifest.json"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` via a fsynced temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    data = json.dumps(obj, indent=2, sort_keys=True).encode()
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise_if_disk_full(exc, path.parent)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def raise_if_disk_full(exc: OSError, directory: str | os.PathLike, needed: int | None = None) -> None:
+    """Re-raise ``exc`` as :class:`DiskFullError` with advice when it is ENOSPC/EDQUOT."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(directory).free if os.path.exists(directory) else 0
+        need = f" about {needed / 2**30:.2f} GiB is needed and" if needed else ""
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"the disk holding {directory} is full:{need} {free / 2**30:.2f} GiB is free. "
+            f"Free some space or choose another --out directory, then run the command again "
+            f"(nothing half-written was kept)") from exc
+
+
+def write_manifest(directory: str | os.PathLike, kind: str, version: int, body: dict) -> dict:
+    """Publish ``body`` as the manifest of ``directory`` (the last write of a step)."""
+    manifest = {"format": kind, "version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest.update(body)
+    write_json_atomic(Path(directory) / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike, kind: str, version: int) -> dict:
+    """Read and check the manifest of ``directory``: format name first, then version."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise ManifestNotFoundError(f"{directory} does not exist; give the directory that a diskgnn step wrote")
+    if not directory.is_dir():
+        raise ManifestError(f"{directory} is not a directory; give the {kind} directory that a diskgnn step wrote")
+    path = directory / MANIFEST_NAME
+    if not path.exists():
+        raise ManifestNotFoundError(
+            f"{path} is missing, so {directory} is not a complete {kind} directory "
+            f"(the step that writes it did not finish); run that step again")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); re-create {directory} with the step that made it") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path} does not hold a JSON object; re-create {directory}")
+    found = manifest.get("format")
+    if found != kind:
+        raise ManifestError(f"{directory} holds a {found!r} manifest, expected {kind!r}; "
+                            f"check which directory you passed")
+    found_version = manifest.get("version")
+    if found_version != version:
+        raise ManifestError(f"{path} has {kind} format version {found_version!r}, this diskgnn reads version "
+                            f"{version}; re-create {directory} with this version of diskgnn")
+    return manifest
+
+
+def prepare_output_dir(directory: str | os.PathLike, *, overwrite: bool, kinds: tuple[str, ...] = ()) -> Path:
+    """Make ``directory`` ready for a new output.
+
+    An empty or missing directory is fine. A directory that holds an unfinished
+    output (no manifest) is cleared: it never looked complete. A finished output
+    or foreign files are only replaced with ``overwrite``.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--out {directory} exists and is not a directory; choose a directory path")
+    if directory.exists():
+        entries = list(directory.iterdir())
+        if entries:
+            has_manifest = (directory / MANIFEST_NAME).exists()
+            ours = (directory / ".diskgnn-partial").exists()
+            if not overwrite and (has_manifest or not ours):
+                what = "a finished diskgnn output" if has_manifest else "files that diskgnn did not write"
+                raise OutputExistsError(
+                    f"{directory} already holds {what}; pass --overwrite to replace it or choose another --out")
+            _clear_directory(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ".diskgnn-partial").write_text("this directory is being written by diskgnn\n")
+    except OSError as exc:
+        raise_if_disk_full(exc, directory.parent if not directory.exists() else directory)
+        raise ConfigError(f"cannot create output directory {directory}: {exc.strerror}") from None
+    return directory
+
+
+def finish_output_dir(directory: str | os.PathLike) -> None:
+    """Drop the in-progress marker once the manifest is published."""
+    _remove_quietly(Path(directory) / ".diskgnn-partial")
+
+
+def _clear_directory(directory: Path) -> None:
+    # Manifest first, so a crash midway never leaves a complete-looking directory.
+    _remove_quietly(directory / MANIFEST_NAME)
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+class Crc32Writer:
+    """A binary file writer that computes the crc32 of what it writes."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.crc = 0
+        self.nbytes = 0
+        try:
+            self._f = open(self.path, "wb")
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+
+    def write(self, data) -> None:
+        mv = memoryview(data).cast("B")
+        self.crc = zlib.crc32(mv, self.crc)
+        self.nbytes += mv.nbytes
+        try:
+            self._f.write(mv)
+        except OSError as exc:
+            self._f.close()
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+
+    def pad_to(self, alignment: int) -> None:
+        rem = self.nbytes % alignment
+        if rem:
+            self.write(bytes(alignment - rem))
+
+    def close(self) -> dict:
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        finally:
+            self._f.close()
+        return {"bytes": self.nbytes, "crc32": self.crc}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self._f.closed:
+            self._f.close()
+
+
+def file_crc32(path: str | os.PathLike, chunk: int = 16 << 20) -> int:
+    """crc32 of a whole file, read in large chunks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return crc
+            crc = zlib.crc32(block, crc)

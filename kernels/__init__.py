@@ -1,0 +1,1 @@
+"""numba kernels: module-level functions over arrays. No I/O, no classes, no logging."""

@@ -1,0 +1,381 @@
+"""The ``diskgnn`` command line: parse arguments, call the library, print results.
+
+Each subcommand only parses and calls into :mod:`diskgnn`; errors the user can
+fix (:class:`diskgnn.errors.DiskGNNError`) print one paragraph and exit 2
+(traceback only with ``-v``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+
+from diskgnn.errors import DiskGNNError
+
+log = logging.getLogger("diskgnn")
+
+
+class TqdmProgress:
+    """A progress function (see :mod:`diskgnn.progress`) that draws one tqdm bar per task."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bars = {}
+
+    def __call__(self, task: str, advance: int, total=None) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(task)
+        if bar is None:
+            from tqdm import tqdm
+            bar = self.bars[task] = tqdm(total=total, desc=task, unit_scale=True, leave=False,
+                                         dynamic_ncols=True, mininterval=0.5)
+        elif total is not None and bar.total != total:
+            bar.total = total
+            bar.refresh()
+        if advance:
+            bar.update(advance)
+        if bar.total is not None and bar.n >= bar.total:
+            bar.close()
+            del self.bars[task]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output; -v also shows tracebacks")
+    g.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+
+
+def _sample_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--fanouts", default="10,15",
+                   help="neighbours per layer, input side first as in DGL's NeighborSampler; -1 = all (default 10,15)")
+    g.add_argument("--batch-size", type=int, default=1024, help="seeds per minibatch (default 1024)")
+    g.add_argument("--epochs", dest="sample_epochs", type=int, default=None,
+                   help="presampled training epochs K, cycled during training (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _pack_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("packing and caches")
+    g.add_argument("--device-cache", default="0",
+                   help="rows kept on the training device (GPU memory, or host memory without CUDA): "
+                        "bytes (512M, 2G) or %% of feature bytes (default 0)")
+    g.add_argument("--pinned-cache", default="0", help="rows kept in pinned host memory (default 0)")
+    g.add_argument("--host-cache", default="10%", help="rows kept in host memory (default 10%%)")
+    g.add_argument("--disk-budget", default=None,
+                   help="cap on packed bytes as a multiple of the feature bytes, e.g. 3x (default: no cap)")
+    g.add_argument("--store-dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="precision of packed rows (default: the dataset's)")
+    g.add_argument("--chunk-size", default="256M", help="feature bytes streamed per packing chunk (default 256M)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--model", default="sage", help="sage, gat or gcn (default sage)")
+    g.add_argument("--epochs", dest="train_epochs", type=int, default=None, help="training epochs (default 10)")
+    g.add_argument("--hidden", type=int, default=None, help="hidden units (default 128; GAT: 32 per head)")
+    g.add_argument("--heads", type=int, default=4, help="GAT attention heads (default 4)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout (default 0)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--train-seed", type=int, default=0, help="seed of weights and batch order (default 0)")
+    g.add_argument("--metrics", default=None, help="append per-epoch metrics as JSON lines to this file")
+    g.add_argument("--checkpoint", default=None, help="directory for per-epoch checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint directory's last epoch")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    g.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (default 1)")
+    g.add_argument("--threads", type=int, default=None, help="torch/numba threads per process (default: all cores)")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
+
+
+def _add_commands(sub) -> None:
+    p = sub.add_parser("synth", help="generate a synthetic dataset",
+                       description="Generate a realistic synthetic graph (power-law degrees, homophilous "
+                                   "communities, class-dependent noisy features) straight into the dataset "
+                                   "format. Deterministic for a given seed.")
+    p.add_argument("--scale", choices=["tiny", "s", "m"], default="tiny",
+                   help="named scale from bench/BENCH (tiny 10k nodes, s 200k, m 8M); other flags override it")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--nodes", type=int, default=None)
+    p.add_argument("--avg-degree", type=float, default=None)
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None)
+    p.add_argument("--classes", type=int, default=None)
+    p.add_argument("--homophily", type=float, default=None, help="share of edges inside a community (0..1)")
+    p.add_argument("--separation", type=float, default=None,
+                   help="class-mean distance in noise units; lower makes features alone less useful")
+    p.add_argument("--train-fraction", type=float, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--test-fraction", type=float, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    _common(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prepare", help="import a graph into the dataset format",
+                       description="Import a graph (npz / directory of .npy, text edge list, OGB raw "
+                                   "directory, DGL .bin) into a dataset directory, streaming with bounded memory.")
+    p.add_argument("input", help="input file or directory")
+    p.add_argument("--format", required=True, choices=["npz", "edgelist", "ogb", "dgl"])
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--undirected", action="store_true", help="add the reverse of every edge")
+    p.add_argument("--keep-self-loops", action="store_true", help="keep self-loops (dropped by default)")
+    p.add_argument("--keep-duplicates", action="store_true", help="keep duplicate edges (dropped by default)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="stored feature dtype")
+    p.add_argument("--memory-budget", default=None, help="memory to use, e.g. 2G (default: available memory)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf in features")
+    p.add_argument("--features", default=None, help="edgelist: features .npy (N x F)")
+    p.add_argument("--labels", default=None, help="edgelist: labels .npy (N)")
+    p.add_argument("--splits", default=None, help="edgelist: .npz with train_idx, val_idx, test_idx")
+    p.add_argument("--num-nodes", type=int, default=None, help="edgelist: node count (default: max id + 1)")
+    p.add_argument("--dataset-name", default=None, help="ogb: split name under split/ (default: the only one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    _common(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("info", help="summarise a dataset, samples or packed directory")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("verify", help="check every invariant and checksum of a diskgnn directory",
+                       description="Check a dataset, samples or packed directory; exit non-zero naming the "
+                                   "first problem found.")
+    p.add_argument("dir")
+    p.add_argument("--no-checksums", action="store_true", help="skip crc32 checks (faster)")
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("sample", help="presample minibatches for training and evaluation",
+                       description="Presample K epochs of training minibatches and one pass over the "
+                                   "validation and test nodes, storing blocks, input nodes and access counts.")
+    p.add_argument("dataset", help="dataset directory")
+    p.add_argument("--out", required=True, help="samples directory to write")
+    _sample_args(p)
+    p.add_argument("--mmap-topology", choices=["auto", "yes", "no"], default="auto",
+                   help="read the CSR through a memory map instead of loading it (auto: when it does not fit "
+                        "the memory budget)")
+    p.add_argument("--memory-budget", default=None, help="memory to use, e.g. 2G (default: available memory)")
+    p.add_argument("--threads", type=int, default=None, help="sampling threads (default: all cores)")
+    p.add_argument("--num-shards", type=int, default=1, help="split the batches into this many shards")
+    p.add_argument("--shard", type=int, default=0, help="which shard this process writes (0-based)")
+    p.add_argument("--overwrite", action="store_true")
+    _common(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("pack", help="choose cache tiers and lay minibatch features out contiguously",
+                       description="Stream features.bin once per pass and write every minibatch's uncached "
+                                   "rows contiguously (4 KiB-aligned) plus the cache tier contents.")
+    p.add_argument("samples", help="samples directory")
+    p.add_argument("--out", required=True, help="packed directory to write")
+    p.add_argument("--dataset", default=None, help="dataset directory (default: the one the samples came from)")
+    _pack_args(p)
+    p.add_argument("--memory-budget", default=None, help="memory to use, e.g. 2G (default: available memory)")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    _common(p)
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("train", help="train a GNN from a packed directory",
+                       description="Pipelined out-of-core training: load batch > read packed extents > "
+                                   "assemble features > forward/backward. Evaluates on presampled "
+                                   "validation/test batches every epoch.")
+    p.add_argument("packed", help="packed directory")
+    _train_args(p)
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="synth/prepare > sample > pack > train in one command",
+                       description="Run the whole pipeline, reusing a step's output when its manifest says it "
+                                   "was made from the same inputs and config.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--scale", choices=["tiny", "s", "m"], help="generate a synthetic dataset of this scale")
+    src.add_argument("--dataset", help="an existing dataset directory")
+    p.add_argument("--workdir", required=True, help="directory for the dataset, samples, packed data and metrics")
+    _sample_args(p)
+    _pack_args(p)
+    _train_args(p)
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="benchmarks: disk limits, loaders, training, cache policies, report",
+                       description="Measure diskgnn against baselines, side by side in one run, under a memory "
+                                   "cgroup; see bench/README.md.")
+    p.add_argument("what", choices=["io", "loader", "train", "cache", "sample", "report"])
+    p.add_argument("--file", default=None, help="io: test file path (default: in --workdir)")
+    p.add_argument("--size", default="2G", help="io: test file size (default 2G)")
+    p.add_argument("--scale", choices=["tiny", "s", "m"], default="s")
+    p.add_argument("--workdir", default="bench/work", help="where generated data goes (deleted afterwards "
+                                                           "unless --keep)")
+    p.add_argument("--memory-cap", default=None, help="cgroup memory limit per system (default 2G at m)")
+    p.add_argument("--systems", default=None, help="comma-separated subset of systems")
+    p.add_argument("--epochs", type=int, default=3, help="measured epochs per system (after 1 warm-up)")
+    p.add_argument("--keep", action="store_true", help="keep generated data")
+    p.add_argument("--results", default="bench/results", help="results directory")
+    p.add_argument("--out", default=None, help="result JSON path")
+    _common(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diskgnn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Out-of-core GNN training that is both fast and exact.
+
+            A typical run:
+              diskgnn synth --scale s --out data/s          # or: diskgnn prepare ...
+              diskgnn sample data/s --out data/s.samples --fanouts 10,15 --batch-size 1024
+              diskgnn pack data/s.samples --out data/s.packed --host-cache 10%
+              diskgnn train data/s.packed --model sage --epochs 10 --metrics m.jsonl
+            or all at once:
+              diskgnn run --scale s --workdir work/"""))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_commands(sub)
+    return parser
+
+
+def _setup_logging(args) -> None:
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    progress = TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        return int(args.func(args, progress) or 0)
+    except DiskGNNError as exc:
+        progress.close()
+        if args.verbose:
+            log.exception("failed")
+        print(f"diskgnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"diskgnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --- subcommands -------------------------------------------------------------------------------
+
+def cmd_synth(args, progress) -> int:
+    from diskgnn.synth import scale_config, synthesize
+    from diskgnn.dataset import summary
+    cfg = scale_config(args.scale, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree, dim=args.dim,
+                       dtype=args.dtype, classes=args.classes, homophily=args.homophily,
+                       separation=args.separation, train_fraction=args.train_fraction,
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    ds = synthesize(cfg, args.out, overwrite=args.overwrite, progress=progress)
+    if not args.quiet:
+        _print_summary(summary(ds))
+    return 0
+
+
+def cmd_prepare(args, progress) -> int:
+    from diskgnn.ingest import PrepareConfig, prepare
+    from diskgnn.dataset import summary
+    cfg = PrepareConfig(format=args.format, input=args.input, undirected=args.undirected,
+                        drop_self_loops=not args.keep_self_loops, drop_duplicates=not args.keep_duplicates,
+                        dtype=args.dtype, memory_budget=args.memory_budget, allow_nonfinite=args.allow_nonfinite,
+                        features=args.features, labels=args.labels, splits=args.splits,
+                        num_nodes=args.num_nodes, split_name=args.dataset_name)
+    ds = prepare(cfg, args.out, overwrite=args.overwrite, progress=progress)
+    if not args.quiet:
+        _print_summary(summary(ds))
+    return 0
+
+
+def _print_summary(s: dict, indent: str = "") -> None:
+    for key, value in s.items():
+        if isinstance(value, dict) and key not in ("config",):
+            print(f"{indent}{key}:")
+            _print_summary(value, indent + "  ")
+        else:
+            if isinstance(value, int) and key.endswith("bytes"):
+                from diskgnn.sizes import format_bytes
+                value = f"{value} ({format_bytes(value)})"
+            elif isinstance(value, float):
+                value = f"{value:.4g}"
+            print(f"{indent}{key}: {value}")
+
+
+def cmd_info(args, progress) -> int:
+    from diskgnn.inspect import describe
+    info = describe(args.dir)
+    _print_json(info) if args.json else _print_summary(info)
+    return 0
+
+
+def cmd_verify(args, progress) -> int:
+    from diskgnn.inspect import verify
+    kind = verify(args.dir, check_crc=not args.no_checksums, progress=progress)
+    if not args.quiet:
+        print(f"{args.dir}: {kind} OK")
+    return 0
+
+
+def cmd_sample(args, progress) -> int:
+    from diskgnn.sampling import SampleConfig, presample
+    cfg = SampleConfig.from_cli(args)
+    samples = presample(args.dataset, args.out, cfg, overwrite=args.overwrite, progress=progress,
+                        mmap_topology=args.mmap_topology, memory_budget=args.memory_budget,
+                        threads=args.threads, num_shards=args.num_shards, shard=args.shard)
+    if not args.quiet:
+        _print_summary(samples.summary())
+    return 0
+
+
+def cmd_pack(args, progress) -> int:
+    from diskgnn.packing import PackConfig, pack
+    cfg = PackConfig.from_cli(args)
+    packed = pack(args.samples, args.out, cfg, dataset=args.dataset, overwrite=args.overwrite,
+                  progress=progress, memory_budget=args.memory_budget,
+                  num_shards=args.num_shards, shard=args.shard)
+    if not args.quiet:
+        _print_summary(packed.summary())
+    return 0
+
+
+def cmd_train(args, progress) -> int:
+    from diskgnn.train import TrainConfig, train_cli
+    cfg = TrainConfig.from_cli(args)
+    report = train_cli(args.packed, cfg, args=args, progress=progress)
+    if not args.quiet and report is not None:
+        _print_summary(report)
+    return 0
+
+
+def cmd_run(args, progress) -> int:
+    from diskgnn.runner import run_cli
+    report = run_cli(args, progress=progress)
+    if not args.quiet and report is not None:
+        _print_summary(report)
+    return 0
+
+
+def cmd_bench(args, progress) -> int:
+    from diskgnn.bench.cli import bench_cli
+    return bench_cli(args, progress=progress)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
