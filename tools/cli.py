@@ -53,12 +53,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
 
 
-def _sample_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _sample_args(p: argparse.ArgumentParser, required: bool = True, epochs_flag: str = "--epochs") -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--fanouts", default="10,15",
                    help="neighbours per layer, input side first as in DGL's NeighborSampler; -1 = all (default 10,15)")
     g.add_argument("--batch-size", type=int, default=1024, help="seeds per minibatch (default 1024)")
-    g.add_argument("--epochs", dest="sample_epochs", type=int, default=None,
+    g.add_argument(epochs_flag, dest="sample_epochs", type=int, default=None,
                    help="presampled training epochs K, cycled during training (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -201,7 +201,7 @@ def _add_commands(sub) -> None:
     src.add_argument("--scale", choices=["tiny", "s", "m"], help="generate a synthetic dataset of this scale")
     src.add_argument("--dataset", help="an existing dataset directory")
     p.add_argument("--workdir", required=True, help="directory for the dataset, samples, packed data and metrics")
-    _sample_args(p)
+    _sample_args(p, epochs_flag="--sample-epochs")  # --epochs is the training epochs here
     _pack_args(p)
     _train_args(p)
     _common(p)
