@@ -1,0 +1,265 @@
+"""GNN models in plain torch over the presampled CSR blocks.
+
+No DGL, no torch_scatter: message passing is a gather of source rows along the
+edges and an ``index_add_`` into the destination rows, which runs on CPU and
+CUDA with any torch >= 2.1. A :class:`diskgnn.sampling.Block` is converted once
+per batch into a :class:`TorchBlock` (edge index tensors on the training
+device); every model takes ``(blocks, x)`` where ``x`` holds the input-side
+rows (``blocks[0].num_src`` of them) and returns logits for the seeds
+(``blocks[-1].num_dst`` rows).
+
+Destination nodes of a block are its source nodes ``0 .. num_dst - 1`` (the
+prefix invariant of the sampler), so a layer reads ``h[:num_dst]`` as the
+destination's own representation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from diskgnn.errors import ConfigError
+
+MODELS = ("sage", "gat", "gcn")
+
+
+@dataclass(frozen=True, slots=True)
+class TorchBlock:
+    """One message-passing layer as tensors: edge ``e`` goes ``src[e] -> dst[e]``."""
+    indptr: torch.Tensor
+    """int64 [num_dst + 1]: CSR offsets over destination nodes."""
+    src: torch.Tensor
+    """int64 [nnz]: local source id of every edge, in [0, num_src)."""
+    dst: torch.Tensor
+    """int64 [nnz]: destination of every edge, non-decreasing, in [0, num_dst)."""
+    in_degree: torch.Tensor
+    """float32 [num_dst, 1]: number of in-edges of each destination."""
+    num_src: int
+    num_dst: int
+
+    @classmethod
+    def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, num_src: int, num_dst: int) -> "TorchBlock":
+        """Build from CSR arrays over destination nodes (``indptr`` [num_dst+1], ``indices`` [nnz])."""
+        indptr = np.asarray(indptr, dtype=np.int64)
+        degree = np.diff(indptr)
+        dst = np.repeat(np.arange(num_dst, dtype=np.int64), degree)
+        return cls(indptr=torch.from_numpy(np.ascontiguousarray(indptr)),
+                   src=torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+                   dst=torch.from_numpy(dst),
+                   in_degree=torch.from_numpy(degree.astype(np.float32)).unsqueeze(1),
+                   num_src=int(num_src), num_dst=int(num_dst))
+
+    @classmethod
+    def from_block(cls, block) -> "TorchBlock":
+        """Convert a sampler :class:`~diskgnn.sampling.Block` (CPU tensors)."""
+        return cls.from_csr(block.indptr, block.indices, block.num_src, block.num_dst)
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.src.shape[0])
+
+    def to(self, device, non_blocking: bool = False) -> "TorchBlock":
+        """A copy on ``device`` (``non_blocking`` pays off from pinned memory)."""
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return TorchBlock(indptr=move(self.indptr), src=move(self.src), dst=move(self.dst),
+                          in_degree=move(self.in_degree), num_src=self.num_src, num_dst=self.num_dst)
+
+    def pin_memory(self) -> "TorchBlock":
+        return TorchBlock(indptr=self.indptr.pin_memory(), src=self.src.pin_memory(),
+                          dst=self.dst.pin_memory(), in_degree=self.in_degree.pin_memory(),
+                          num_src=self.num_src, num_dst=self.num_dst)
+
+
+def to_torch_blocks(blocks: Sequence) -> list[TorchBlock]:
+    """Convert the sampler's blocks of one minibatch (outermost first)."""
+    return [TorchBlock.from_block(b) for b in blocks]
+
+
+def _sum_into_dst(block: TorchBlock, edge_values: torch.Tensor) -> torch.Tensor:
+    """Sum per-edge values ``[nnz, ...]`` into their destinations ``[num_dst, ...]``."""
+    out = edge_values.new_zeros((block.num_dst, *edge_values.shape[1:]))
+    return out.index_add_(0, block.dst, edge_values)
+
+
+def mean_aggregate(block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
+    """Mean of the in-neighbours' rows for each destination (0 for a node without in-edges)."""
+    total = _sum_into_dst(block, h_src.index_select(0, block.src))
+    return total / block.in_degree.clamp(min=1.0).to(total.dtype)
+
+
+def edge_softmax(block: TorchBlock, scores: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``scores`` [nnz, H] over the in-edges of each destination."""
+    index = block.dst.unsqueeze(1).expand_as(scores)
+    with torch.no_grad():  # the shift cancels out of the softmax, so it needs no gradient
+        peak = scores.new_full((block.num_dst, scores.shape[1]), float("-inf"))
+        peak = peak.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
+    weights = torch.exp(scores - peak.index_select(0, block.dst))
+    denom = _sum_into_dst(block, weights)
+    return weights / denom.index_select(0, block.dst)
+
+
+class SAGEConv(nn.Module):
+    """GraphSAGE layer, mean aggregator: ``W_self h_dst + W_neigh mean(h_src) + b``.
+
+    Like DGL's ``SAGEConv(aggregator_type='mean')``: when the layer shrinks the
+    width, rows are projected before aggregation (cheaper, same result).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.fc_self = nn.Linear(in_dim, out_dim, bias=False)
+        self.fc_neigh = nn.Linear(in_dim, out_dim, bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_uniform_(self.fc_self.weight, gain=gain)
+        nn.init.xavier_uniform_(self.fc_neigh.weight, gain=gain)
+
+    def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
+        h_dst = h_src[:block.num_dst]
+        if self.in_dim > self.out_dim:
+            neigh = mean_aggregate(block, self.fc_neigh(h_src))
+        else:
+            neigh = self.fc_neigh(mean_aggregate(block, h_src))
+        return self.fc_self(h_dst) + neigh + self.bias
+
+
+class GCNConv(nn.Module):
+    """GCN layer on sampled blocks: ``W (h_dst + sum h_src) / (deg + 1) + b``.
+
+    The self-loop is added implicitly (the destination is its own source) and
+    the normalisation is by destination degree, which stays unbiased under
+    neighbour sampling.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.fc = nn.Linear(in_dim, out_dim, bias=True)
+
+    def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
+        project_first = self.in_dim > self.out_dim
+        if project_first:
+            h_src = F.linear(h_src, self.fc.weight)
+        h = h_src[:block.num_dst] + _sum_into_dst(block, h_src.index_select(0, block.src))
+        h = h / (block.in_degree + 1.0).to(h.dtype)
+        return h + self.fc.bias if project_first else self.fc(h)
+
+
+class GATConv(nn.Module):
+    """Multi-head graph attention (GAT) layer, as DGL's ``GATConv`` without residual.
+
+    Returns ``[num_dst, heads, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, heads: int, negative_slope: float = 0.2):
+        super().__init__()
+        self.in_dim, self.out_dim, self.heads = in_dim, out_dim, heads
+        self.fc = nn.Linear(in_dim, out_dim * heads, bias=False)
+        self.attn_src = nn.Parameter(torch.empty(1, heads, out_dim))
+        self.attn_dst = nn.Parameter(torch.empty(1, heads, out_dim))
+        self.bias = nn.Parameter(torch.zeros(heads * out_dim))
+        self.negative_slope = negative_slope
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_normal_(self.fc.weight, gain=gain)
+        nn.init.xavier_normal_(self.attn_src, gain=gain)
+        nn.init.xavier_normal_(self.attn_dst, gain=gain)
+
+    def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
+        feat = self.fc(h_src).view(-1, self.heads, self.out_dim)
+        score_src = (feat * self.attn_src).sum(-1)                    # [num_src, H]
+        score_dst = (feat[:block.num_dst] * self.attn_dst).sum(-1)     # [num_dst, H]
+        scores = F.leaky_relu(score_src.index_select(0, block.src) + score_dst.index_select(0, block.dst),
+                              self.negative_slope)
+        alpha = edge_softmax(block, scores)                           # [nnz, H]
+        messages = feat.index_select(0, block.src) * alpha.unsqueeze(-1)
+        out = _sum_into_dst(block, messages)
+        return out + self.bias.view(1, self.heads, self.out_dim)
+
+
+class GNN(nn.Module):
+    """A stack of layers over ``len(blocks)`` blocks with ReLU (ELU for GAT) and dropout between layers."""
+
+    def __init__(self, kind: str, layers: Sequence[nn.Module], dropout: float):
+        super().__init__()
+        self.kind = kind
+        self.layers = nn.ModuleList(layers)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(self, blocks: Sequence[TorchBlock], x: torch.Tensor) -> torch.Tensor:
+        if len(blocks) != len(self.layers):
+            raise ConfigError(f"the model has {len(self.layers)} layers but the batch has {len(blocks)} blocks; "
+                              f"build the model with num_layers equal to the number of sampling fanouts")
+        h = x
+        last = len(self.layers) - 1
+        for i, (layer, block) in enumerate(zip(self.layers, blocks)):
+            h = layer(block, h)
+            if self.kind == "gat":
+                h = h.mean(1) if i == last else F.elu(h.flatten(1))
+            elif i != last:
+                h = F.relu(h)
+            if i != last:
+                h = self.dropout(h)
+        return h
+
+
+def build_model(name: str, *, in_dim: int, num_classes: int, num_layers: int, hidden: int | None = None,
+                heads: int = 4, dropout: float = 0.0) -> GNN:
+    """Create ``sage``, ``gat`` or ``gcn`` with ``num_layers`` layers.
+
+    ``hidden`` is the width of hidden layers (for GAT: per head; default 128,
+    GAT 32 per head).
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if num_layers < 1:
+        raise ConfigError(f"a model needs at least one layer, got num_layers={num_layers}")
+    if heads < 1:
+        raise ConfigError(f"--heads must be at least 1, got {heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"--dropout must lie in [0, 1), got {dropout}")
+    if hidden is None:
+        hidden = 32 if name == "gat" else 128
+    if hidden < 1:
+        raise ConfigError(f"--hidden must be at least 1, got {hidden}")
+    layers: list[nn.Module] = []
+    width = in_dim
+    for i in range(num_layers):
+        out = num_classes if i == num_layers - 1 else hidden
+        if name == "sage":
+            layers.append(SAGEConv(width, out))
+            width = out
+        elif name == "gcn":
+            layers.append(GCNConv(width, out))
+            width = out
+        else:
+            layers.append(GATConv(width, out, heads))
+            width = out * heads
+    return GNN(name, layers, dropout)
+
+
+class MLP(nn.Module):
+    """Features-only baseline: ignores the blocks and classifies each seed from its own row."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 128, num_layers: int = 2,
+                 dropout: float = 0.0):
+        super().__init__()
+        dims = [in_dim] + [hidden] * (num_layers - 1) + [num_classes]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, blocks: Sequence[TorchBlock], x: torch.Tensor) -> torch.Tensor:
+        h = x[:blocks[-1].num_dst] if blocks else x
+        for i, lin in enumerate(self.linears):
+            h = lin(h)
+            if i != len(self.linears) - 1:
+                h = self.dropout(F.relu(h))
+        return h
