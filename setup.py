@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["diskgnn", "diskgnn.kernels", "diskgnn.tools", "diskgnn.bench"],
+    packages=["diskgnn", "diskgnn.interop", "diskgnn.kernels", "diskgnn.tools", "diskgnn.bench"],
     package_dir={"diskgnn": "diskgnn", "diskgnn.kernels": "kernels", "diskgnn.tools": "tools",
                  "diskgnn.bench": "bench"},
     install_requires=["numpy", "numba>=0.59", "torch>=2.1", "psutil", "tqdm"],
