@@ -1,0 +1,73 @@
+"""``diskgnn bench``: dispatch to the io, loader/train, cache and report benchmarks."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from diskgnn.errors import ConfigError
+from diskgnn.sizes import parse_size
+
+log = logging.getLogger(__name__)
+
+
+def bench_cli(args, progress) -> int:
+    results = Path(args.results)
+    if args.what == "io":
+        from diskgnn.bench.io import disk_limits
+        workdir = Path(args.file).parent if args.file else Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        out = disk_limits(workdir, size=parse_size(args.size, name="--size"), path=args.file)
+        print(json.dumps(out, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=2))
+        return 0
+    if args.what in ("loader", "train"):
+        from diskgnn.bench.harness import BenchConfig, DEFAULT_CAPS, default_systems, run_bench
+        from diskgnn.bench.report import markdown, write_outputs
+        cap = parse_size(args.memory_cap, name="--memory-cap") if args.memory_cap else DEFAULT_CAPS[args.scale]
+        systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(args.what)
+        cfg = BenchConfig(kind=args.what, scale=args.scale, workdir=Path(args.workdir), results=results,
+                          memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
+                          slow_max_batches=getattr(args, "slow_batches", 0) or 0)
+        result = run_bench(cfg, progress)
+        path = write_outputs(result, results, Path(args.out) if args.out else None)
+        print(markdown(result))
+        print(f"results: {path}")
+        return 0
+    if args.what == "cache":
+        from diskgnn.bench.cache import markdown_table, plot, policy_study, access_trace
+        from diskgnn.sampling import Samples
+        if not args.file:
+            raise ConfigError("bench cache needs --file SAMPLES_DIR (a samples directory)")
+        samples = Samples.open(args.file)
+        study = policy_study(access_trace(samples), samples.num_nodes)
+        results.mkdir(parents=True, exist_ok=True)
+        path = Path(args.out) if args.out else results / "cache-policies.json"
+        path.write_text(json.dumps(study, indent=2))
+        plot(study, path.with_suffix(".png"))
+        path.with_suffix(".md").write_text(markdown_table(study))
+        print(markdown_table(study))
+        print(f"results: {path}")
+        return 0
+    if args.what == "report":
+        from diskgnn.bench.report import update_readme
+        paths = sorted(results.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        latest = {}
+        for p in paths:
+            try:
+                r = json.loads(p.read_text())
+            except ValueError:
+                continue
+            if "systems" in r:
+                latest[(r["kind"], r["scale"])] = p
+        if not latest:
+            raise ConfigError(f"no bench results in {results}; run `diskgnn bench loader` first")
+        update_readme(Path("README.md"), list(latest.values()))
+        print(f"README.md results section updated from {', '.join(str(p) for p in latest.values())}")
+        return 0
+    if args.what == "sample":
+        from diskgnn.bench import sampling
+        return sampling.main(["--dataset", args.file] if args.file else [])
+    raise ConfigError(f"unknown bench {args.what!r}")

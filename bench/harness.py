@@ -1,0 +1,208 @@
+"""The benchmark harness: prepare data once, then run every system side by side.
+
+Each system runs in its own process and memory cgroup with the same limit,
+after the page cache was dropped (see :mod:`diskgnn.cgroup`); the disk's own
+limits are measured in the same run with the project's reader. Results follow
+../shared/BENCH.md and land in ``bench/results/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from diskgnn.cgroup import python_module_cmd, run_capped
+from diskgnn.errors import ConfigError, DiskGNNError
+from diskgnn.progress import ProgressFn, no_progress
+from diskgnn.sizes import parse_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPS = {"tiny": 512 << 20, "s": 1 << 30, "m": 2 << 30}
+TIERS = (5, 10, 20)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchConfig:
+    """What one ``diskgnn bench loader|train`` run measures."""
+    kind: str
+    """``loader`` (no model compute) or ``train``."""
+    scale: str
+    workdir: Path
+    results: Path
+    memory_cap: int
+    systems: tuple[str, ...]
+    epochs: int = 3
+    warmup: int = 1
+    max_batches: int = 0
+    """Measure at most this many batches per epoch for slow systems (0 = all); results then say so."""
+    slow_max_batches: int = 0
+    keep: bool = False
+    dataset: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("loader", "train"):
+            raise ConfigError(f"bench kind must be loader or train, got {self.kind!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+
+
+def default_systems(kind: str) -> tuple[str, ...]:
+    systems = [f"diskgnn-{t}%" for t in TIERS] + ["pread", "mmap", "mmap-readahead", "in-memory"]
+    try:
+        import importlib.util
+        if importlib.util.find_spec("dgl") is not None:
+            systems.append("dgl-online")
+    except ImportError:
+        pass
+    return tuple(systems)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_facts(workdir: Path) -> dict:
+    du = shutil.disk_usage(workdir)
+    return {"cores": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total, "disk_total_bytes": du.total,
+            "disk_free_bytes": du.free, "platform": platform.platform(), "python": platform.python_version()}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
+    """Dataset, samples and one packed directory per memory tier; returns paths and preprocessing costs."""
+    from diskgnn.dataset import Dataset
+    from diskgnn.packing import PackConfig, pack
+    from diskgnn.sampling import SampleConfig, presample
+    from diskgnn.synth import scale_config, synthesize
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    info: dict = {"preprocessing": {}}
+    if cfg.dataset:
+        ds = Dataset.open(cfg.dataset)
+    else:
+        path = cfg.workdir / f"dataset-{cfg.scale}"
+        try:
+            ds = Dataset.open(path)
+            if ds.manifest.get("source", {}).get("config") != scale_config(cfg.scale).__class__.__name__ and \
+                    ds.num_nodes != scale_config(cfg.scale).nodes:
+                raise DiskGNNError("different scale")
+        except DiskGNNError:
+            t0 = time.perf_counter()
+            ds = synthesize(scale_config(cfg.scale), path, overwrite=True, progress=progress)
+            info["preprocessing"]["synth_s"] = time.perf_counter() - t0
+    info["dataset"] = str(ds.path)
+    info["feature_bytes"] = ds.feature_bytes
+    samples_dir = cfg.workdir / "samples"
+    t0 = time.perf_counter()
+    scfg = SampleConfig(fanouts=(10, 15), batch_size=1024, epochs=1, seed=0)
+    presample(ds.path, samples_dir, scfg, overwrite=True, progress=progress)
+    info["preprocessing"]["sample_s"] = time.perf_counter() - t0
+    info["preprocessing"]["samples_bytes"] = _dir_bytes(samples_dir)
+    info["samples"] = str(samples_dir)
+    info["packed"] = {}
+    for tier in TIERS:
+        if not any(s == f"diskgnn-{tier}%" for s in cfg.systems) and not (tier == 10 and "pread" in cfg.systems):
+            continue
+        out = cfg.workdir / f"packed-{tier}"
+        t0 = time.perf_counter()
+        pcfg = PackConfig(host_cache=f"{tier}%")
+        pack(samples_dir, out, pcfg, overwrite=True, progress=progress)
+        info["preprocessing"][f"pack_{tier}%_s"] = time.perf_counter() - t0
+        info["preprocessing"][f"pack_{tier}%_footprint_x"] = _dir_bytes(out) / ds.feature_bytes
+        info["packed"][tier] = str(out)
+    return info
+
+
+def run_system(cfg: BenchConfig, system: str, inputs: dict) -> dict:
+    """Run one system's worker under the memory cap and return its result dict."""
+    args = ["--system", "diskgnn" if system.startswith("diskgnn") else system, "--kind", cfg.kind,
+            "--samples", inputs["samples"], "--epochs", str(cfg.epochs), "--warmup", str(cfg.warmup)]
+    if system.startswith("diskgnn"):
+        tier = int(system.split("-")[1].rstrip("%"))
+        args += ["--packed", inputs["packed"][tier]]
+    elif system == "pread":
+        args += ["--packed", inputs["packed"][10]]
+    slow = system in ("pread", "mmap", "mmap-readahead", "dgl-online") or cfg.kind == "train"
+    limit = cfg.slow_max_batches if slow else cfg.max_batches
+    if limit:
+        args += ["--max-batches", str(limit)]
+    cap = None if system == "in-memory" else cfg.memory_cap
+    log.info("running %s (%s) under %s", system, cfg.kind, f"{cap >> 20} MiB" if cap else "no cap")
+    run = run_capped(python_module_cmd("diskgnn.bench.worker", *args), cap, timeout=3600)
+    result = None
+    for line in run.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    if result is None:
+        tail = (run.stderr or "").strip().splitlines()[-5:]
+        result = {"name": system, "kind": cfg.kind, "failed": True,
+                  "error": "out of memory (killed by the cgroup)" if run.oom_killed else " | ".join(tail)}
+    result["name"] = system
+    result["memory_cap_bytes"] = cap
+    result["cgroup"] = run.cgroup
+    result["cgroup_peak_bytes"] = run.peak_bytes
+    result["wall_s"] = run.wall_s
+    return result
+
+
+def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
+    from diskgnn.bench.io import disk_limits
+    t_start = time.perf_counter()
+    usage_before = shutil.disk_usage(cfg.workdir.parent if cfg.workdir.parent.exists() else ".").used
+    inputs = prepare_inputs(cfg, progress)
+    disk = disk_limits(cfg.workdir, size=min(2 << 30, max(256 << 20, inputs["feature_bytes"] // 2)))
+    systems = []
+    for i, system in enumerate(cfg.systems):
+        progress(f"bench {cfg.kind}", 0, len(cfg.systems))
+        systems.append(run_system(cfg, system, inputs))
+        progress(f"bench {cfg.kind}", 1, len(cfg.systems))
+    if "diskgnn-10%" in cfg.systems:  # floors for the 10 % configuration
+        d10 = next(s for s in systems if s["name"] == "diskgnn-10%")
+        if not d10.get("failed") and disk.get("seq_read_GBps"):
+            floor = d10["bytes_read"] / (disk["seq_read_GBps"] * 1e9)
+            d10["disk_floor_s"] = floor
+            d10["epoch_over_disk_floor"] = d10["epoch_time_s"] / floor if floor else None
+            read_busy = d10.get("stages", {}).get("read", {}).get("busy_s")
+            if read_busy:
+                d10["packed_read_GBps"] = d10["bytes_read"] / read_busy / 1e9
+    ratios = {}
+    by_name = {s["name"]: s for s in systems if not s.get("failed")}
+    if "diskgnn-10%" in by_name:
+        base = by_name["diskgnn-10%"]["epoch_time_s"]
+        for name, s in by_name.items():
+            if name != "diskgnn-10%":
+                ratios[f"{name}_over_diskgnn-10%"] = s["epoch_time_s"] / base
+    result = {
+        "scale": cfg.scale, "kind": cfg.kind, "commit": git_commit(), "memory_cap_bytes": cfg.memory_cap,
+        "cgroup": all(s.get("cgroup") for s in systems if s["name"] != "in-memory"),
+        "machine": machine_facts(cfg.workdir), "disk": disk,
+        "config": {"epochs": cfg.epochs, "warmup": cfg.warmup, "max_batches": cfg.max_batches,
+                   "slow_max_batches": cfg.slow_max_batches, "fanouts": [10, 15], "batch_size": 1024,
+                   "model": "sage" if cfg.kind == "train" else None},
+        "preprocessing": inputs["preprocessing"], "feature_bytes": inputs["feature_bytes"],
+        "systems": systems, "ratios": ratios,
+        "bench_wall_s": time.perf_counter() - t_start,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if not result["cgroup"]:
+        result["note"] = "no memory cgroup could be made: speed-ups are not reported as capped figures"
+    if not cfg.keep:
+        shutil.rmtree(cfg.workdir, ignore_errors=True)
+    result["disk_used_delta_bytes"] = shutil.disk_usage(cfg.workdir.parent if cfg.workdir.parent.exists()
+                                                        else ".").used - usage_before
+    return result
