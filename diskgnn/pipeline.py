@@ -213,12 +213,12 @@ class Pipeline:
         raise exc
 
     def __iter__(self):
+        clock = time.perf_counter
+        t0 = clock()  # thread start-up counts as the consumer's wait for the first item
         last = self._start()
         stats = self._stats[self.consumer]
-        clock = time.perf_counter
         try:
             while True:
-                t0 = clock()
                 while True:
                     if self._error is not None:
                         self._raise_error()
@@ -236,6 +236,7 @@ class Pipeline:
                 yield item
                 stats.busy_s += clock() - t1
                 stats.items += 1
+                t0 = clock()
         finally:
             self.close()
 

@@ -1,0 +1,614 @@
+"""The pipelined out-of-core trainer (stage 4).
+
+Each pass over a part runs a :class:`~diskgnn.pipeline.Pipeline`:
+
+``load`` (batch structure from the samples, labels) > ``read`` (the feature
+store's I/O: the batch's packed extent) > ``assemble`` (the feature matrix from
+the cache tiers + the read rows, copied to the GPU on a side CUDA stream) >
+``compute`` (forward/backward/step, in the caller's thread).
+
+Training epoch ``e`` uses presampled part ``train/(e % K)`` with its batch
+order reshuffled (seeded by ``(seed, e)``, so a resumed run sees the same
+order). Validation and test run every ``eval_every`` epochs on the presampled
+``val``/``test`` batches through the same out-of-core path; the reported test
+accuracy is the one of the best-validation epoch.
+
+Checkpoints (model, optimizer, epoch, RNG state, best metrics, history) are
+written atomically after every epoch; ``resume`` continues from the last one
+and, on CPU with a fixed seed, ends with the same weights as an uninterrupted
+run.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diskgnn.errors import CheckpointError, ConfigError, MismatchError
+from diskgnn.models import MODELS, TorchBlock, build_model
+from diskgnn.pipeline import Pipeline
+from diskgnn.progress import ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "diskgnn.checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_EPOCHS = 10
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """How to train; the model-defining fields are saved in checkpoints."""
+    model: str = "sage"
+    """Architecture: sage (GraphSAGE mean), gat or gcn."""
+    epochs: int = DEFAULT_EPOCHS
+    """Training epochs in total (a resumed run continues up to this number)."""
+    hidden: int | None = None
+    """Hidden width (GAT: per head); None = 128 (GAT: 32)."""
+    heads: int = 4
+    """GAT attention heads."""
+    dropout: float = 0.0
+    """Dropout between layers."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    seed: int = 0
+    """Seed of the weights, dropout and batch order."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (CUDA when available)."""
+    threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
+    eval_every: int = 1
+    """Evaluate on val/test every this many epochs (and after the last)."""
+    nproc: int = 1
+    """Data-parallel processes (only 1 is supported here)."""
+    metrics: str | None = None
+    """JSON-lines file that per-epoch metrics and the final report are appended to."""
+    checkpoint: str | None = None
+    """Directory for the per-epoch checkpoint."""
+    resume: bool = False
+    """Continue from the checkpoint in ``checkpoint``."""
+    queue_depth: int = 2
+    """Items buffered between pipeline stages."""
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"--model {self.model!r} does not exist; choose one of {', '.join(MODELS)}")
+        if self.hidden is None:
+            object.__setattr__(self, "hidden", 32 if self.model == "gat" else 128)
+        checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
+                  ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
+                  ("seed", self.seed, 0)]
+        if self.threads is not None:
+            checks.append(("threads", self.threads, 1))
+        for name, value, low in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.resume and not self.checkpoint:
+            raise ConfigError("--resume needs --checkpoint DIR (the directory the interrupted run wrote)")
+        if self.nproc > 1:
+            raise ConfigError(f"--nproc {self.nproc}: data-parallel training over several processes is not yet "
+                              f"supported by this trainer; run with --nproc 1")
+        if not (self.device in ("auto", "cpu") or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"--device {self.device!r} is not understood; use cpu, cuda, cuda:N or auto")
+
+    @classmethod
+    def from_cli(cls, args) -> "TrainConfig":
+        """Build from parsed CLI args (see tools/cli.py ``_train_args``)."""
+        epochs = getattr(args, "train_epochs", None)
+        return cls(model=args.model, epochs=DEFAULT_EPOCHS if epochs is None else epochs,
+                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4),
+                   dropout=getattr(args, "dropout", 0.0), lr=getattr(args, "lr", 1e-3),
+                   seed=getattr(args, "train_seed", 0) or 0, device=getattr(args, "device", "auto") or "auto",
+                   threads=getattr(args, "threads", None), eval_every=getattr(args, "eval_every", 1),
+                   nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
+                   checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)))
+
+    def model_fields(self) -> dict:
+        """The fields that define the model and optimizer (must match to resume)."""
+        return {"model": self.model, "hidden": self.hidden, "heads": self.heads, "dropout": self.dropout,
+                "lr": self.lr, "seed": self.seed}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a CUDA request without CUDA is a clear error."""
+    from diskgnn.capabilities import cuda_available
+    if name == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if name.startswith("cuda"):
+        if not cuda_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}); use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
+        return dev
+    return torch.device("cpu")
+
+
+# --- feature sources -----------------------------------------------------------------------------
+
+class FeatureSource(Protocol):
+    """What the trainer needs from a feature store (see :class:`diskgnn.store.FeatureStore`)."""
+
+    def read(self, part: str, i: int) -> Any: ...
+    def assemble(self, part: str, i: int, extent_read: Any) -> torch.Tensor: ...
+    def stats(self) -> dict: ...
+
+
+class DatasetFeatures:
+    """Feature rows gathered from the dataset's ``features.bin`` (memmap, or all in RAM).
+
+    Not out-of-core: the in-memory ceiling (``in_memory=True``) and a
+    page-cache baseline, and a stand-in where no packed directory exists.
+    """
+
+    def __init__(self, samples, dataset, device: torch.device | str = "cpu", *, in_memory: bool = False):
+        from diskgnn.dataset import bf16_bits_to_float32
+        self.samples, self.dataset = samples, dataset
+        self.device = torch.device(device)
+        self._widen = bf16_bits_to_float32 if dataset.feat_dtype == "bf16" else (
+            lambda a: np.asarray(a, dtype=np.float32))
+        self.features = np.asarray(dataset.features) if not in_memory else np.array(dataset.features)
+        self._bytes_useful = 0
+
+    def read(self, part: str, i: int) -> np.ndarray:
+        ids = self.samples.input_nodes(part, i)
+        order = np.argsort(ids, kind="stable")  # sorted ids read the file front to back
+        rows = np.empty((ids.shape[0], self.dataset.feat_dim), dtype=self.features.dtype)
+        rows[order] = self.features[ids[order]]
+        self._bytes_useful += rows.nbytes
+        return rows
+
+    def assemble(self, part: str, i: int, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._widen(rows)).to(self.device)
+
+    def stats(self) -> dict:
+        return {"bytes_read": self._bytes_useful, "bytes_useful": self._bytes_useful}
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Batch:
+    """One minibatch on its way through the pipeline."""
+    part: str
+    index: int
+    blocks: list[TorchBlock]
+    labels: torch.Tensor
+    extent: Any = None
+    x: torch.Tensor | None = None
+    ready: Any = None
+    """A CUDA event recorded on the side stream after the copies (None on CPU)."""
+
+    def wait(self) -> None:
+        """Make the compute stream wait for the side-stream copies of this batch."""
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.x.device)
+            stream.wait_event(self.ready)
+            for t in (self.x, self.labels, *(t for b in self.blocks for t in (b.src, b.dst, b.indptr, b.in_degree))):
+                t.record_stream(stream)
+
+
+class _Stages:
+    """The stage functions of one trainer (load > read > assemble)."""
+
+    def __init__(self, samples, labels: np.ndarray, features: FeatureSource, device: torch.device):
+        self.samples, self.labels, self.features, self.device = samples, labels, features, device
+        self.cuda = device.type == "cuda"
+        self.side_stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def load(self, key: tuple[str, int]) -> _Batch:
+        part, i = key
+        mb = self.samples.batch(part, i)
+        blocks = [TorchBlock.from_block(b) for b in mb.blocks]
+        labels = torch.from_numpy(np.asarray(self.labels[mb.seeds], dtype=np.int64))
+        if self.cuda:
+            blocks = [b.pin_memory() for b in blocks]
+            labels = labels.pin_memory()
+        return _Batch(part=part, index=i, blocks=blocks, labels=labels)
+
+    def read(self, batch: _Batch) -> _Batch:
+        batch.extent = self.features.read(batch.part, batch.index)
+        return batch
+
+    def assemble(self, batch: _Batch) -> _Batch:
+        if self.cuda:
+            with torch.cuda.stream(self.side_stream):
+                batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
+                batch.blocks = [b.to(self.device, non_blocking=True) for b in batch.blocks]
+                batch.labels = batch.labels.to(self.device, non_blocking=True)
+                batch.ready = torch.cuda.Event()
+                batch.ready.record(self.side_stream)
+        else:
+            batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
+        batch.extent = None  # the read buffer can go back to the store
+        return batch
+
+    def pipeline(self, keys: list[tuple[str, int]], depth: int, name: str) -> Pipeline:
+        return Pipeline(keys, [("load", self.load), ("read", self.read), ("assemble", self.assemble)],
+                        depth=depth, consumer="compute", name=name)
+
+
+# --- metrics helpers -----------------------------------------------------------------------------
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _numeric_delta(after: Any, before: Any) -> Any:
+    """``after - before`` for every numeric leaf of two nested stats dicts (other leaves: ``after``)."""
+    if isinstance(after, dict):
+        before = before if isinstance(before, dict) else {}
+        return {k: _numeric_delta(v, before.get(k)) for k, v in after.items()}
+    if isinstance(after, (int, float)) and not isinstance(after, bool) and isinstance(before, (int, float)):
+        return after - before
+    return after
+
+
+def store_epoch_metrics(before: dict, after: dict) -> dict:
+    """Bytes read, bytes useful, read amplification and per-tier hit rate of one pass."""
+    delta = _numeric_delta(after, before)
+    out: dict[str, Any] = {}
+    bytes_read = delta.get("bytes_read")
+    bytes_useful = delta.get("bytes_useful")
+    if isinstance(bytes_read, (int, float)):
+        out["bytes_read"] = int(bytes_read)
+    if isinstance(bytes_useful, (int, float)):
+        out["bytes_useful"] = int(bytes_useful)
+    if out.get("bytes_useful"):
+        out["read_amplification"] = round(out.get("bytes_read", 0) / out["bytes_useful"], 4)
+    else:
+        out["read_amplification"] = None
+    hits = delta.get("hits") or delta.get("rows")
+    if isinstance(hits, dict):
+        rows = {k: v for k, v in hits.items() if isinstance(v, (int, float))}
+        total = sum(rows.values())
+        out["hit_rate"] = {k: round(v / total, 6) if total else 0.0 for k, v in rows.items()}
+    elif isinstance(after.get("hit_rate"), dict):
+        out["hit_rate"] = after["hit_rate"]
+    return out
+
+
+class _MetricsLog:
+    """Appends JSON lines to ``path`` (flushed per line); a no-op without a path."""
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"--metrics {self.path}: cannot open for appending ({exc.strerror}); "
+                                  f"choose a writable path") from None
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+            f.flush()
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
+    """Write ``state`` to ``directory/checkpoint.pt`` atomically (write .partial, fsync, rename)."""
+    from diskgnn.manifest import _fsync_dir, raise_if_disk_full
+    directory = Path(directory)
+    path = directory / CHECKPOINT_NAME
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise_if_disk_full(exc, directory)
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; check --checkpoint") from None
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike) -> dict:
+    """Read and check ``directory/checkpoint.pt``; :class:`CheckpointError` when missing or corrupt."""
+    directory = Path(directory)
+    path = directory / CHECKPOINT_NAME
+    if not path.exists():
+        raise CheckpointError(f"--resume: {path} does not exist, so there is nothing to resume; run without "
+                              f"--resume to start from epoch 0, or pass the --checkpoint directory of the "
+                              f"interrupted run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the checkpoint is "
+                              f"corrupt: delete it and start again without --resume") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a diskgnn checkpoint; pass the --checkpoint directory that "
+                              f"diskgnn train wrote")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')!r}, this diskgnn reads "
+                              f"{CHECKPOINT_VERSION}; start again without --resume")
+    for key in ("epoch", "model", "optimizer", "torch_rng", "config", "data", "history", "best"):
+        if key not in state:
+            raise CheckpointError(f"{path} lacks {key!r}; the checkpoint is corrupt: start again without --resume")
+    return state
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains one model on presampled batches with features from ``features``.
+
+    ``samples`` (:class:`~diskgnn.sampling.Samples`) gives the batch structure,
+    ``dataset`` the labels (read as ``labels[seeds]``, never the feature
+    matrix), ``features`` the rows of each batch (a
+    :class:`~diskgnn.store.FeatureStore` for out-of-core training).
+    """
+
+    def __init__(self, samples, dataset, features: FeatureSource, cfg: TrainConfig, *,
+                 device: torch.device | None = None, progress: ProgressFn = no_progress,
+                 data_id: dict | None = None, model: torch.nn.Module | None = None):
+        self.samples, self.dataset, self.features, self.cfg = samples, dataset, features, cfg
+        self.device = device if device is not None else resolve_device(cfg.device)
+        self.progress = progress
+        self.data_id = data_id or {"dataset_fingerprint": dataset.fingerprint,
+                                   "samples": samples.config.to_json()}
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        self.train_parts = list(samples.train_parts)
+        for part in ("val", "test"):
+            if samples.num_batches(part) == 0:
+                log.warning("%s has no %s batches; %s accuracy will be reported as null", samples.path, part, part)
+        torch.manual_seed(cfg.seed)
+        self.model = model if model is not None else build_model(
+            cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
+            num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.stages = _Stages(samples, dataset.labels, features, self.device)
+        self.metrics = _MetricsLog(cfg.metrics)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best: dict = {"best_val_acc": None, "test_acc": None, "best_epoch": None}
+
+    # --- passes ----------------------------------------------------------------------------------
+
+    def epoch_order(self, epoch: int) -> tuple[str, np.ndarray]:
+        """The part and batch order of training epoch ``epoch`` (0-based)."""
+        part = self.train_parts[epoch % len(self.train_parts)]
+        rng = np.random.default_rng([self.cfg.seed, 0x0DE5, epoch])
+        return part, rng.permutation(self.samples.num_batches(part))
+
+    def train_epoch(self, epoch: int) -> dict:
+        part, order = self.epoch_order(epoch)
+        keys = [(part, int(i)) for i in order]
+        task = f"epoch {epoch + 1}/{self.cfg.epochs} train"
+        self.model.train()
+        store_before = self.features.stats()
+        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="train")
+        loss_sum, correct, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        self.progress(task, 0, len(keys))
+        with pipe:
+            for batch in pipe:
+                batch.wait()
+                self.optimizer.zero_grad(set_to_none=True)
+                logits = self.model(batch.blocks, batch.x)
+                loss = F.cross_entropy(logits, batch.labels)
+                loss.backward()
+                self.optimizer.step()
+                n = batch.labels.shape[0]
+                loss_sum += loss.item() * n
+                correct += int((logits.argmax(1) == batch.labels).sum())
+                seen += n
+                self.progress(task, 1, len(keys))
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(loss_sum):
+            log.warning("epoch %d: the training loss is not finite; try a lower --lr", epoch + 1)
+        return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
+                "batches_per_s": len(keys) / seconds if seconds > 0 else None,
+                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "stages": pipe.stats(), **store_epoch_metrics(store_before, self.features.stats())}
+
+    @torch.no_grad()
+    def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
+        """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
+        self.model.eval()
+        keys = [(p, i) for p in parts for i in range(self.samples.num_batches(p))]
+        correct = {p: 0 for p in parts}
+        total = {p: 0 for p in parts}
+        loss_sum = {p: 0.0 for p in parts}
+        store_before = self.features.stats()
+        t0 = time.perf_counter()
+        self.progress(task, 0, len(keys))
+        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="eval")
+        with pipe:
+            for batch in pipe:
+                batch.wait()
+                logits = self.model(batch.blocks, batch.x)
+                loss_sum[batch.part] += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
+                correct[batch.part] += int((logits.argmax(1) == batch.labels).sum())
+                total[batch.part] += int(batch.labels.shape[0])
+                self.progress(task, 1, len(keys))
+        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": pipe.stats()}
+        for p in parts:
+            out[f"{p}_acc"] = correct[p] / total[p] if total[p] else None
+            out[f"{p}_loss"] = loss_sum[p] / total[p] if total[p] else None
+        eval_store = store_epoch_metrics(store_before, self.features.stats())
+        out["eval_bytes_read"] = eval_store.get("bytes_read")
+        return out
+
+    # --- checkpoint ------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": self.epoch,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "config": json.dumps(self.cfg.model_fields(), sort_keys=True),
+                 "data": json.dumps(self.data_id, sort_keys=True), "history": json.dumps(self.history),
+                 "best": json.dumps(self.best)}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def restore(self, state: dict, where: str) -> None:
+        mine = json.dumps(self.cfg.model_fields(), sort_keys=True)
+        if state["config"] != mine:
+            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for {mine}; resume "
+                                  f"with the same model flags, or start again without --resume")
+        data = json.dumps(self.data_id, sort_keys=True)
+        if state["data"] != data:
+            raise MismatchError(f"{where} belongs to training data {state['data']}, but the packed directory "
+                                f"given now is {data}; pass the packed directory of the interrupted run")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.history = json.loads(state["history"])
+            self.best = json.loads(state["best"])
+            self.epoch = int(state["epoch"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{where} does not fit this model ({str(exc)[:200]}); start again without "
+                                  f"--resume") from None
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume:
+            where = str(Path(cfg.checkpoint) / CHECKPOINT_NAME)
+            self.restore(load_checkpoint(cfg.checkpoint), where)
+            log.info("resuming from %s after epoch %d", where, self.epoch)
+            if self.epoch >= cfg.epochs:
+                log.warning("the checkpoint already holds %d epochs (>= --epochs %d); nothing to train",
+                            self.epoch, cfg.epochs)
+        elif cfg.checkpoint and (Path(cfg.checkpoint) / CHECKPOINT_NAME).exists():
+            log.warning("%s holds a checkpoint; it will be replaced (pass --resume to continue it)", cfg.checkpoint)
+        while self.epoch < cfg.epochs:
+            e = self.epoch
+            record: dict[str, Any] = {"event": "epoch", "epoch": e + 1}
+            record.update(self.train_epoch(e))
+            last = e + 1 == cfg.epochs
+            if (e + 1) % cfg.eval_every == 0 or last:
+                record.update(self.evaluate(task=f"epoch {e + 1}/{cfg.epochs} eval"))
+                val = record.get("val_acc")
+                if val is not None and (self.best["best_val_acc"] is None or val > self.best["best_val_acc"]):
+                    self.best = {"best_val_acc": val, "test_acc": record.get("test_acc"), "best_epoch": e + 1}
+            record["peak_rss_bytes"] = peak_rss_bytes()
+            self.history.append(record)
+            self.epoch = e + 1
+            if cfg.checkpoint:
+                save_checkpoint(cfg.checkpoint, self.state())
+            self.metrics.write(record)
+            log.info("epoch %d/%d: %.2f s (%.1f batches/s), loss %.4f, train %.4f, val %s, test %s",
+                     e + 1, cfg.epochs, record["epoch_time_s"], record["batches_per_s"] or 0.0, record["loss"],
+                     record["train_acc"], _fmt(record.get("val_acc")), _fmt(record.get("test_acc")))
+        report = self.report()
+        self.metrics.write(report)
+        return report
+
+    def report(self) -> dict:
+        times = [h["epoch_time_s"] for h in self.history]
+        last = self.history[-1] if self.history else {}
+        stages: dict[str, dict] = {}
+        for h in self.history:
+            for name, s in h.get("stages", {}).items():
+                acc = stages.setdefault(name, {"busy_s": 0.0, "wait_s": 0.0})
+                acc["busy_s"] += s["busy_s"] / len(self.history)
+                acc["wait_s"] += s["wait_s"] / len(self.history)
+        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch,
+                "best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
+                "best_epoch": self.best["best_epoch"],
+                "epoch_time_s": statistics.median(times) if times else None,
+                "epoch_times_s": [round(t, 4) for t in times],
+                "final_loss": last.get("loss"), "final_train_acc": last.get("train_acc"),
+                "stages_mean": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in stages.items()},
+                "bytes_read_per_epoch": last.get("bytes_read"), "read_amplification": last.get("read_amplification"),
+                "hit_rate": last.get("hit_rate"), "peak_rss_bytes": peak_rss_bytes(),
+                "device": str(self.device)}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+def packed_data_id(packed) -> dict:
+    """What identifies the training data of a packed directory (checked on resume)."""
+    return {"dataset_fingerprint": packed.dataset.fingerprint, "samples": packed.samples.config.to_json(),
+            "num_nodes": int(packed.dataset.num_nodes)}
+
+
+def open_packed(packed_dir):
+    """Open a packed directory and check it belongs to its samples and dataset."""
+    from diskgnn.store import Packed
+    packed = Packed.open(packed_dir)
+    samples, ds = packed.samples, packed.dataset
+    if samples.dataset_fingerprint != ds.fingerprint:
+        raise MismatchError(f"{packed_dir} was packed from samples of dataset {samples.dataset_fingerprint}, but "
+                            f"its dataset {ds.path} has fingerprint {ds.fingerprint}; run sample and pack again")
+    return packed
+
+
+def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
+    """Train on a packed directory (path or :class:`~diskgnn.store.Packed`); returns the final report."""
+    from diskgnn.store import FeatureStore
+    if isinstance(packed, (str, os.PathLike)):
+        packed = open_packed(packed)
+    device = resolve_device(cfg.device)
+    store = FeatureStore(packed, device, memory_budget=memory_budget)
+    trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
+                      data_id=packed_data_id(packed))
+    report = trainer.fit()
+    report["packed"] = str(packed.path) if hasattr(packed, "path") else None
+    return report
+
+
+def train_cli(packed_dir, cfg: TrainConfig, *, args=None, progress: ProgressFn = no_progress) -> dict:
+    """``diskgnn train``: train and return the final report."""
+    return train(packed_dir, cfg, progress=progress, memory_budget=getattr(args, "memory_budget", None))
