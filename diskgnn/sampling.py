@@ -1,0 +1,833 @@
+"""The offline sampler (stage 2): presampled minibatch blocks, stored for the packer and trainer.
+
+A samples directory holds, for every *part* (``train/0`` .. ``train/K-1``,
+``val``, ``test``), four raw little-endian arrays (file prefix ``train-0``,
+``val``, ``test``):
+
+* ``<p>.input_nodes.bin``   int64  all batches' input node ids back to back
+* ``<p>.block_indptr.bin``  int64  every batch's block offset arrays back to back
+  (outermost block first; each block's offsets start at 0)
+* ``<p>.block_indices.bin`` int32  every batch's blocks' local source ids back to back
+* ``<p>.index.bin``         int64  [nb+1, 3+L+1]: row b = where batch b starts in the
+  three files above, then its layer sizes (``blocks[i].num_src`` for i < L, then the
+  batch size); the last row holds the totals (layer sizes 0)
+
+plus ``access_counts.bin`` (int64 [N], how often each node is an input node over all
+stored batches) and ``manifest.json`` (format ``diskgnn.samples`` version 1, written
+last) with the config, the dataset's path and fingerprint, per-file crc32, sizes and
+throughput.
+
+Training parts shuffle the training nodes per epoch (seeded); ``val`` and ``test`` are
+one pass in node-id order. Sampling is uniform without replacement per layer, with
+DGL's fanout order (``fanouts[-1]`` for the seeds' layer); each draw depends only on
+``(seed, part, batch index, layer, node)``, so output is identical whatever the
+number of threads, and shard ``I`` of ``S`` holds exactly the batches ``i % S == I``
+of the unsharded output.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from diskgnn.dataset import ArraySpec, Dataset, open_array
+from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
+from diskgnn.manifest import (Crc32Writer, _clear_directory, finish_output_dir, prepare_output_dir,
+                              read_manifest, write_manifest)
+from diskgnn.progress import ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+
+FORMAT = "diskgnn.samples"
+VERSION = 1
+EVAL_PARTS = ("val", "test")
+_INDEX_FIXED = 3  # input offset, block_indptr offset, block_indices offset
+_WRITE_QUEUE_DEPTH = 4
+
+
+# --- values that cross the stage boundary ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One message-passing layer as CSR over its destination nodes.
+
+    Destination nodes are source nodes ``0 .. num_dst-1`` (a prefix), so a
+    layer's output for node j is row j of its input.
+    """
+    indptr: np.ndarray
+    """int64 [num_dst + 1], starts at 0; sources of destination j are ``indices[indptr[j]:indptr[j+1]]``."""
+    indices: np.ndarray
+    """int32 [nnz], local source ids in ``0 .. num_src-1``."""
+    num_src: int
+    """Number of source nodes (rows of the layer's input)."""
+    num_dst: int
+    """Number of destination nodes (rows of the layer's output); ``num_dst <= num_src``."""
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.indices.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class MiniBatch:
+    """One presampled minibatch.
+
+    ``input_nodes[:blocks[i].num_src]`` are layer i's source nodes (nested
+    prefixes) and ``input_nodes[:B] == seeds``.
+    """
+    part: str
+    """``train/0`` .. ``train/K-1``, ``val`` or ``test``."""
+    index: int
+    """Batch number inside the part as stored (equal to the global number unless sharded)."""
+    seeds: np.ndarray
+    """int64 [B] global ids of the nodes whose outputs are trained/evaluated."""
+    input_nodes: np.ndarray
+    """int64 [n_in] distinct global ids; ``blocks[0].num_src == n_in``."""
+    blocks: tuple[Block, ...]
+    """Outermost (input side) first; ``blocks[-1].num_dst == B``, ``blocks[i].num_dst == blocks[i+1].num_src``."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.seeds.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return sum(b.num_edges for b in self.blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleConfig:
+    """What to presample; saved into the samples manifest."""
+    fanouts: tuple[int, ...]
+    """Neighbours per layer, input side first (DGL order); -1 takes all neighbours."""
+    batch_size: int
+    """Seeds per minibatch (the last batch of a part may be smaller)."""
+    epochs: int = 1
+    """Presampled training epochs K, each with its own shuffle of the training nodes."""
+    seed: int = 0
+    """Seed of the shuffles and of every neighbour draw."""
+
+    def __post_init__(self):
+        fanouts = self.fanouts
+        if isinstance(fanouts, (int, np.integer)):
+            fanouts = (fanouts,)
+        try:
+            fanouts = tuple(fanouts)
+        except TypeError:
+            raise ConfigError(f"fanouts must be a list of integers such as 10,15, got {self.fanouts!r}") from None
+        if not fanouts:
+            raise ConfigError("fanouts is empty; give one fanout per layer, e.g. --fanouts 10,15")
+        for f in fanouts:
+            if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+                raise ConfigError(f"fanouts must be integers, got {f!r} in {fanouts!r}")
+            if f == 0 or f < -1:
+                raise ConfigError(f"fanout {int(f)} in {list(map(int, fanouts))} is invalid; each layer's fanout "
+                                  f"must be a positive count of neighbours or -1 for all neighbours")
+        object.__setattr__(self, "fanouts", tuple(int(f) for f in fanouts))
+        for name, low in (("batch_size", 1), ("epochs", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.seed >= 2**63:
+            raise ConfigError(f"seed must be below 2**63, got {self.seed}")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.fanouts)
+
+    @classmethod
+    def from_cli(cls, args) -> "SampleConfig":
+        """Build from parsed CLI args: ``fanouts`` ("10,15"), ``batch_size``, ``sample_epochs``, ``seed``."""
+        epochs = getattr(args, "sample_epochs", None)
+        return cls(fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
+                   epochs=1 if epochs is None else epochs, seed=getattr(args, "seed", 0) or 0)
+
+    def to_json(self) -> dict:
+        return {"fanouts": list(self.fanouts), "batch_size": self.batch_size, "epochs": self.epochs,
+                "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "SampleConfig":
+        return cls(fanouts=tuple(obj["fanouts"]), batch_size=obj["batch_size"], epochs=obj["epochs"],
+                   seed=obj["seed"])
+
+
+def parse_fanouts(text) -> tuple[int, ...]:
+    """Parse ``"10,15"`` (or a sequence of ints) into a fanout tuple; validation is SampleConfig's."""
+    if isinstance(text, (list, tuple)):
+        return tuple(text)
+    items = [s.strip() for s in str(text).split(",")]
+    if items == [""]:
+        raise ConfigError("--fanouts is empty; give one fanout per layer, e.g. --fanouts 10,15")
+    try:
+        return tuple(int(s) for s in items)
+    except ValueError:
+        raise ConfigError(f"--fanouts {text!r} is not a comma-separated list of integers; "
+                          f"use e.g. --fanouts 10,15 (-1 = all neighbours)") from None
+
+
+# --- parts, seeds and keys ----------------------------------------------------------------------
+
+def part_names(epochs: int) -> list[str]:
+    """All part names of a samples directory with ``epochs`` training epochs."""
+    return [f"train/{e}" for e in range(epochs)] + list(EVAL_PARTS)
+
+
+def _part_file_prefix(part: str) -> str:
+    return part.replace("/", "-")
+
+
+def _check_part(part: str, epochs: int) -> None:
+    if part not in part_names(epochs):
+        raise ConfigError(f"unknown part {part!r}; choose train/0 .. train/{epochs - 1}, val or test")
+
+
+def part_code(part: str) -> int:
+    """The integer that keys a part's random draws (train epoch e -> e; val, test -> 2**32, 2**32+1)."""
+    if part.startswith("train/"):
+        return int(part.split("/", 1)[1])
+    return (1 << 32) + EVAL_PARTS.index(part)
+
+
+def part_seeds(dataset: Dataset, cfg: SampleConfig, part: str) -> np.ndarray:
+    """The seed order of ``part``: a seeded shuffle of the training nodes per epoch; eval nodes sorted by id."""
+    _check_part(part, cfg.epochs)
+    if part.startswith("train/"):
+        train = np.asarray(dataset.split("train"), dtype=np.int64)
+        rng = np.random.default_rng([cfg.seed, 0x5A3D1E, part_code(part)])
+        return train[rng.permutation(train.shape[0])]
+    return np.sort(np.asarray(dataset.split(part), dtype=np.int64))
+
+
+def num_batches_of(num_seeds: int, batch_size: int, num_shards: int = 1, shard: int = 0) -> int:
+    """Batches of a part with ``num_seeds`` seeds that shard ``shard`` of ``num_shards`` holds."""
+    total = -(-num_seeds // batch_size)
+    return max(0, -(-(total - shard) // num_shards))
+
+
+def batch_key(seed: int, part: str, index: int) -> np.uint64:
+    """The random key of batch ``index`` (global number) of ``part``."""
+    from diskgnn.kernels.rng import mix_key
+    return np.uint64(mix_key(np.uint64(mix_key(np.uint64(seed), np.uint64(part_code(part)))), np.uint64(index)))
+
+
+def _check_shards(num_shards: int, shard: int) -> None:
+    if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or num_shards < 1:
+        raise ConfigError(f"--num-shards must be an integer >= 1, got {num_shards!r}")
+    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard must lie in 0 .. {num_shards - 1} (for --num-shards {num_shards}), got {shard!r}")
+
+
+# --- topology and the sampler -------------------------------------------------------------------
+
+def _as_dataset(dataset) -> Dataset:
+    if isinstance(dataset, Dataset):
+        return dataset
+    return Dataset.open(dataset)
+
+
+def _memory_budget(memory_budget) -> int:
+    if memory_budget is None:
+        from diskgnn.capabilities import available_memory
+        return available_memory()
+    from diskgnn.sizes import parse_size
+    budget = parse_size(memory_budget, name="--memory-budget")
+    if budget <= 0:
+        raise ConfigError(f"--memory-budget must be positive, got {memory_budget!r}")
+    return budget
+
+
+def topology_bytes(dataset: Dataset) -> int:
+    return dataset.specs["indptr"].nbytes + dataset.specs["indices"].nbytes
+
+
+def resolve_mmap_topology(dataset: Dataset, mmap_topology: str | bool = "auto", memory_budget=None) -> bool:
+    """Whether to read the CSR through its memory map: 'yes', 'no', or 'auto' (when it needs more than half the budget)."""
+    if mmap_topology in (True, "yes"):
+        return True
+    if mmap_topology in (False, "no"):
+        return False
+    if mmap_topology != "auto":
+        raise ConfigError(f"--mmap-topology must be auto, yes or no, got {mmap_topology!r}")
+    return topology_bytes(dataset) > _memory_budget(memory_budget) // 2
+
+
+class Sampler:
+    """Samples minibatches from one dataset's in-edge CSR (loaded, or memory-mapped from disk).
+
+    Not thread-safe: one sampler per thread (it reuses a node -> local id map of size N).
+    """
+
+    def __init__(self, dataset, fanouts, *, mmap_topology: str | bool = "auto", memory_budget=None):
+        self.dataset = _as_dataset(dataset)
+        self.fanouts = np.asarray(SampleConfig(fanouts=fanouts, batch_size=1).fanouts, dtype=np.int64)
+        self.mmapped = resolve_mmap_topology(self.dataset, mmap_topology, memory_budget)
+        if self.mmapped:
+            self.indptr = np.asarray(self.dataset.indptr)
+            self.indices = np.asarray(self.dataset.indices)
+            _advise_random(self.dataset.indices)
+        else:
+            self.indptr, self.indices = self.dataset.load_topology()
+        self.num_nodes = self.dataset.num_nodes
+        self._node_map = np.full(self.num_nodes, -1, dtype=np.int32)
+
+    def sample(self, seeds, key, *, part: str = "", index: int = 0, check: bool = True) -> MiniBatch:
+        """Sample the blocks around ``seeds`` (distinct node ids) with random key ``key``."""
+        from diskgnn.kernels.sampling import sample_blocks
+        seeds = np.ascontiguousarray(seeds, dtype=np.int64)
+        if check:
+            self.check_seeds(seeds)
+        input_nodes, layer_sizes, block_indptr, block_indices = sample_blocks(
+            self.indptr, self.indices, seeds, self.fanouts, np.uint64(key), self._node_map)
+        return _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices)
+
+    def check_seeds(self, seeds: np.ndarray) -> None:
+        if seeds.ndim != 1 or seeds.shape[0] == 0:
+            raise ConfigError(f"seeds must be a non-empty 1-d array of node ids, got shape {seeds.shape}")
+        lo, hi = int(seeds.min()), int(seeds.max())
+        if lo < 0 or hi >= self.num_nodes:
+            bad = lo if lo < 0 else hi
+            raise ConfigError(f"seed node {bad} is out of range: {self.dataset.path} has nodes 0 .. "
+                              f"{self.num_nodes - 1}")
+        from diskgnn.kernels.sampling import first_repeat
+        mark = np.zeros(self.num_nodes, dtype=np.uint8)
+        rep = first_repeat(seeds, mark)
+        if rep >= 0:
+            raise ConfigError(f"seed node {int(seeds[rep])} appears twice in one batch; seeds must be distinct")
+
+    def __repr__(self) -> str:
+        return (f"Sampler({str(self.dataset.path)!r}, fanouts={self.fanouts.tolist()}, "
+                f"topology={'mmap' if self.mmapped else 'in-memory'})")
+
+
+def _advise_random(array) -> None:
+    # The CSR is read at random; readahead would only evict useful pages under a memory cap.
+    import mmap
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):
+            pass
+
+
+def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices) -> MiniBatch:
+    num_layers = layer_sizes.shape[0] - 1
+    blocks = []
+    p = q = 0
+    for i in range(num_layers):
+        num_src, num_dst = int(layer_sizes[i]), int(layer_sizes[i + 1])
+        indptr = block_indptr[p:p + num_dst + 1]
+        nnz = int(indptr[-1])
+        blocks.append(Block(indptr=indptr, indices=block_indices[q:q + nnz], num_src=num_src, num_dst=num_dst))
+        p += num_dst + 1
+        q += nnz
+    batch = int(layer_sizes[num_layers])
+    return MiniBatch(part=part, index=int(index), seeds=input_nodes[:batch], input_nodes=input_nodes,
+                     blocks=tuple(blocks))
+
+
+def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | None = None,
+                 mmap_topology: str | bool = "auto", memory_budget=None, num_shards: int = 1,
+                 shard: int = 0) -> Iterator[MiniBatch]:
+    """Yield the minibatches of ``part`` lazily, exactly as :func:`presample` stores them.
+
+    ``MiniBatch.index`` is the position among the batches of this shard.
+    """
+    ds = _as_dataset(dataset)
+    _check_part(part, cfg.epochs)
+    _check_shards(num_shards, shard)
+    if sampler is None:
+        sampler = Sampler(ds, cfg.fanouts, mmap_topology=mmap_topology, memory_budget=memory_budget)
+    elif tuple(sampler.fanouts.tolist()) != cfg.fanouts:
+        raise ConfigError(f"the sampler was made for fanouts {sampler.fanouts.tolist()}, "
+                          f"the config asks for {list(cfg.fanouts)}")
+    for local, arrays in enumerate(_iter_raw(ds, cfg, part, sampler, num_shards, shard)):
+        yield _make_batch(part, local, *arrays)
+
+
+def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler: Sampler, num_shards: int, shard: int):
+    """The kernel's raw output ``(input_nodes, layer_sizes, block_indptr, block_indices)`` per batch of the shard."""
+    from diskgnn.kernels.sampling import sample_blocks
+    seeds = part_seeds(ds, cfg, part)
+    if seeds.size:
+        sampler.check_seeds(seeds)  # once per part, so each batch can skip it
+    total = -(-seeds.shape[0] // cfg.batch_size)
+    for i in range(shard, total, num_shards):
+        batch_seeds = seeds[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        yield sample_blocks(sampler.indptr, sampler.indices, batch_seeds, sampler.fanouts,
+                            batch_key(cfg.seed, part, i), sampler._node_map)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+class _PartWriter:
+    """Streams one part's batches into its four files."""
+
+    def __init__(self, out: Path, part: str, num_layers: int):
+        self.part = part
+        self.prefix = _part_file_prefix(part)
+        self.num_layers = num_layers
+        self.writers = {name: Crc32Writer(out / f"{self.prefix}.{name}.bin")
+                        for name in ("input_nodes", "block_indptr", "block_indices")}
+        self.rows: list[list[int]] = []
+        self.offsets = [0, 0, 0]
+        self.num_edges = 0
+        self.num_seeds = 0
+
+    def add(self, input_nodes, layer_sizes, block_indptr, block_indices) -> None:
+        self.rows.append(self.offsets + [int(s) for s in layer_sizes])
+        self.writers["input_nodes"].write(np.ascontiguousarray(input_nodes, dtype="<i8"))
+        self.writers["block_indptr"].write(np.ascontiguousarray(block_indptr, dtype="<i8"))
+        self.writers["block_indices"].write(np.ascontiguousarray(block_indices, dtype="<i4"))
+        self.offsets = [self.offsets[0] + input_nodes.shape[0], self.offsets[1] + block_indptr.shape[0],
+                        self.offsets[2] + block_indices.shape[0]]
+        self.num_edges += int(block_indices.shape[0])
+        self.num_seeds += int(layer_sizes[-1])
+
+    def close(self, out: Path) -> dict:
+        specs = {}
+        for name, dtype, count in (("input_nodes", "<i8", self.offsets[0]), ("block_indptr", "<i8", self.offsets[1]),
+                                   ("block_indices", "<i4", self.offsets[2])):
+            info = self.writers[name].close()
+            specs[name] = ArraySpec(path=f"{self.prefix}.{name}.bin", dtype=dtype, shape=(count,), crc32=info["crc32"])
+        index = np.zeros((len(self.rows) + 1, _INDEX_FIXED + self.num_layers + 1), dtype="<i8")
+        if self.rows:
+            index[:-1] = np.asarray(self.rows, dtype=np.int64)
+        index[-1, :_INDEX_FIXED] = self.offsets
+        w = Crc32Writer(out / f"{self.prefix}.index.bin")
+        w.write(index)
+        info = w.close()
+        specs["index"] = ArraySpec(path=f"{self.prefix}.index.bin", dtype="<i8", shape=index.shape, crc32=info["crc32"])
+        return {"num_batches": len(self.rows), "num_seeds": self.num_seeds, "num_edges": self.num_edges,
+                "num_input_nodes": self.offsets[0], "files": {n: s.to_json() for n, s in specs.items()}}
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.__exit__(None, None, None)
+
+
+class _BackgroundWriter:
+    """Runs writes on one thread behind a bounded queue, so disk writes overlap sampling."""
+
+    def __init__(self, depth: int = _WRITE_QUEUE_DEPTH):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="diskgnn-sample-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException as exc:  # handed to the caller in submit/close
+                self._error = exc
+
+    def submit(self, fn, *args) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, args))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _set_threads(threads):
+    import numba
+    previous = numba.get_num_threads()
+    if threads is None:
+        return previous, previous
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= limit:
+        raise ConfigError(f"--threads must lie in 1 .. {limit} (the cores numba may use), got {threads!r}")
+    numba.set_num_threads(int(threads))
+    return previous, int(threads)
+
+
+def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, progress: ProgressFn = no_progress,
+              mmap_topology: str | bool = "auto", memory_budget=None, threads: int | None = None,
+              num_shards: int = 1, shard: int = 0) -> "Samples":
+    """Presample ``cfg.epochs`` training epochs plus one pass over val and test into the directory ``out``.
+
+    Batches stream to disk as they are sampled (memory stays at the topology plus a
+    few batches); the manifest is written last, so an interrupted run leaves no
+    complete-looking directory.
+    """
+    import numba
+    t_start = time.perf_counter()
+    if not isinstance(cfg, SampleConfig):
+        raise ConfigError(f"cfg must be a SampleConfig, got {type(cfg).__name__}")
+    _check_shards(num_shards, shard)
+    ds = _as_dataset(dataset_dir)
+    out = Path(out)
+    if out.resolve() == ds.path.resolve() or ds.path.resolve() in out.resolve().parents:
+        raise ConfigError(f"--out {out} lies inside the dataset directory {ds.path}; choose another directory")
+    previous_threads, used_threads = _set_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        sampler = Sampler(ds, cfg.fanouts, mmap_topology=mmap_topology, memory_budget=memory_budget)
+        load_seconds = time.perf_counter() - t0
+        log.info("%r loaded in %.2f s", sampler, load_seconds)
+        out = prepare_output_dir(out, overwrite=overwrite)
+        try:
+            manifest = _presample_into(ds, out, cfg, sampler, progress, num_shards, shard)
+            seconds = time.perf_counter() - t_start
+            stats = manifest["stats"]
+            stats.update({"seconds": round(seconds, 3), "topology_load_seconds": round(load_seconds, 3),
+                          "mmap_topology": sampler.mmapped, "threads": used_threads})
+            stats["edges_per_second"] = round(stats["sampled_edges"] / max(stats["sample_seconds"], 1e-9), 1)
+            write_manifest(out, FORMAT, VERSION, manifest)
+            finish_output_dir(out)
+        except BaseException:
+            try:
+                _clear_directory(out)
+                (out / ".diskgnn-partial").write_text("aborted\n")
+            except OSError:
+                pass
+            raise
+    finally:
+        numba.set_num_threads(previous_threads)
+    samples = Samples.open(out)
+    log.info("presampled %s in %.1f s: %s", out, seconds, samples.summary())
+    return samples
+
+
+def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler, progress: ProgressFn,
+                    num_shards: int, shard: int) -> dict:
+    counts = np.zeros(ds.num_nodes, dtype=np.int64)
+    parts = {}
+    sampled_edges = 0
+    sample_seconds = 0.0
+    writer = _BackgroundWriter()
+    part_writers: list[_PartWriter] = []
+    try:
+        for part in part_names(cfg.epochs):
+            seeds = part_seeds(ds, cfg, part)
+            nb = num_batches_of(seeds.shape[0], cfg.batch_size, num_shards, shard)
+            pw = _PartWriter(out, part, cfg.num_layers)
+            part_writers.append(pw)
+            if nb:
+                progress(f"sample {part}", 0, nb)
+            t0 = time.perf_counter()
+            for input_nodes, layer_sizes, block_indptr, block_indices in _iter_raw(ds, cfg, part, sampler,
+                                                                                    num_shards, shard):
+                counts[input_nodes] += 1  # input nodes are distinct within a batch
+                writer.submit(pw.add, input_nodes, layer_sizes, block_indptr, block_indices)
+                sampled_edges += block_indices.shape[0]
+                progress(f"sample {part}", 1, nb)
+            sample_seconds += time.perf_counter() - t0
+            writer.submit(lambda pw=pw, part=part: parts.__setitem__(part, pw.close(out)))
+        writer.close()
+    except BaseException:
+        try:
+            writer.close()
+        except BaseException:
+            pass
+        for pw in part_writers:
+            pw.abort()
+        raise
+    w = Crc32Writer(out / "access_counts.bin")
+    with w:
+        w.write(counts.astype("<i8", copy=False))
+        info = w.close()
+    files = {"access_counts": ArraySpec(path="access_counts.bin", dtype="<i8", shape=(ds.num_nodes,),
+                                        crc32=info["crc32"]).to_json()}
+    disk_bytes = sum(f["bytes"] for p in parts.values() for f in p["files"].values()) + files["access_counts"]["bytes"]
+    return {
+        "config": cfg.to_json(),
+        "dataset": {"path": str(ds.path.resolve()), "fingerprint": ds.fingerprint, "num_nodes": ds.num_nodes,
+                    "num_edges": ds.num_edges, "feature_bytes": ds.feature_bytes},
+        "shard": {"num_shards": num_shards, "shard": shard,
+                  "rule": "this directory holds batch i of every part where i % num_shards == shard"},
+        "parts": parts,
+        "files": files,
+        "stats": {"sampled_edges": int(sampled_edges), "sample_seconds": round(sample_seconds, 3),
+                  "disk_bytes": int(disk_bytes),
+                  "footprint_of_features": round(disk_bytes / max(ds.feature_bytes, 1), 5)},
+    }
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+class Samples:
+    """A read-only view of a samples directory; part files are memory-mapped lazily."""
+
+    def __init__(self, path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        where = self.path / "manifest.json"
+        try:
+            self.config = SampleConfig.from_json(manifest["config"])
+            dataset = manifest["dataset"]
+            self.dataset_path = Path(dataset["path"])
+            self.dataset_fingerprint = str(dataset["fingerprint"])
+            self.num_nodes = int(dataset["num_nodes"])
+            self.feature_bytes = int(dataset.get("feature_bytes", 0))
+            self.num_shards = int(manifest["shard"]["num_shards"])
+            self.shard = int(manifest["shard"]["shard"])
+            parts = manifest["parts"]
+            self._specs = {part: {name: ArraySpec.from_json(obj, str(where))
+                                  for name, obj in parts[part]["files"].items()} for part in parts}
+            self._counts_spec = ArraySpec.from_json(manifest["files"]["access_counts"], str(where))
+        except (KeyError, TypeError, ValueError, DiskGNNError) as exc:
+            raise IntegrityError(f"{where} lacks a valid field ({exc}); re-create {self.path} with diskgnn sample") \
+                from None
+        expected = part_names(self.config.epochs)
+        if sorted(self._specs) != sorted(expected):
+            raise IntegrityError(f"{where} lists parts {sorted(self._specs)}, expected {expected}")
+        self.parts = expected
+        self.train_parts = [p for p in expected if p.startswith("train/")]
+        width = _INDEX_FIXED + self.config.num_layers + 1
+        for part, specs in self._specs.items():
+            for name in ("input_nodes", "block_indptr", "block_indices", "index"):
+                if name not in specs:
+                    raise IntegrityError(f"{where}: part {part} does not list its {name} file")
+            shape = specs["index"].shape
+            if len(shape) != 2 or shape[1] != width or shape[0] != parts[part]["num_batches"] + 1:
+                raise IntegrityError(f"{where}: part {part} index has shape {list(shape)}, expected "
+                                     f"[{parts[part]['num_batches'] + 1}, {width}]")
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._index: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path) -> "Samples":
+        return cls(path, read_manifest(path, FORMAT, VERSION))
+
+    def _array(self, part: str, name: str) -> np.ndarray:
+        key = (part, name)
+        if key not in self._arrays:
+            self._check_part(part)
+            self._arrays[key] = open_array(self.path, self._specs[part][name])
+        return self._arrays[key]
+
+    def _check_part(self, part: str) -> None:
+        if part not in self._specs:
+            raise ConfigError(f"{self.path} has no part {part!r}; it has {', '.join(self.parts)}")
+
+    def index(self, part: str) -> np.ndarray:
+        """int64 [nb+1, 3+L+1]: per batch, start offsets into input_nodes / block_indptr / block_indices, then layer sizes."""
+        if part not in self._index:
+            self._index[part] = np.array(self._array(part, "index"))
+        return self._index[part]
+
+    def num_batches(self, part: str) -> int:
+        self._check_part(part)
+        return int(self._specs[part]["index"].shape[0] - 1)
+
+    def global_index(self, part: str, i: int) -> int:
+        """The batch's number in the unsharded part (batch i of shard s of S is batch i*S + s)."""
+        return i * self.num_shards + self.shard
+
+    def _check_batch(self, part: str, i: int) -> int:
+        nb = self.num_batches(part)
+        if not -nb <= i < nb:
+            raise ConfigError(f"{self.path}: part {part} has {nb} batches, there is no batch {i}")
+        return i % nb
+
+    def input_offsets(self, part: str) -> np.ndarray:
+        """int64 [nb+1]: batch i's input nodes are ``all_input_nodes(part)[off[i]:off[i+1]]``."""
+        return np.ascontiguousarray(self.index(part)[:, 0])
+
+    def all_input_nodes(self, part: str) -> np.ndarray:
+        """The concatenated int64 input nodes of every batch of the part (a memory map)."""
+        return self._array(part, "input_nodes")
+
+    def input_nodes(self, part: str, i: int) -> np.ndarray:
+        i = self._check_batch(part, i)
+        idx = self.index(part)
+        return np.array(self.all_input_nodes(part)[idx[i, 0]:idx[i + 1, 0]])
+
+    def batch(self, part: str, i: int) -> MiniBatch:
+        i = self._check_batch(part, i)
+        idx = self.index(part)
+        row, nxt = idx[i], idx[i + 1]
+        input_nodes = np.array(self._array(part, "input_nodes")[row[0]:nxt[0]])
+        block_indptr = np.array(self._array(part, "block_indptr")[row[1]:nxt[1]])
+        block_indices = np.array(self._array(part, "block_indices")[row[2]:nxt[2]])
+        return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
+
+    def batches(self, part: str) -> Iterator[MiniBatch]:
+        for i in range(self.num_batches(part)):
+            yield self.batch(part, i)
+
+    @property
+    def access_counts(self) -> np.ndarray:
+        """int64 [N]: how often each node is an input node over every stored batch (train parts, val, test)."""
+        return open_array(self.path, self._counts_spec)
+
+    def open_dataset(self) -> Dataset:
+        """The dataset these samples came from, checked by fingerprint."""
+        ds = Dataset.open(self.dataset_path)
+        if ds.fingerprint != self.dataset_fingerprint:
+            raise MismatchError(f"{self.path} was sampled from a dataset with fingerprint {self.dataset_fingerprint}, "
+                                f"but {ds.path} now has {ds.fingerprint}; sample it again")
+        return ds
+
+    def files(self) -> list[ArraySpec]:
+        return [s for specs in self._specs.values() for s in specs.values()] + [self._counts_spec]
+
+    def summary(self) -> dict:
+        parts = self.manifest["parts"]
+        stats = self.manifest.get("stats", {})
+        return {
+            "path": str(self.path), "format_version": self.manifest.get("version"),
+            "dataset": str(self.dataset_path), "fingerprint": self.dataset_fingerprint,
+            "config": self.config.to_json(),
+            "shard": f"{self.shard} of {self.num_shards}",
+            "batches": {p: int(parts[p]["num_batches"]) for p in self.parts},
+            "seeds": {p: int(parts[p]["num_seeds"]) for p in self.parts},
+            "sampled_edges": int(stats.get("sampled_edges", sum(int(parts[p]["num_edges"]) for p in self.parts))),
+            "input_nodes": sum(int(parts[p]["num_input_nodes"]) for p in self.parts),
+            "disk_bytes": int(stats.get("disk_bytes", sum(s.nbytes for s in self.files()))),
+            "footprint_of_features": stats.get("footprint_of_features"),
+            "seconds": stats.get("seconds"),
+            "edges_per_second": stats.get("edges_per_second"),
+            "mmap_topology": stats.get("mmap_topology"),
+            "threads": stats.get("threads"),
+        }
+
+    def __repr__(self) -> str:
+        return (f"Samples({str(self.path)!r}, fanouts={list(self.config.fanouts)}, batch_size="
+                f"{self.config.batch_size}, epochs={self.config.epochs}, shard={self.shard}/{self.num_shards})")
+
+
+# --- verification -------------------------------------------------------------------------------
+
+def _has_repeated_in_edges(indptr, indices, v: int) -> bool:
+    nbrs = np.asarray(indices[int(indptr[v]):int(indptr[v + 1])])
+    return np.unique(nbrs).size != nbrs.size
+
+
+def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressFn = no_progress, *,
+                   check_graph: bool = True) -> None:
+    """Check every invariant of a samples directory; raise :class:`IntegrityError` naming the first problem.
+
+    Checks file sizes and crc32, each batch's block structure (nested prefixes,
+    offsets, local ids in range, no neighbour repeated per destination), that
+    input nodes are distinct and in range, the access counts, and, when the
+    dataset is reachable and unchanged, that the seeds are the part's seeds and
+    every sampled edge is an in-edge of the graph.
+    """
+    from diskgnn.kernels.sampling import count_missing_edges, first_repeat, repeated_in_segments
+    from diskgnn.manifest import file_crc32
+    where = samples.path
+    specs = samples.files()
+    for spec in specs:
+        open_array(where, spec)
+    if check_crc:
+        for spec in specs:
+            if spec.crc32 is None:
+                continue
+            got = file_crc32(where / spec.path)
+            if got != spec.crc32:
+                raise IntegrityError(f"{where}/{spec.path}: checksum mismatch (crc32 {got:08x}, manifest says "
+                                     f"{spec.crc32:08x}); the file is corrupt, run diskgnn sample again")
+            progress("verify checksums", 1, len(specs))
+    ds = None
+    if check_graph:
+        try:
+            ds = samples.open_dataset()
+        except DiskGNNError as exc:
+            log.warning("not checking sampled edges against the graph: %s", exc)
+    if ds is not None:
+        indptr, indices = ds.indptr, ds.indices
+    cfg = samples.config
+    n = samples.num_nodes
+    mark = np.zeros(n, dtype=np.uint8)
+    counts = np.zeros(n, dtype=np.int64)
+    for part in samples.parts:
+        nb = samples.num_batches(part)
+        idx = samples.index(part)
+        if (np.diff(idx[:, :_INDEX_FIXED], axis=0) < 0).any():
+            raise IntegrityError(f"{where}: the index of part {part} has decreasing offsets")
+        totals = [samples._specs[part][name].shape[0] for name in ("input_nodes", "block_indptr", "block_indices")]
+        if list(idx[-1, :_INDEX_FIXED]) != totals:
+            raise IntegrityError(f"{where}: the index of part {part} ends at {list(idx[-1, :_INDEX_FIXED])}, "
+                                 f"the files hold {totals} items")
+        seeds_all = None
+        if ds is not None:
+            seeds_all = part_seeds(ds, cfg, part)
+        for i in range(nb):
+            what = f"{where}: part {part} batch {i}"
+            row, nxt = idx[i], idx[i + 1]
+            sizes = row[_INDEX_FIXED:]
+            if (np.diff(sizes) > 0).any() or sizes[-1] < 1:
+                raise IntegrityError(f"{what}: layer sizes {sizes.tolist()} must shrink towards the seeds")
+            if nxt[0] - row[0] != sizes[0]:
+                raise IntegrityError(f"{what}: holds {nxt[0] - row[0]} input nodes, its first block has {sizes[0]}")
+            if nxt[1] - row[1] != int(np.sum(sizes[1:] + 1)):
+                raise IntegrityError(f"{what}: block offsets have {nxt[1] - row[1]} entries, expected "
+                                     f"{int(np.sum(sizes[1:] + 1))}")
+            try:
+                mb = samples.batch(part, i)
+            except (ValueError, IndexError) as exc:
+                raise IntegrityError(f"{what}: cannot be read ({exc})") from None
+            nodes = mb.input_nodes
+            if nodes.size and (int(nodes.min()) < 0 or int(nodes.max()) >= n):
+                raise IntegrityError(f"{what}: input node ids must lie in 0 .. {n - 1}")
+            rep = first_repeat(nodes, mark)
+            if rep >= 0:
+                raise IntegrityError(f"{what}: input node {int(nodes[rep])} appears twice")
+            counts[nodes] += 1
+            edges = 0
+            for layer, b in enumerate(mb.blocks):
+                ptr = b.indptr
+                if ptr[0] != 0 or (np.diff(ptr) < 0).any():
+                    raise IntegrityError(f"{what} block {layer}: offsets must start at 0 and not decrease")
+                if b.indices.size and (int(b.indices.min()) < 0 or int(b.indices.max()) >= b.num_src):
+                    raise IntegrityError(f"{what} block {layer}: local source ids must lie in 0 .. {b.num_src - 1}")
+                fanout = cfg.fanouts[layer]
+                if fanout > 0 and int(np.diff(ptr).max(initial=0)) > fanout:
+                    raise IntegrityError(f"{what} block {layer}: a node has more than fanout {fanout} neighbours")
+                start = 0
+                while True:
+                    j = repeated_in_segments(ptr[start:], b.indices, mark)
+                    if j < 0:
+                        break
+                    j += start
+                    if ds is None or not _has_repeated_in_edges(indptr, indices, int(nodes[j])):
+                        raise IntegrityError(f"{what} block {layer}: destination {j} has a repeated neighbour")
+                    start = j + 1  # the graph itself repeats this in-edge (a multigraph): allowed
+                if ds is not None:
+                    dst = nodes[:b.num_dst]
+                    deg = np.asarray(indptr[dst + 1]) - np.asarray(indptr[dst])
+                    expect = deg if fanout < 0 else np.minimum(deg, fanout)
+                    if not np.array_equal(np.diff(ptr), expect):
+                        j = int(np.flatnonzero(np.diff(ptr) != expect)[0])
+                        raise IntegrityError(f"{what} block {layer}: node {int(dst[j])} has {int(ptr[j + 1] - ptr[j])} "
+                                             f"sampled neighbours, expected min(degree {int(deg[j])}, fanout {fanout})")
+                    missing = count_missing_edges(indptr, indices, nodes, ptr, b.indices)
+                    if missing:
+                        raise IntegrityError(f"{what} block {layer}: {missing} sampled edges are not edges of the "
+                                             f"graph {ds.path}")
+                edges += b.num_edges
+            if nxt[2] - row[2] != edges:
+                raise IntegrityError(f"{what}: blocks hold {edges} edges, the index says {nxt[2] - row[2]}")
+            if seeds_all is not None:
+                g = samples.global_index(part, i)
+                expect = seeds_all[g * cfg.batch_size:(g + 1) * cfg.batch_size]
+                if not np.array_equal(mb.seeds, expect):
+                    raise IntegrityError(f"{what}: seeds differ from the part's seed order (config "
+                                         f"{cfg.to_json()}); the samples do not match the dataset")
+            progress(f"verify {part}", 1, nb)
+    if not np.array_equal(counts, np.asarray(samples.access_counts)):
+        bad = int(np.flatnonzero(counts != np.asarray(samples.access_counts))[0])
+        raise IntegrityError(f"{where}/access_counts.bin: node {bad} is counted {int(samples.access_counts[bad])} "
+                             f"times, the batches use it {int(counts[bad])} times")
