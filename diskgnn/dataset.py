@@ -398,7 +398,8 @@ def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool 
         seen[idx] = 1
         if (np.asarray(labels)[idx] < 0).any():
             raise IntegrityError(f"{where}/{s}_idx.bin: contains unlabelled nodes (label -1)")
-    if check_features:
+    # A dataset prepared with --allow-nonfinite may hold NaN/inf rows on purpose.
+    if check_features and not (ds.manifest.get("config") or {}).get("allow_nonfinite", False):
         feats = ds.features
         rows = max(1, (64 << 20) // max(ds.row_bytes, 1))
         for lo, hi in _chunks(n, rows):

@@ -1,0 +1,1147 @@
+"""Import a user's graph into the dataset format (``diskgnn prepare``).
+
+Readers for four input formats (``npz``, ``edgelist``, ``ogb``, ``dgl``) turn
+the input into the same parts: an edge stream of (source, destination) chunks,
+a feature stream of row chunks, labels and split ids. :func:`prepare` then
+
+1. checks everything it can cheaply (files, shapes, dtypes, labels, splits);
+2. scans the edges once, checking ids and counting in-degrees (text input is
+   parsed once and cached as binary pairs under the output directory);
+3. cuts the nodes into destination ranges whose in-edges fit the memory
+   budget and, when there is more than one range, scatters the edges into a
+   run file grouped by range (an external bucket sort);
+4. builds each range's CSR in memory (counting sort by destination, then
+   sort and de-duplicate each node's sources) and appends it to
+   ``indices.bin`` / ``indptr.bin``;
+5. copies the features in chunks, converting the dtype and rejecting NaN/inf.
+
+Memory is the budget for edge work plus about 16 bytes per node (in-degree
+counts and labels). Temporary files live in ``OUT/.prepare-scratch`` and are
+removed; on any error :class:`~diskgnn.dataset.DatasetWriter` clears the
+output, so nothing that looks like a dataset is left behind.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+import time
+import warnings
+import zipfile
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from diskgnn.dataset import (FEATURE_DTYPES, SPLITS, Dataset, DatasetWriter, convert_features,
+                             node_id_dtype)
+from diskgnn.errors import (ConfigError, InputFormatError, InputNotFoundError, MemoryBudgetError,
+                            MismatchError)
+from diskgnn.manifest import raise_if_disk_full
+from diskgnn.progress import ProgressFn, no_progress
+from diskgnn.sizes import format_bytes, parse_size
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npz", "edgelist", "ogb", "dgl")
+MAX_CLASSES = 1 << 16
+SCRATCH = ".prepare-scratch"
+_MIN_WORK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareConfig:
+    """What to import and how."""
+    format: str
+    """Input format: npz, edgelist, ogb or dgl."""
+    input: str
+    """Input file or directory."""
+    undirected: bool = False
+    """Add the reverse of every edge."""
+    drop_self_loops: bool = True
+    """Drop edges from a node to itself."""
+    drop_duplicates: bool = True
+    """Keep each (source, destination) pair once."""
+    dtype: str | None = None
+    """Stored feature dtype (fp32, fp16, bf16); None keeps the input's (fp64 becomes fp32)."""
+    memory_budget: str | int | None = None
+    """Memory for edge work, bytes or "2G"; None = the memory available now."""
+    allow_nonfinite: bool = False
+    """Accept NaN/inf in features instead of stopping at the first such row."""
+    features: str | None = None
+    """edgelist: features .npy (N x F)."""
+    labels: str | None = None
+    """edgelist: labels .npy (N); -1 marks unlabelled nodes."""
+    splits: str | None = None
+    """edgelist: .npz holding train_idx, val_idx, test_idx."""
+    num_nodes: int | None = None
+    """Node count; must agree with the feature rows when given."""
+    split_name: str | None = None
+    """ogb: the split directory under split/ (default: the only one)."""
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format {self.format!r} is not supported; choose one of {', '.join(FORMATS)}")
+        if not self.input or not isinstance(self.input, (str, os.PathLike)):
+            raise ConfigError(f"input must be a file or directory path, got {self.input!r}")
+        if self.dtype is not None and self.dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r} is not supported; choose one of {', '.join(FEATURE_DTYPES)}")
+        if self.memory_budget is not None:
+            budget = parse_size(self.memory_budget, name="--memory-budget")
+            if budget < 16 << 20:
+                raise ConfigError(f"--memory-budget {self.memory_budget!r} is below the minimum of 16M; "
+                                  f"give at least 16M")
+        if self.num_nodes is not None and (isinstance(self.num_nodes, bool) or int(self.num_nodes) < 1):
+            raise ConfigError(f"--num-nodes must be a positive integer, got {self.num_nodes!r}")
+        if self.format != "edgelist":
+            for name in ("features", "labels", "splits"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name} only applies to --format edgelist; the {self.format} input "
+                                      f"holds its own {name}")
+        if self.split_name is not None and self.format != "ogb":
+            raise ConfigError("--dataset-name only applies to --format ogb")
+
+    def budget_bytes(self) -> int:
+        """The memory budget in bytes (the available memory when none was given)."""
+        if self.memory_budget is not None:
+            return parse_size(self.memory_budget, name="--memory-budget")
+        from diskgnn.capabilities import available_memory
+        return max(int(available_memory() * 0.7), 64 << 20)
+
+
+# --- input parts ---------------------------------------------------------------------------------
+
+EdgeChunk = tuple  # (src int64[k], dst int64[k], where: Callable[[int], str])
+
+
+@dataclass
+class _Features:
+    """A stream of feature rows, in order."""
+    where: str
+    num_rows: int
+    dim: int
+    dtype: np.dtype | str
+    """Input dtype (numpy float dtype) or "bf16" (uint16 bit patterns)."""
+    chunks: Callable[[int], Iterator[np.ndarray]]
+    """chunks(rows) yields consecutive blocks of at most ``rows`` rows."""
+
+
+@dataclass
+class _Graph:
+    """One input graph, checked for shapes and dtypes, not yet for edge ids."""
+    num_nodes: int
+    feat_dim: int
+    feat_dtype: np.dtype | str
+    """Input feature dtype (a numpy float dtype) or "bf16"."""
+    labels: np.ndarray
+    num_classes: int
+    splits: dict
+    source: dict
+    edges: object = None
+    """_ArrayEdges or _TextEdges; None until ``materialize`` ran (compressed .npz)."""
+    features: _Features | None = None
+
+
+def _require(path: Path, what: str, fix: str = "") -> Path:
+    if not path.exists():
+        raise InputNotFoundError(f"{path} does not exist ({what}){'; ' + fix if fix else ''}")
+    return path
+
+
+# --- .npy / .npz access ----------------------------------------------------------------------------
+
+def _read_npy_header(f, where: str):
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputFormatError(f"{where} is not a valid .npy array ({exc}); save it with numpy.save") from None
+    if dtype.hasobject:
+        raise InputFormatError(f"{where} holds Python objects ({dtype}); save a plain numeric array")
+    return shape, fortran, dtype, f.tell()
+
+
+def _memmap_npy(path: Path, where: str, base: int = 0, available: int | None = None) -> np.ndarray:
+    """Memory-map the .npy data at byte ``base`` of ``path``, checking it is not truncated."""
+    with open(path, "rb") as f:
+        f.seek(base)
+        shape, fortran, dtype, data_at = _read_npy_header(f, where)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = (available if available is not None else path.stat().st_size - base) - (data_at - base)
+    if have < nbytes:
+        raise InputFormatError(
+            f"{where} is truncated: its header promises {dtype} {list(shape)} ({nbytes} bytes of data), "
+            f"the file holds {max(have, 0)}; the copy is incomplete, save or copy it again")
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_at, shape=tuple(shape),
+                     order="F" if fortran else "C")
+
+
+class _NpzArrays:
+    """Named arrays of a ``.npz`` file or a directory of ``.npy`` files, memory-mapped.
+
+    Members of a compressed ``.npz`` cannot be mapped; :meth:`materialize` extracts
+    them (streaming) into a scratch directory first.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.is_dir = path.is_dir()
+        self.names: set[str] = set()
+        self._stored: dict[str, tuple[int, int]] = {}
+        self._headers: dict[str, tuple] = {}
+        self._materialized: dict[str, np.ndarray] = {}
+        if self.is_dir:
+            self.names = {p.stem for p in path.glob("*.npy")}
+            return
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = {i.filename: i for i in zf.infolist()}
+                for member, info in infos.items():
+                    if not member.endswith(".npy"):
+                        continue
+                    name = member[:-4]
+                    self.names.add(name)
+                    with zf.open(member) as f:
+                        shape, fortran, dtype, _ = _read_npy_header(f, f"{path}:{member}")
+                    self._headers[name] = (shape, dtype)
+                    if info.compress_type == zipfile.ZIP_STORED:
+                        self._stored[name] = (info.header_offset, info.file_size)
+        except zipfile.BadZipFile as exc:
+            raise InputFormatError(f"{path} is not a valid .npz file ({exc}); save it with numpy.savez, or "
+                                   f"give a directory of .npy files") from None
+
+    def where(self, name: str) -> str:
+        return str(self.path / f"{name}.npy") if self.is_dir else f"{self.path} (array {name!r})"
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        if self.is_dir:
+            with open(self.path / f"{name}.npy", "rb") as f:
+                shape, _, dtype, _ = _read_npy_header(f, self.where(name))
+            return tuple(shape), dtype
+        shape, dtype = self._headers[name]
+        return tuple(shape), dtype
+
+    def array(self, name: str) -> np.ndarray:
+        """A memory map of array ``name`` (compressed members must be materialized first)."""
+        if self.is_dir:
+            return _memmap_npy(self.path / f"{name}.npy", self.where(name))
+        if name in self._materialized:
+            return self._materialized[name]
+        if name in self._stored:
+            header_offset, size = self._stored[name]
+            with open(self.path, "rb") as f:
+                f.seek(header_offset)
+                local = f.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise InputFormatError(f"{self.path}: damaged zip entry for {name!r}; save the file again")
+            data_at = header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                int.from_bytes(local[28:30], "little")
+            return _memmap_npy(self.path, self.where(name), base=data_at, available=size)
+        raise InputFormatError(f"{self.where(name)} is compressed; call materialize first")
+
+    def small(self, name: str) -> np.ndarray:
+        """Load a small array (labels, split ids) fully."""
+        if self.is_dir or name in self._stored:
+            return np.asarray(self.array(name))
+        with zipfile.ZipFile(self.path) as zf, zf.open(f"{name}.npy") as f:
+            try:
+                return np.lib.format.read_array(f, allow_pickle=False)
+            except (ValueError, EOFError, OSError) as exc:
+                raise InputFormatError(f"{self.where(name)} cannot be read ({exc}); save the file again") from None
+
+    def needs_scratch(self, *names: str) -> bool:
+        """Whether any of ``names`` is a compressed member that must be extracted to be mapped."""
+        return not self.is_dir and any(name not in self._stored for name in names)
+
+    def materialize(self, name: str, scratch: Path | None) -> np.ndarray:
+        if self.is_dir or name in self._stored:
+            return self.array(name)
+        target = scratch / f"{name}.npy"
+        try:
+            with zipfile.ZipFile(self.path) as zf, zf.open(f"{name}.npy") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+        except OSError as exc:
+            raise_if_disk_full(exc, scratch)
+            raise
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise InputFormatError(f"{self.where(name)} cannot be decompressed ({exc}); save the file again") from None
+        self._materialized[name] = _memmap_npy(target, self.where(name))
+        return self._materialized[name]
+
+
+# --- checks of the parts ---------------------------------------------------------------------------
+
+def _check_feature_dtype(dtype, where: str) -> None:
+    if isinstance(dtype, str):
+        return
+    if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        raise InputFormatError(
+            f"{where} has dtype {dtype}; features must be floating point (float16/32/64). Convert them, "
+            f"e.g. numpy.save(path, feat.astype(numpy.float32))")
+
+
+def _memmap_features(arr: np.ndarray, where: str) -> _Features:
+    if arr.ndim != 2:
+        raise InputFormatError(f"{where} has shape {list(arr.shape)}; features must be a 2-D N x F array")
+    _check_feature_dtype(arr.dtype, where)
+    if arr.shape[1] < 1:
+        raise InputFormatError(f"{where} has no feature columns (shape {list(arr.shape)})")
+
+    def chunks(rows: int) -> Iterator[np.ndarray]:
+        for lo in range(0, arr.shape[0], rows):
+            yield np.asarray(arr[lo:lo + rows])
+    return _Features(where, int(arr.shape[0]), int(arr.shape[1]), arr.dtype, chunks)
+
+
+def _clean_labels(raw: np.ndarray | None, num_nodes: int, where: str, chunk: int = 1 << 22) -> tuple[np.ndarray, int]:
+    """Labels as int64 [N] (-1 = unlabelled) and the class count; NaN in float labels means unlabelled."""
+    if raw is None:
+        log.warning("no labels given: every node is unlabelled (-1)")
+        return np.full(num_nodes, -1, dtype=np.int64), 1
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 1:
+        raise InputFormatError(f"{where} has shape {list(raw.shape)}; labels must be one class id per node "
+                               f"(multi-label targets are not supported)")
+    if raw.shape[0] != num_nodes:
+        raise MismatchError(f"{where} has {raw.shape[0]} labels but the graph has {num_nodes} nodes (feature "
+                            f"rows); give one label per node, -1 for unlabelled ones")
+    if raw.dtype.kind not in "iuf":
+        raise InputFormatError(f"{where} has dtype {raw.dtype}; labels must be integer class ids "
+                               f"(or floats with NaN for unlabelled nodes)")
+    labels = np.empty(num_nodes, dtype=np.int64)
+    for lo in range(0, num_nodes, chunk):
+        part = np.asarray(raw[lo:lo + chunk])
+        if part.dtype.kind == "f":
+            nan = np.isnan(part)
+            bad = ~nan & ((part != np.round(part)) | ~np.isfinite(part))
+            if bad.any():
+                i = lo + int(np.flatnonzero(bad)[0])
+                raise InputFormatError(f"{where}: node {i} has label {raw[i]!r}, not a whole number; labels "
+                                       f"must be integer class ids (NaN or -1 for unlabelled)")
+            out = np.where(nan, -1, part).astype(np.int64)
+        else:
+            out = part.astype(np.int64)
+            if part.dtype.kind == "u" and part.dtype.itemsize == 8 and (part > np.iinfo(np.int64).max).any():
+                out[part > np.iinfo(np.int64).max] = np.iinfo(np.int64).min
+        labels[lo:lo + out.shape[0]] = out
+    if num_nodes:
+        low, high = int(labels.min()), int(labels.max())
+        if low < -1:
+            i = int(np.flatnonzero(labels < -1)[0])
+            raise InputFormatError(f"{where}: node {i} has label {int(labels[i])}, out of range; labels must "
+                                   f"be 0..C-1, or -1 for an unlabelled node")
+        if high >= MAX_CLASSES:
+            i = int(np.argmax(labels))
+            raise InputFormatError(f"{where}: node {i} has label {high}, out of range; labels must be class "
+                                   f"ids 0..{MAX_CLASSES - 1} (renumber the classes 0..C-1)")
+    else:
+        high = -1
+    return labels, max(high + 1, 1)
+
+
+def _clean_splits(raw: dict, labels: np.ndarray, where: dict) -> dict:
+    """Split ids as int64 arrays: in range, unique, labelled and pairwise disjoint."""
+    n = labels.shape[0]
+    owner = np.full(n, -1, dtype=np.int8)
+    out = {}
+    for k, name in enumerate(SPLITS):
+        arr = raw.get(name)
+        w = where.get(name, name)
+        if arr is None:
+            out[name] = np.zeros(0, dtype=np.int64)
+            continue
+        arr = np.asarray(arr)
+        if arr.dtype == np.bool_:
+            if arr.shape != (n,):
+                raise MismatchError(f"{w}: a boolean mask needs one entry per node ({n}), got shape {list(arr.shape)}")
+            arr = np.flatnonzero(arr)
+        if arr.ndim == 2 and 1 in arr.shape:
+            arr = arr.reshape(-1)
+        if arr.ndim != 1:
+            raise InputFormatError(f"{w} has shape {list(arr.shape)}; a split is a 1-D array of node ids")
+        if arr.dtype.kind not in "iu":
+            raise InputFormatError(f"{w} has dtype {arr.dtype}; split node ids must be integers, e.g. "
+                                   f"idx.astype(numpy.int64)")
+        ids = arr.astype(np.int64)
+        if ids.size:
+            bad = (ids < 0) | (ids >= n)
+            if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
+                bad |= arr > np.iinfo(np.int64).max
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InputFormatError(f"{w}: entry {i} is node {arr[i]}, outside 0..{n - 1}; split ids must "
+                                       f"be node ids of this graph")
+            uniq, counts = np.unique(ids, return_counts=True)
+            if uniq.size != ids.size:
+                raise InputFormatError(f"{w}: node {int(uniq[np.argmax(counts > 1)])} appears more than once; "
+                                       f"list each node once")
+            taken = owner[ids] >= 0
+            if taken.any():
+                v = int(ids[np.flatnonzero(taken)[0]])
+                raise InputFormatError(f"splits overlap: node {v} is in {SPLITS[owner[v]]} ({where.get(SPLITS[owner[v]])}) "
+                                       f"and in {name} ({w}); each node may belong to one split only")
+            owner[ids] = k
+            unlabelled = labels[ids] < 0
+            if unlabelled.any():
+                v = int(ids[np.flatnonzero(unlabelled)[0]])
+                raise InputFormatError(f"{w}: node {v} is in the {name} split but has no label (-1/NaN); "
+                                       f"splits may only hold labelled nodes")
+        out[name] = ids
+    return out
+
+
+def _check_num_nodes(cfg: PrepareConfig, num_rows: int, where: str) -> int:
+    if cfg.num_nodes is not None and int(cfg.num_nodes) != num_rows:
+        raise MismatchError(f"--num-nodes {cfg.num_nodes} does not match the {num_rows} feature rows of "
+                            f"{where}; features need one row per node")
+    if num_rows < 1:
+        raise InputFormatError(f"{where} has no rows; a graph needs at least one node")
+    return num_rows
+
+
+# --- edges -------------------------------------------------------------------------------------------
+
+class _ArrayEdges:
+    """Edges held in two (possibly memory-mapped) integer arrays."""
+    cache_needed = False
+
+    def __init__(self, src: np.ndarray, dst: np.ndarray, where: str, unit: str = "edge"):
+        self.src, self.dst, self.where, self.unit = src, dst, where, unit
+        self.num_edges = int(src.shape[0])
+        self.progress_total = self.num_edges
+
+    def chunks(self, max_edges: int) -> Iterator[EdgeChunk]:
+        for lo in range(0, self.num_edges, max_edges):
+            hi = min(self.num_edges, lo + max_edges)
+            src = np.asarray(self.src[lo:hi]).astype(np.int64, copy=False)
+            dst = np.asarray(self.dst[lo:hi]).astype(np.int64, copy=False)
+            yield src, dst, (lambda k, lo=lo: f"{self.where}, {self.unit} {lo + k}"), hi - lo
+
+
+def _check_edge_index(shape, dtype: np.dtype, where: str) -> None:
+    if dtype.kind not in "iu":
+        raise InputFormatError(f"{where} has dtype {dtype}; node ids must be integers. Convert it, "
+                               f"e.g. edge_index.astype(numpy.int64)")
+    if len(shape) != 2 or shape[0] != 2:
+        hint = " (it looks transposed: save edge_index.T)" if len(shape) == 2 and shape[1] == 2 else ""
+        raise InputFormatError(f"{where} has shape {list(shape)}; it must be 2 x E (source row, then "
+                               f"destination row){hint}")
+
+
+def _array_edges(edge_index: np.ndarray, where: str) -> _ArrayEdges:
+    _check_edge_index(edge_index.shape, edge_index.dtype, where)
+    return _ArrayEdges(edge_index[0], edge_index[1], where, unit="column")
+
+
+_PARSE_ERRORS = {
+    1: "is not a non-negative integer node id (edge lists hold integer ids: write 'src dst' per line, "
+       "converting float ids to integers)",
+    2: "is a negative node id; node ids are 0..N-1",
+    3: "has only one column; each line needs 'src dst'",
+    4: "is too large to be a node id",
+}
+
+
+def _line_at(block: bytes, pos: int) -> tuple[int, bytes]:
+    start = block.rfind(b"\n", 0, pos) + 1
+    end = block.find(b"\n", pos)
+    return block.count(b"\n", 0, start), block[start:end if end >= 0 else len(block)].rstrip(b"\r")
+
+
+def _is_data_line(line: bytes) -> bool:
+    s = line.strip()
+    return bool(s) and s[:1] not in (b"#", b"%")
+
+
+def _looks_like_header(line: bytes) -> bool:
+    tokens = [t for t in line.replace(b",", b" ").split() if t]
+    if len(tokens) < 2:
+        return False
+    try:
+        float(tokens[0]), float(tokens[1])
+    except ValueError:
+        return True
+    return False
+
+
+class _TextEdges:
+    """A text edge list (plain or gzip): lines "src dst", optional header, # or % comments."""
+    cache_needed = True
+
+    def __init__(self, path: Path, allow_header: bool = True):
+        self.path = path
+        self.gz = path.suffix == ".gz"
+        self.allow_header = allow_header
+        self.num_edges = None
+        self.progress_total = None if self.gz else path.stat().st_size
+
+    def _open(self):
+        return gzip.open(self.path, "rb") if self.gz else open(self.path, "rb")
+
+    def blocks(self, block_bytes: int) -> Iterator[tuple[bytes, int, int]]:
+        """Whole-line blocks: (bytes, number of the block's first line, input bytes consumed)."""
+        line_no, carry, first = 1, b"", True
+        try:
+            with self._open() as f:
+                while True:
+                    data = f.read(block_bytes)
+                    if not data:
+                        if carry:
+                            yield carry, line_no, 0
+                        return
+                    consumed = len(data)
+                    if carry:
+                        data = carry + data
+                    cut = data.rfind(b"\n")
+                    if cut < 0:
+                        carry = data
+                        continue
+                    block, carry = data[:cut + 1], data[cut + 1:]
+                    if first and self.allow_header:
+                        first = False
+                        block, skipped = self._strip_header(block)
+                        line_no += skipped
+                    yield block, line_no, consumed
+                    line_no += block.count(b"\n")
+        except (OSError, EOFError, zlib.error) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise InputFormatError(f"{self.path} cannot be read ({exc}); the file is damaged or incomplete, "
+                                   f"copy it again") from None
+
+    def _strip_header(self, block: bytes) -> tuple[bytes, int]:
+        pos, lines = 0, 0
+        while pos < len(block):
+            end = block.find(b"\n", pos)
+            end = len(block) if end < 0 else end
+            line = block[pos:end]
+            if _is_data_line(line):
+                if _looks_like_header(line):
+                    log.info("%s: skipping header line %r", self.path, line[:80].decode(errors="replace"))
+                    return block[end + 1:], lines + 1
+                return block, 0
+            pos = end + 1
+            lines += 1
+        return block, 0
+
+    def chunks(self, max_edges: int) -> Iterator[EdgeChunk]:
+        from diskgnn.kernels.parse import parse_edge_lines
+        block_bytes = int(min(max(max_edges * 4, 256), 32 << 20))
+        cap = block_bytes // 2 + 16
+        out_src = np.empty(cap, dtype=np.int64)
+        out_dst = np.empty(cap, dtype=np.int64)
+        for block, line_no, consumed in self.blocks(block_bytes):
+            need = len(block) // 4 + 2
+            if need > out_src.shape[0]:  # a long carried line: grow once
+                out_src = np.empty(need, dtype=np.int64)
+                out_dst = np.empty(need, dtype=np.int64)
+            buf = np.frombuffer(block, dtype=np.uint8)
+            k, err, pos = parse_edge_lines(buf, out_src, out_dst)
+            if err:
+                lines_before, text = _line_at(block, pos)
+                token = block[pos:pos + 24].split()[0] if block[pos:pos + 24].split() else b""
+                what = f"{token.decode(errors='replace')!r} " if err != 3 else ""
+                raise InputFormatError(f"{self.path}, line {line_no + lines_before}: {what}"
+                                       f"{_PARSE_ERRORS[err]} (line: {text[:80].decode(errors='replace')!r})")
+
+            def where(i, block=block, line_no=line_no):
+                return f"{self.path}, line {line_no + _nth_data_line(block, i)}"
+            yield out_src[:k], out_dst[:k], where, consumed
+
+
+def _nth_data_line(block: bytes, i: int) -> int:
+    """Zero-based line offset of the i-th data line of ``block`` (error messages only)."""
+    seen = -1
+    for offset, line in enumerate(block.split(b"\n")):
+        if _is_data_line(line):
+            seen += 1
+            if seen == i:
+                return offset
+    return 0
+
+
+class _ScratchFile:
+    """An append-only binary file in the scratch directory; ENOSPC becomes DiskFullError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        try:
+            self._f = open(path, "wb")
+        except OSError as exc:
+            raise_if_disk_full(exc, path.parent)
+            raise
+
+    def write(self, array: np.ndarray) -> int:
+        at = self.offset
+        try:
+            self._f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        except OSError as exc:
+            self._f.close()
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        self.offset += array.nbytes
+        return at
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+
+
+def _read_into(f, offset: int, out: np.ndarray, where: Path) -> None:
+    f.seek(offset)
+    view = memoryview(out).cast("B")
+    got = f.readinto(view)
+    if got != view.nbytes:
+        raise InputFormatError(f"{where}: short read of a temporary file ({got} of {view.nbytes} bytes)")
+
+
+class _CachedEdges:
+    """Edges re-read from the binary cache that the scan pass wrote (text inputs)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, blocks: list[tuple[int, int]]):
+        self.path, self.dtype, self.blocks = path, dtype, blocks
+        self.num_edges = sum(c for _, c in blocks)
+
+    def chunks(self, max_edges: int) -> Iterator[EdgeChunk]:
+        with open(self.path, "rb") as f:
+            for offset, count in self.blocks:
+                src = np.empty(count, dtype=self.dtype)
+                dst = np.empty(count, dtype=self.dtype)
+                _read_into(f, offset, src, self.path)
+                _read_into(f, offset + src.nbytes, dst, self.path)
+                yield src.astype(np.int64), dst.astype(np.int64), None, count
+
+
+# --- the format readers ------------------------------------------------------------------------------
+
+def _read_npz(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
+    path = _require(Path(cfg.input), "--format npz input", "give a .npz file or a directory of .npy files")
+    arrays = _NpzArrays(path)
+    for name in ("edge_index", "feat"):
+        if not arrays.has(name):
+            raise InputNotFoundError(f"{arrays.where(name)} is missing; --format npz needs edge_index (2 x E) "
+                                     f"and feat (N x F), plus label, train_idx, val_idx, test_idx")
+    shape, dtype = arrays.header("feat")
+    if len(shape) != 2:
+        raise InputFormatError(f"{arrays.where('feat')} has shape {list(shape)}; features must be N x F")
+    _check_feature_dtype(dtype, arrays.where("feat"))
+    n = _check_num_nodes(cfg, int(shape[0]), arrays.where("feat"))
+    eshape, edtype = arrays.header("edge_index")
+    _check_edge_index(eshape, edtype, arrays.where("edge_index"))
+    labels, num_classes = _clean_labels(arrays.small("label") if arrays.has("label") else None, n,
+                                        arrays.where("label"))
+    raw_splits, where = {}, {}
+    for s in SPLITS:
+        if arrays.has(f"{s}_idx"):
+            raw_splits[s] = arrays.small(f"{s}_idx")
+            where[s] = arrays.where(f"{s}_idx")
+        else:
+            log.warning("%s is missing: the %s split is empty", arrays.where(f"{s}_idx"), s)
+    splits = _clean_splits(raw_splits, labels, where)
+    graph = _Graph(num_nodes=n, feat_dim=int(shape[1]), feat_dtype=dtype, labels=labels,
+                   num_classes=num_classes, splits=splits, source={"format": "npz", "input": str(path.resolve())})
+
+    def materialize(scratch: Path | None) -> None:
+        graph.edges = _array_edges(arrays.materialize("edge_index", scratch), arrays.where("edge_index"))
+        graph.features = _memmap_features(arrays.materialize("feat", scratch), arrays.where("feat"))
+    if not arrays.needs_scratch("edge_index", "feat"):
+        materialize(None)  # plain memory maps: check them (truncation) before any output exists
+        return graph, lambda scratch: None
+    return graph, materialize
+
+
+def _read_edgelist(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
+    path = _require(Path(cfg.input), "--format edgelist input", "give the text edge list file")
+    if path.is_dir():
+        raise InputFormatError(f"{path} is a directory; --format edgelist reads one text file of 'src dst' lines")
+    if cfg.features is None:
+        raise ConfigError("--format edgelist needs --features FILE.npy (N x F node features, one row per node)")
+    fpath = _require(Path(cfg.features), "--features", "give the node features as a .npy file")
+    feat = _memmap_features(_memmap_npy(fpath, str(fpath)), str(fpath))
+    n = _check_num_nodes(cfg, feat.num_rows, str(fpath))
+    raw_labels = None
+    if cfg.labels is not None:
+        lpath = _require(Path(cfg.labels), "--labels", "give the labels as a .npy file")
+        raw_labels = _memmap_npy(lpath, str(lpath))
+    labels, num_classes = _clean_labels(raw_labels, n, str(cfg.labels))
+    raw_splits, where = {}, {}
+    if cfg.splits is not None:
+        spath = _require(Path(cfg.splits), "--splits", "give a .npz with train_idx, val_idx, test_idx")
+        splits_file = _NpzArrays(spath)
+        for s in SPLITS:
+            if splits_file.has(f"{s}_idx"):
+                raw_splits[s] = splits_file.small(f"{s}_idx")
+                where[s] = splits_file.where(f"{s}_idx")
+        if not raw_splits:
+            raise InputFormatError(f"{spath} holds none of train_idx, val_idx, test_idx")
+    else:
+        log.warning("no --splits given: train, val and test splits are empty")
+    splits = _clean_splits(raw_splits, labels, where)
+    source = {"format": "edgelist", "input": str(path.resolve()), "features": str(fpath.resolve()),
+              "labels": None if cfg.labels is None else str(Path(cfg.labels).resolve()),
+              "splits": None if cfg.splits is None else str(Path(cfg.splits).resolve())}
+    graph = _Graph(num_nodes=n, feat_dim=feat.dim, feat_dtype=feat.dtype, labels=labels, num_classes=num_classes,
+                   splits=splits, source=source, edges=_TextEdges(path), features=feat)
+    return graph, lambda scratch: None
+
+
+def _gz_blocks(path: Path, block_bytes: int = 16 << 20) -> Iterator[bytes]:
+    edges = _TextEdges(path, allow_header=False)
+    for block, _, _ in edges.blocks(block_bytes):
+        yield block
+
+
+def _parse_floats(block: bytes, where: str, first_line: int) -> np.ndarray:
+    text = block.replace(b",", b" ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            return np.fromstring(text, dtype=np.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            pass
+    for i, line in enumerate(block.split(b"\n")):
+        for token in line.replace(b",", b" ").split():
+            try:
+                float(token)
+            except ValueError:
+                raise InputFormatError(f"{where}, line {first_line + i}: {token[:40]!r} is not a number; "
+                                       f"the file must hold comma-separated numbers") from None
+    raise InputFormatError(f"{where}: cannot parse the numbers near line {first_line}")
+
+
+def _read_csv_column(path: Path) -> np.ndarray:
+    """A one-column numeric csv(.gz) as float64 (NaN allowed)."""
+    parts, line = [], 1
+    for block in _gz_blocks(path):
+        if line == 1:
+            first = block.split(b"\n", 1)[0]
+            if len(first.replace(b",", b" ").split()) > 1:
+                raise InputFormatError(f"{path}: line 1 has several values; expected one value per line "
+                                       f"(multi-column targets are not supported)")
+        parts.append(_parse_floats(block, str(path), line))
+        line += block.count(b"\n")
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _csv_features(path: Path, num_rows_hint: int | None) -> _Features:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        first = f.readline()
+    dim = len([t for t in first.replace(b",", b" ").split() if t])
+    if dim < 1:
+        raise InputFormatError(f"{path} is empty; node features need one comma-separated row per node")
+
+    def chunks(rows: int) -> Iterator[np.ndarray]:
+        block_bytes = int(min(max(rows * dim * 12, 1 << 20), 64 << 20))
+        line = 1
+        pending = np.zeros((0, dim), dtype=np.float32)
+        for block in _gz_blocks(path, block_bytes):
+            values = _parse_floats(block, str(path), line)
+            nrows = block.count(b"\n")
+            if values.size % dim:
+                for i, text in enumerate(block.split(b"\n")[:nrows]):
+                    cols = len(text.replace(b",", b" ").split())
+                    if cols != dim:
+                        raise InputFormatError(f"{path}, line {line + i}: {cols} values, expected {dim} (as on "
+                                               f"line 1); every row needs the same number of features")
+                raise InputFormatError(f"{path} near line {line}: rows of unequal length")
+            line += nrows
+            rows_here = values.reshape(-1, dim).astype(np.float32)
+            if pending.shape[0]:
+                rows_here = np.concatenate([pending, rows_here])
+            for lo in range(0, rows_here.shape[0] - rows + 1, rows):
+                yield rows_here[lo:lo + rows]
+            left = rows_here.shape[0] % rows
+            pending = rows_here[rows_here.shape[0] - left:] if left else rows_here[:0]
+        if pending.shape[0]:
+            yield pending
+    return _Features(str(path), num_rows_hint if num_rows_hint is not None else -1, dim, np.dtype(np.float32),
+                     chunks)
+
+
+def _read_ogb(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
+    root = _require(Path(cfg.input), "--format ogb input", "give the dataset directory holding raw/ and split/")
+    if not root.is_dir():
+        raise InputFormatError(f"{root} is not a directory; --format ogb reads an OGB dataset directory "
+                               f"(raw/edge.csv.gz, raw/node-feat.csv.gz, raw/node-label.csv.gz, split/NAME/)")
+    raw = _require(root / "raw", "the OGB raw directory", "give the dataset directory that holds raw/ and split/")
+    edge_file = _require(raw / "edge.csv.gz", "OGB edges", "download or unpack the dataset again")
+    feat_file = _require(raw / "node-feat.csv.gz", "OGB node features",
+                         "diskgnn needs node features; this OGB dataset has none")
+    num_nodes = None
+    if (raw / "num-node-list.csv.gz").exists():
+        counts = _read_csv_column(raw / "num-node-list.csv.gz")
+        if counts.size != 1:
+            raise InputFormatError(f"{raw / 'num-node-list.csv.gz'} holds {counts.size} graphs; only one graph "
+                                   f"(node property prediction) is supported")
+        num_nodes = int(counts[0])
+    raw_labels, label_where = None, str(raw / "node-label.csv.gz")
+    if (raw / "node-label.csv.gz").exists():
+        raw_labels = _read_csv_column(raw / "node-label.csv.gz")
+    if num_nodes is None:
+        if raw_labels is None:
+            raise InputNotFoundError(f"{raw / 'num-node-list.csv.gz'} is missing and there are no labels to count "
+                                     f"nodes from; unpack the dataset again")
+        num_nodes = int(raw_labels.shape[0])
+    n = _check_num_nodes(cfg, num_nodes, str(raw / "num-node-list.csv.gz"))
+    feat = _csv_features(feat_file, n)
+    labels, num_classes = _clean_labels(raw_labels, n, label_where)
+    split_root = root / "split"
+    raw_splits, where = {}, {}
+    if split_root.is_dir():
+        names = sorted(p.name for p in split_root.iterdir() if p.is_dir())
+        name = cfg.split_name
+        if name is None:
+            if len(names) > 1:
+                raise ConfigError(f"{split_root} holds several splits ({', '.join(names)}); choose one with "
+                                  f"--dataset-name")
+            name = names[0] if names else None
+        if name is not None:
+            sdir = _require(split_root / name, "the chosen split", f"choose one of {', '.join(names)}")
+            for s, fname in zip(SPLITS, ("train", "valid", "test")):
+                f = sdir / f"{fname}.csv.gz"
+                if f.exists():
+                    ids = _read_csv_column(f)
+                    if ids.size and (np.isnan(ids).any() or (ids != np.round(ids)).any()):
+                        raise InputFormatError(f"{f} holds non-integer node ids; split files list node ids")
+                    raw_splits[s], where[s] = ids.astype(np.int64), str(f)
+    else:
+        log.warning("%s is missing: train, val and test splits are empty", split_root)
+    splits = _clean_splits(raw_splits, labels, where)
+    source = {"format": "ogb", "input": str(root.resolve()), "split": cfg.split_name}
+    graph = _Graph(num_nodes=n, feat_dim=feat.dim, feat_dtype=feat.dtype, labels=labels, num_classes=num_classes,
+                   splits=splits, source=source, edges=_TextEdges(edge_file, allow_header=False), features=feat)
+    return graph, lambda scratch: None
+
+
+def _read_dgl(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
+    path = _require(Path(cfg.input), "--format dgl input", "give a file written by dgl.save_graphs")
+    try:
+        import dgl  # noqa: F401  (only the reference stack has DGL)
+        from dgl.data.utils import load_graphs
+    except ImportError:
+        raise ConfigError("--format dgl needs DGL, which is not installed; install the dgl extra "
+                          "(pip install 'diskgnn[dgl]': torch 2.2.1, dgl 2.1.0, numpy<2) or export the graph "
+                          "with --format npz") from None
+    try:
+        graphs, graph_data = load_graphs(str(path))
+    except Exception as exc:  # DGL raises its own error types for damaged files
+        raise InputFormatError(f"{path} cannot be read by dgl.load_graphs ({exc}); write it with "
+                               f"dgl.save_graphs") from None
+    if len(graphs) != 1:
+        raise InputFormatError(f"{path} holds {len(graphs)} graphs; save exactly one graph")
+    g = graphs[0]
+    if len(g.ntypes) != 1 or len(g.etypes) != 1:
+        raise InputFormatError(f"{path} holds a heterogeneous graph ({g.ntypes}, {g.etypes}); convert it with "
+                               f"dgl.to_homogeneous first")
+    n = int(g.num_nodes())
+    if "feat" not in g.ndata:
+        raise InputFormatError(f"{path} has no ndata['feat']; store node features as g.ndata['feat'] (N x F)")
+    feat_t = g.ndata["feat"]
+    where = f"{path} (ndata['feat'])"
+    import torch
+    if feat_t.dtype == torch.bfloat16:
+        feat_np = feat_t.contiguous().view(torch.int16).numpy().view(np.uint16)
+        if feat_np.ndim != 2:
+            raise InputFormatError(f"{where} has shape {list(feat_np.shape)}; features must be N x F")
+        features = _Features(where, n, int(feat_np.shape[1]), "bf16",
+                             lambda rows: (feat_np[lo:lo + rows] for lo in range(0, n, rows)))
+    else:
+        features = _memmap_features(feat_t.numpy(), where)
+    if features.num_rows != n:
+        raise MismatchError(f"{where} has {features.num_rows} rows but the graph has {n} nodes; give one "
+                            f"feature row per node")
+    _check_num_nodes(cfg, n, where)
+    labels, num_classes = _clean_labels(g.ndata["label"].numpy() if "label" in g.ndata else None, n,
+                                        f"{path} (ndata['label'])")
+    raw_splits, split_where = {}, {}
+    for s in SPLITS:
+        if f"{s}_mask" in g.ndata:
+            raw_splits[s] = g.ndata[f"{s}_mask"].numpy().astype(bool)
+            split_where[s] = f"{path} (ndata['{s}_mask'])"
+        elif f"{s}_idx" in graph_data:
+            raw_splits[s] = graph_data[f"{s}_idx"].numpy()
+            split_where[s] = f"{path} (graph data '{s}_idx')"
+    splits = _clean_splits(raw_splits, labels, split_where)
+    src, dst = g.edges()
+    edges = _ArrayEdges(src.numpy(), dst.numpy(), f"{path} (g.edges())")
+    graph = _Graph(num_nodes=n, feat_dim=features.dim, feat_dtype=features.dtype, labels=labels,
+                   num_classes=num_classes, splits=splits, source={"format": "dgl", "input": str(path.resolve())},
+                   edges=edges, features=features)
+    return graph, lambda scratch: None
+
+
+_READERS = {"npz": _read_npz, "edgelist": _read_edgelist, "ogb": _read_ogb, "dgl": _read_dgl}
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How the memory budget is spent."""
+    budget: int
+    chunk_edges: int
+    """Edges handled per input chunk."""
+    range_edges: int
+    """In-edges per destination range built in memory."""
+    feature_chunk_bytes: int
+
+
+def _plan(budget: int, num_nodes: int, id_bytes: int, max_range_edges: int | None) -> _Plan:
+    fixed = 16 * num_nodes  # in-degree counts + labels
+    work = budget - fixed
+    if work < _MIN_WORK_BYTES:
+        raise MemoryBudgetError(
+            f"--memory-budget {format_bytes(budget)} is too small for {num_nodes} nodes: about "
+            f"{format_bytes(fixed + _MIN_WORK_BYTES)} is needed; raise --memory-budget")
+    per_edge_build = 2 * id_bytes + id_bytes  # run pairs + sorted sources
+    range_edges = max(1, work // 2 // per_edge_build)
+    if max_range_edges is not None:
+        range_edges = min(range_edges, max(1, int(max_range_edges)))
+    chunk_edges = int(min(max(work // 4 // 56, 4096), 4 << 20))
+    return _Plan(budget, chunk_edges, int(range_edges), int(min(max(work // 16, 1 << 20), 64 << 20)))
+
+
+def _scan_edges(graph: _Graph, cfg: PrepareConfig, plan: _Plan, scratch: Path, id_dtype: np.dtype,
+                progress: ProgressFn) -> tuple[object, np.ndarray, dict]:
+    """Check every edge id, count in-degrees; cache text input as binary pairs."""
+    from diskgnn.kernels.csr import count_in_degrees
+    n = graph.num_nodes
+    counts = np.zeros(n, dtype=np.int64)
+    edges = graph.edges
+    cache = _ScratchFile(scratch / "edges.bin") if edges.cache_needed else None
+    blocks: list[tuple[int, int]] = []
+    read, loops = 0, 0
+    task = "prepare: read edges"
+    progress(task, 0, edges.progress_total)
+    for src, dst, where, advance in edges.chunks(plan.chunk_edges):
+        bad = count_in_degrees(src, dst, n, cfg.drop_self_loops, cfg.undirected, counts)
+        if bad >= 0:
+            s, d = int(src[bad]), int(dst[bad])
+            v = s if not 0 <= s < n else d
+            role = "source" if v == s and not 0 <= s < n else "destination"
+            problem = "is negative" if v < 0 else f"is >= {n}, the number of nodes"
+            raise InputFormatError(
+                f"{where(bad)}: edge ({s}, {d}) has {role} node {v}, which {problem}; node ids must be "
+                f"0..{n - 1} (one per feature row). Fix the edge list or give features for every node")
+        loops += int(np.count_nonzero(src == dst))
+        read += src.shape[0]
+        if cache is not None:
+            offset = cache.write(src.astype(id_dtype))
+            cache.write(dst.astype(id_dtype))
+            blocks.append((offset, int(src.shape[0])))
+        progress(task, advance, edges.progress_total)
+    if cache is not None:
+        cache.close()
+        edges = _CachedEdges(cache.path, id_dtype, blocks)
+    return edges, counts, {"input_edges": read, "self_loops": loops}
+
+
+def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _Plan, scratch: Path,
+                    progress: ProgressFn) -> dict:
+    from diskgnn.kernels.csr import (choose_ranges, compact_segments_inplace, counting_sort_by_destination,
+                                     group_by_range, sort_segments)
+    n = graph.num_nodes
+    id_dtype = node_id_dtype(n)
+    t0 = time.perf_counter()
+    edges, counts, stats = _scan_edges(graph, cfg, plan, scratch, id_dtype, progress)
+    t_scan = time.perf_counter()
+    bounds = choose_ranges(counts, plan.range_edges)
+    range_sizes = np.add.reduceat(counts, bounds[:-1]) if n else np.zeros(0, dtype=np.int64)
+    total = int(counts.sum())
+    del counts
+    num_ranges = bounds.shape[0] - 1
+    log.info("%d edges read (%d self-loops); %d pairs to build in %d destination range(s) of <= %d edges",
+             stats["input_edges"], stats["self_loops"], total, num_ranges, plan.range_edges)
+    local_dtype = np.dtype(np.int32) if n < 2**31 else np.dtype(np.int64)
+    starts = np.zeros(num_ranges + 1, dtype=np.int64)
+    grow = 2 if cfg.undirected else 1
+
+    # External bucket sort: with several ranges, scatter the pairs to a run file grouped by range.
+    runs: list[list[tuple[int, int]]] = [[] for _ in range(num_ranges)]
+    run_file = None
+    if num_ranges > 1:
+        run_file = _ScratchFile(scratch / "runs.bin")
+        task = "prepare: group edges by destination"
+        progress(task, 0, edges.num_edges)
+        out_local = np.empty(grow * plan.chunk_edges, dtype=local_dtype)
+        out_src = np.empty(grow * plan.chunk_edges, dtype=id_dtype)
+        for src, dst, _, _ in edges.chunks(plan.chunk_edges):
+            if grow * src.shape[0] > out_local.shape[0]:
+                out_local = np.empty(grow * src.shape[0], dtype=local_dtype)
+                out_src = np.empty(grow * src.shape[0], dtype=id_dtype)
+            group_by_range(src, dst, bounds, cfg.drop_self_loops, cfg.undirected, out_local, out_src, starts)
+            for r in np.flatnonzero(np.diff(starts)):
+                lo, hi = int(starts[r]), int(starts[r + 1])
+                offset = run_file.write(out_local[lo:hi])
+                run_file.write(out_src[lo:hi])
+                runs[r].append((offset, hi - lo))
+            progress(task, int(src.shape[0]), edges.num_edges)
+        del out_local, out_src
+        run_file.close()
+        if isinstance(edges, _CachedEdges):
+            os.unlink(edges.path)  # the run file now holds every pair
+    t_group = time.perf_counter()
+
+    indptr_w = w.writer("indptr", np.int64)
+    indices_w = w.writer("indices", id_dtype)
+    indptr_w.write(np.zeros(1, dtype=np.int64))
+    base = 0
+    task = "prepare: build CSR"
+    progress(task, 0, n)
+    single = np.array([0, n], dtype=np.int64)
+    for r in range(num_ranges):
+        lo_node, hi_node = int(bounds[r]), int(bounds[r + 1])
+        size = int(range_sizes[r])
+        local = np.empty(size, dtype=local_dtype)
+        src_ids = np.empty(size, dtype=id_dtype)
+        if num_ranges == 1:
+            pos = 0
+            for src, dst, _, _ in edges.chunks(plan.chunk_edges):
+                k = group_by_range(src, dst, single, cfg.drop_self_loops, cfg.undirected, local[pos:],
+                                   src_ids[pos:], starts[:2])
+                pos += int(k)
+        else:
+            pos = 0
+            with open(run_file.path, "rb") as f:
+                for offset, count in runs[r]:
+                    _read_into(f, offset, local[pos:pos + count], run_file.path)
+                    _read_into(f, offset + count * local_dtype.itemsize, src_ids[pos:pos + count], run_file.path)
+                    pos += count
+        if pos != size:
+            raise InputFormatError(f"{graph.source.get('input')}: the input changed while it was read "
+                                   f"({pos} edges now, {size} before); run prepare again on a stable copy")
+        num_dst = hi_node - lo_node
+        indptr = np.empty(num_dst + 1, dtype=np.int64)
+        indices = np.empty(size, dtype=id_dtype)
+        counting_sort_by_destination(local, src_ids, num_dst, indptr, indices)
+        del local, src_ids
+        kept = np.empty(num_dst, dtype=np.int64)
+        sort_segments(indptr, indices, cfg.drop_duplicates, kept)
+        stored = compact_segments_inplace(indptr, indices, kept)
+        indices_w.write(indices[:stored])
+        indptr_w.write(indptr[1:] + base)
+        base += int(stored)
+        del indices, indptr, kept
+        progress(task, num_dst, n)
+    w.add(indptr_w.close(), "indptr")
+    w.add(indices_w.close(), "indices")
+    if run_file is not None:
+        os.unlink(run_file.path)
+    elif isinstance(edges, _CachedEdges):
+        os.unlink(edges.path)
+    stats.update(pairs=total, edges=base, duplicates_dropped=total - base if cfg.drop_duplicates else 0,
+                 destination_ranges=int(num_ranges), scan_seconds=round(t_scan - t0, 3),
+                 group_seconds=round(t_group - t_scan, 3), build_seconds=round(time.perf_counter() - t_group, 3))
+    return stats
+
+
+def _copy_features(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _Plan, dtype: str,
+                   progress: ProgressFn) -> dict:
+    feat = graph.features
+    n = graph.num_nodes
+    src_itemsize = 2 if isinstance(feat.dtype, str) else feat.dtype.itemsize
+    rows = max(1, plan.feature_chunk_bytes // (feat.dim * max(src_itemsize, 4) * 3))
+    out = w.features_writer()
+    task = "prepare: copy features"
+    progress(task, 0, n)
+    copied, nonfinite = 0, 0
+    t0 = time.perf_counter()
+    for block in feat.chunks(rows):
+        if block.shape[1:] != (feat.dim,):
+            raise InputFormatError(f"{feat.where}: a row has {block.shape[1:]} values, expected {feat.dim}")
+        if copied + block.shape[0] > n:
+            raise MismatchError(f"{feat.where} has more than {n} rows (the node count); give one row per node")
+        if feat.dtype == "bf16":
+            from diskgnn.dataset import bf16_bits_to_float32
+            values = bf16_bits_to_float32(block)
+        else:
+            values = block
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            if not cfg.allow_nonfinite:
+                row = copied + int(np.flatnonzero(~finite)[0])
+                raise InputFormatError(f"{feat.where}: row {row} holds NaN or inf; clean the features, or pass "
+                                       f"--allow-nonfinite to keep such values")
+            nonfinite += int((~finite).sum())
+        with np.errstate(over="ignore"):  # fp16 overflow is reported below
+            stored = block if feat.dtype == "bf16" and dtype == "bf16" else convert_features(values, dtype)
+        if dtype == "fp16" and finite.all():
+            overflow = ~np.isfinite(stored).all(axis=1)
+            if overflow.any():
+                row = copied + int(np.flatnonzero(overflow)[0])
+                raise InputFormatError(f"{feat.where}: row {row} has values beyond the fp16 range (65504); "
+                                       f"store fp32 or bf16 (--dtype), or rescale the features")
+        out.write(stored)
+        copied += block.shape[0]
+        progress(task, block.shape[0], n)
+    if copied != n:
+        raise InputFormatError(f"{feat.where} is truncated: it holds {copied} feature rows but the graph has "
+                               f"{n} nodes; the file is incomplete, export it again")
+    w.add(out.close(), "features")
+    return {"nonfinite_feature_rows": nonfinite, "feature_seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _default_dtype(dtype: np.dtype | str) -> str:
+    if isinstance(dtype, str):
+        return dtype
+    return "fp16" if dtype == np.float16 else "fp32"
+
+
+def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: ProgressFn = no_progress,
+            max_range_edges: int | None = None) -> Dataset:
+    """Import the graph described by ``cfg`` into the dataset directory ``out``.
+
+    ``max_range_edges`` caps the in-edges built in memory at once below what the
+    memory budget allows (tests use it to exercise the external sort).
+    """
+    t0 = time.perf_counter()
+    graph, materialize = _READERS[cfg.format](cfg)
+    budget = cfg.budget_bytes()
+    id_dtype = node_id_dtype(graph.num_nodes)
+    plan = _plan(budget, graph.num_nodes, id_dtype.itemsize, max_range_edges)
+    config = {**asdict(cfg), "input": str(cfg.input), "memory_budget_bytes": budget}
+    dtype = cfg.dtype or _default_dtype(graph.feat_dtype)
+    with DatasetWriter(out, num_nodes=graph.num_nodes, feat_dim=graph.feat_dim, feat_dtype=dtype,
+                       num_classes=graph.num_classes, source=graph.source, config=config,
+                       overwrite=overwrite) as w:
+        scratch = w.out / SCRATCH
+        try:
+            scratch.mkdir()
+        except OSError as exc:
+            raise_if_disk_full(exc, w.out)
+            raise
+        try:
+            materialize(scratch)
+            feat = graph.features
+            if feat.num_rows not in (-1, graph.num_nodes):
+                raise MismatchError(f"{feat.where} has {feat.num_rows} rows but the graph has {graph.num_nodes} "
+                                    f"nodes; give one feature row per node")
+            stats = _build_topology(w, graph, cfg, plan, scratch, progress)
+            stats.update(_copy_features(w, graph, cfg, plan, dtype, progress))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        w.write_array("labels", graph.labels)
+        for s in SPLITS:
+            w.write_array(f"{s}_idx", graph.splits[s])
+        stats["seconds"] = round(time.perf_counter() - t0, 3)
+        w.stats = stats
+        ds = w.finish()
+    log.info("prepared %s in %.1f s (%d input edges -> %d stored)", ds, time.perf_counter() - t0,
+             stats["input_edges"], stats["edges"])
+    return ds
