@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from diskgnn.errors import ConfigError
+from diskgnn.bench.packed_systems import _widen
 
 
 class DGLOnline:
@@ -22,7 +23,6 @@ class DGLOnline:
             import dgl
         except ImportError:
             raise ConfigError("the dgl-online system needs DGL (the reference stack: pip install '.[dgl]')") from None
-        from diskgnn.bench.worker import MmapGather
         self.dgl = dgl
         indptr = torch.from_numpy(np.asarray(ds.indptr, dtype=np.int64))
         indices = torch.from_numpy(np.asarray(ds.indices).astype(np.int64))
@@ -32,7 +32,10 @@ class DGLOnline:
         self.train_idx = torch.from_numpy(np.asarray(ds.split("train"), dtype=np.int64))
         self.sampler = dgl.dataloading.NeighborSampler(list(sample_config.fanouts))
         self.batch_size = sample_config.batch_size
-        self.gather = MmapGather(ds, random_advice=True)
+        self.features = np.memmap(ds.features_path, dtype=ds.features.dtype, mode="r", shape=(ds.num_nodes, ds.feat_dim))
+        import mmap as _mmap
+        self.features._mmap.madvise(_mmap.MADV_RANDOM)
+        self.feat_dtype = ds.feat_dtype
         self.labels = np.asarray(ds.labels)
         self.kind = kind
         self.rows = 0
@@ -66,7 +69,11 @@ class DGLOnline:
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            x = self.gather(input_nodes.numpy())
+            ids = input_nodes.numpy()
+            order = np.argsort(ids, kind="stable")
+            rows = np.empty((ids.shape[0], self.features.shape[1]), dtype=self.features.dtype)
+            rows[order] = self.features[ids[order]]
+            x = torch.from_numpy(_widen(rows, self.feat_dtype))
             self.rows += int(input_nodes.shape[0])
             t2 = time.perf_counter()
             clock.add("sample", busy=t1 - t0)
