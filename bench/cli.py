@@ -30,7 +30,7 @@ def bench_cli(args, progress) -> int:
         systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(args.what)
         cfg = BenchConfig(kind=args.what, scale=args.scale, workdir=Path(args.workdir), results=results,
                           memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
-                          slow_max_batches=getattr(args, "slow_batches", 0) or 0)
+                          slow_max_batches=args.slow_batches or 0, dataset=args.dataset)
         result = run_bench(cfg, progress)
         path = write_outputs(result, results, Path(args.out) if args.out else None)
         print(markdown(result))

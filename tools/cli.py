@@ -219,6 +219,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--memory-cap", default=None, help="cgroup memory limit per system (default 2G at m)")
     p.add_argument("--systems", default=None, help="comma-separated subset of systems")
     p.add_argument("--epochs", type=int, default=3, help="measured epochs per system (after 1 warm-up)")
+    p.add_argument("--slow-batches", type=int, default=0,
+                   help="measure slow systems (mmap, pread, dgl-online; every system under train) on this many "
+                        "batches per epoch and scale up; the result says so (default 0 = all batches)")
+    p.add_argument("--dataset", default=None, help="use this dataset directory instead of generating --scale")
     p.add_argument("--keep", action="store_true", help="keep generated data")
     p.add_argument("--results", default="bench/results", help="results directory")
     p.add_argument("--out", default=None, help="result JSON path")
