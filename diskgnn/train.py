@@ -211,8 +211,8 @@ class _Batch:
                 t.record_stream(stream)
 
 
-class _Stages:
-    """The stage functions of one trainer (load > read > assemble)."""
+class BatchStages:
+    """The stage functions of one trainer (load > read > assemble); :meth:`pipeline` chains them."""
 
     def __init__(self, samples, labels: np.ndarray, features: FeatureSource, device: torch.device):
         self.samples, self.labels, self.features, self.device = samples, labels, features, device
@@ -249,6 +249,9 @@ class _Stages:
     def pipeline(self, keys: list[tuple[str, int]], depth: int, name: str) -> Pipeline:
         return Pipeline(keys, [("load", self.load), ("read", self.read), ("assemble", self.assemble)],
                         depth=depth, consumer="compute", name=name)
+
+
+_Stages = BatchStages  # the name bench/worker.py imported first
 
 
 # --- metrics helpers -----------------------------------------------------------------------------
@@ -408,7 +411,7 @@ class Trainer:
             num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.stages = _Stages(samples, dataset.labels, features, self.device)
+        self.stages = BatchStages(samples, dataset.labels, features, self.device)
         self.metrics = _MetricsLog(cfg.metrics)
         self.epoch = 0
         self.history: list[dict] = []
