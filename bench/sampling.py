@@ -1,0 +1,206 @@
+"""Sampling throughput: diskgnn's sampler against DGL's, side by side in one run.
+
+Both sample the same minibatches (the seeds of the first training epoch, in the
+same order) with the same fanouts over the same in-edge CSR, end to end: DGL
+runs ``dgl.sampling.sample_neighbors`` + ``dgl.to_block`` per layer (what its
+NeighborSampler does) on an int64 graph; diskgnn runs its kernels including
+relabelling and block construction. Each system runs in its own fresh process
+(so numba's and DGL's OpenMP threads do not spin against each other), the
+processes alternate between the systems, and the median pass time over all
+repeats is reported with the raw times, as sampled edges per second.
+
+    python -m diskgnn.bench.sampling --dataset DIR [--fanouts 10,15] [--batch-size 1024]
+        [--batches 200] [--repeats 3] [--passes 3] [--threads 2] [--out FILE.json]
+
+Without ``--dataset`` a dataset of ``--scale`` is generated in a temporary
+directory and removed afterwards. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _batches(seeds: np.ndarray, batch_size: int, limit: int | None) -> list[np.ndarray]:
+    out = [seeds[i:i + batch_size] for i in range(0, seeds.shape[0], batch_size)]
+    return out[:limit] if limit else out
+
+
+def run_diskgnn(sampler, cfg, batches) -> tuple[float, int]:
+    """Seconds and sampled edges for sampling every batch with diskgnn's kernels (MiniBatch objects included)."""
+    from diskgnn.sampling import batch_key
+    edges = 0
+    t0 = time.perf_counter()
+    for i, seeds in enumerate(batches):
+        mb = sampler.sample(seeds, batch_key(cfg.seed, "train/0", i), part="train/0", index=i, check=False)
+        edges += mb.num_edges
+    return time.perf_counter() - t0, edges
+
+
+def dgl_graph(indptr: np.ndarray, indices: np.ndarray):
+    """An int64 DGL graph whose in-edges are the dataset's CSR (CSC in DGL's terms)."""
+    import dgl
+    import torch
+    ptr = torch.from_numpy(np.asarray(indptr, dtype=np.int64))
+    idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    g = dgl.graph(("csc", (ptr, idx, torch.empty(0, dtype=torch.int64))), idtype=torch.int64)
+    return g.formats(["csc"])
+
+
+def run_dgl(g, fanouts, batches) -> tuple[float, int]:
+    """Seconds and sampled edges for DGL's sample_neighbors + to_block per layer, seeds layer first."""
+    import dgl
+    import torch
+    torch_batches = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.int64)) for b in batches]
+    edges = 0
+    t0 = time.perf_counter()
+    for seeds in torch_batches:
+        nodes = seeds
+        for fanout in reversed(fanouts):
+            frontier = dgl.sampling.sample_neighbors(g, nodes, fanout, replace=False)
+            block = dgl.to_block(frontier, nodes)
+            nodes = block.srcdata[dgl.NID]
+            edges += block.num_edges()
+    return time.perf_counter() - t0, edges
+
+
+def _worker(system: str, dataset_dir, cfg, batches, passes: int, threads: int) -> dict:
+    """Load one system, warm it up, then time ``passes`` passes over ``batches`` (runs in its own process)."""
+    import numba
+    from diskgnn.dataset import Dataset
+    from diskgnn.sampling import Sampler, part_seeds
+    numba.set_num_threads(threads)
+    ds = Dataset.open(dataset_dir)
+    work = _batches(part_seeds(ds, cfg, "train/0"), cfg.batch_size, batches)
+    info = {}
+    t0 = time.perf_counter()
+    sampler = Sampler(ds, cfg.fanouts, mmap_topology="no")
+    info["topology_load_seconds"] = round(time.perf_counter() - t0, 3)
+    if system == "diskgnn":
+        run_diskgnn(sampler, cfg, work[:1])  # warm-up (kernels compiled or loaded from cache)
+        fn = lambda: run_diskgnn(sampler, cfg, work)  # noqa: E731
+    elif system == "dgl":
+        import dgl
+        import torch
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        g = dgl_graph(sampler.indptr, sampler.indices)
+        info.update(graph_build_seconds=round(time.perf_counter() - t0, 3), dgl_version=dgl.__version__,
+                    torch_version=torch.__version__)
+        dgl.seed(cfg.seed)
+        run_dgl(g, cfg.fanouts, work[:1])
+        fn = lambda: run_dgl(g, cfg.fanouts, work)  # noqa: E731
+    else:
+        raise SystemExit(f"unknown system {system!r}; choose diskgnn or dgl")
+    seconds = []
+    for _ in range(passes):
+        t, edges = fn()
+        seconds.append(t)
+    info.update(seconds=seconds, sampled_edges=int(edges), batches=len(work),
+                seeds=int(sum(b.shape[0] for b in work)))
+    return info
+
+
+def bench(dataset_dir, *, fanouts=(10, 15), batch_size=1024, batches=None, repeats=3, passes=3, threads=None,
+          systems=("diskgnn", "dgl"), seed=0) -> dict:
+    """Run each system ``repeats`` times, alternating, each time in a fresh process doing ``passes`` timed passes.
+
+    Separate processes keep the two OpenMP runtimes (numba's, DGL's) from
+    spinning against each other on the same cores.
+    """
+    import numba
+    from diskgnn.dataset import Dataset
+    from diskgnn.sampling import SampleConfig
+    ds = Dataset.open(dataset_dir)
+    cfg = SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size, seed=seed)
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    result = {"bench": "sampling", "commit": _commit(), "dataset": str(ds.path), "nodes": ds.num_nodes,
+              "edges": ds.num_edges, "fanouts": list(cfg.fanouts), "batch_size": batch_size,
+              "repeats": repeats, "passes_per_repeat": passes, "threads": threads,
+              "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+              "systems": {}}
+    runs = {name: [] for name in systems}
+    for _ in range(repeats):
+        for name in systems:  # alternate so drifting machine load hits both alike
+            cmd = [sys.executable, "-m", "diskgnn.bench.sampling", "--worker", name, "--dataset", str(ds.path),
+                   "--fanouts", ",".join(map(str, cfg.fanouts)), "--batch-size", str(batch_size),
+                   "--passes", str(passes), "--threads", str(threads), "--seed", str(seed)]
+            if batches:
+                cmd += ["--batches", str(batches)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-4000:]}")
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for name, infos in runs.items():
+        seconds = [t for info in infos for t in info["seconds"]]
+        med = statistics.median(seconds)
+        edges = infos[0]["sampled_edges"]
+        entry = {k: v for k, v in infos[0].items() if k not in ("seconds",)}
+        entry.update(seconds=[round(t, 4) for t in seconds], median_seconds=round(med, 4),
+                     edges_per_second=round(edges / med, 1))
+        result["systems"][name] = entry
+    if "diskgnn" in runs and "dgl" in runs:
+        result["ratio_edges_per_second"] = round(result["systems"]["diskgnn"]["edges_per_second"]
+                                                 / result["systems"]["dgl"]["edges_per_second"], 3)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m diskgnn.bench.sampling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default=None, help="dataset directory (default: generate --scale in a temp dir)")
+    p.add_argument("--scale", default="s", choices=["tiny", "s", "m"])
+    p.add_argument("--fanouts", default="10,15")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batches", type=int, default=None, help="batches per repeat (default: one whole epoch)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per system, alternating (default 3)")
+    p.add_argument("--passes", type=int, default=3, help="timed passes per process (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help="threads for both systems (default: all)")
+    p.add_argument("--systems", default="diskgnn,dgl")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    from diskgnn.sampling import SampleConfig, parse_fanouts
+    fanouts = parse_fanouts(args.fanouts)
+    if args.worker:
+        cfg = SampleConfig(fanouts=fanouts, batch_size=args.batch_size, seed=args.seed)
+        print(json.dumps(_worker(args.worker, args.dataset, cfg, args.batches, args.passes, args.threads)))
+        return 0
+    systems = tuple(s.strip() for s in args.systems.split(","))
+    with tempfile.TemporaryDirectory(prefix="diskgnn-bench-sampling-") as tmp:
+        dataset = args.dataset
+        if dataset is None:
+            from diskgnn.synth import scale_config, synthesize
+            dataset = str(Path(tmp) / args.scale)
+            synthesize(scale_config(args.scale), dataset)
+        result = bench(dataset, fanouts=fanouts, batch_size=args.batch_size, batches=args.batches,
+                       repeats=args.repeats, passes=args.passes, threads=args.threads, systems=systems,
+                       seed=args.seed)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
