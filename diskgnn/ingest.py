@@ -184,6 +184,31 @@ def _memmap_npy(path: Path, where: str, base: int = 0, available: int | None = N
                      order="F" if fortran else "C")
 
 
+def _reader(arr: np.ndarray, row: int | None = None) -> Callable[[int, int], np.ndarray]:
+    """``read(lo, hi)``: items ``lo..hi`` of ``arr`` (or of its row ``row``), as a fresh array.
+
+    A C-ordered memory map is read with plain file reads: pages touched through a
+    mapping stay in the process's resident set until unmapped, so streaming a
+    4 GiB feature file through a map would show up as 4 GiB of RSS.
+    """
+    view = arr if row is None else arr[row]
+    if isinstance(arr, np.memmap) and arr.filename and arr.flags.c_contiguous:
+        path = arr.filename
+        shape = tuple(view.shape)
+        item_bytes = int(np.prod(shape[1:], dtype=np.int64)) * arr.itemsize
+        start = int(arr.offset) + (0 if row is None else row * int(np.prod(arr.shape[1:])) * arr.itemsize)
+
+        def read(lo: int, hi: int) -> np.ndarray:
+            hi = min(hi, shape[0])
+            out = np.empty((max(hi - lo, 0), *shape[1:]), dtype=arr.dtype)
+            if out.size:
+                with open(path, "rb") as f:
+                    _read_into(f, start + lo * item_bytes, out, Path(path))
+            return out
+        return read
+    return lambda lo, hi: np.array(view[lo:hi])
+
+
 class _NpzArrays:
     """Named arrays of a ``.npz`` file or a directory of ``.npy`` files, memory-mapped.
 
@@ -253,7 +278,8 @@ class _NpzArrays:
     def small(self, name: str) -> np.ndarray:
         """Load a small array (labels, split ids) fully."""
         if self.is_dir or name in self._stored:
-            return np.asarray(self.array(name))
+            arr = self.array(name)
+            return _reader(arr)(0, arr.shape[0]) if arr.ndim else np.asarray(arr)
         with zipfile.ZipFile(self.path) as zf, zf.open(f"{name}.npy") as f:
             try:
                 return np.lib.format.read_array(f, allow_pickle=False)
@@ -298,9 +324,11 @@ def _memmap_features(arr: np.ndarray, where: str) -> _Features:
     if arr.shape[1] < 1:
         raise InputFormatError(f"{where} has no feature columns (shape {list(arr.shape)})")
 
+    read = _reader(arr)
+
     def chunks(rows: int) -> Iterator[np.ndarray]:
         for lo in range(0, arr.shape[0], rows):
-            yield np.asarray(arr[lo:lo + rows])
+            yield read(lo, lo + rows)
     return _Features(where, int(arr.shape[0]), int(arr.shape[1]), arr.dtype, chunks)
 
 
@@ -417,16 +445,17 @@ class _ArrayEdges:
     """Edges held in two (possibly memory-mapped) integer arrays."""
     cache_needed = False
 
-    def __init__(self, src: np.ndarray, dst: np.ndarray, where: str, unit: str = "edge"):
+    def __init__(self, src: Callable[[int, int], np.ndarray], dst: Callable[[int, int], np.ndarray],
+                 num_edges: int, where: str, unit: str = "edge"):
         self.src, self.dst, self.where, self.unit = src, dst, where, unit
-        self.num_edges = int(src.shape[0])
+        self.num_edges = int(num_edges)
         self.progress_total = self.num_edges
 
     def chunks(self, max_edges: int) -> Iterator[EdgeChunk]:
         for lo in range(0, self.num_edges, max_edges):
             hi = min(self.num_edges, lo + max_edges)
-            src = np.asarray(self.src[lo:hi]).astype(np.int64, copy=False)
-            dst = np.asarray(self.dst[lo:hi]).astype(np.int64, copy=False)
+            src = self.src(lo, hi).astype(np.int64, copy=False)
+            dst = self.dst(lo, hi).astype(np.int64, copy=False)
             yield src, dst, (lambda k, lo=lo: f"{self.where}, {self.unit} {lo + k}"), hi - lo
 
 
@@ -442,7 +471,7 @@ def _check_edge_index(shape, dtype: np.dtype, where: str) -> None:
 
 def _array_edges(edge_index: np.ndarray, where: str) -> _ArrayEdges:
     _check_edge_index(edge_index.shape, edge_index.dtype, where)
-    return _ArrayEdges(edge_index[0], edge_index[1], where, unit="column")
+    return _ArrayEdges(_reader(edge_index, 0), _reader(edge_index, 1), edge_index.shape[1], where, unit="column")
 
 
 _PARSE_ERRORS = {
@@ -879,7 +908,8 @@ def _read_dgl(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
             split_where[s] = f"{path} (graph data '{s}_idx')"
     splits = _clean_splits(raw_splits, labels, split_where)
     src, dst = g.edges()
-    edges = _ArrayEdges(src.numpy(), dst.numpy(), f"{path} (g.edges())")
+    src, dst = src.numpy(), dst.numpy()
+    edges = _ArrayEdges(_reader(src), _reader(dst), src.shape[0], f"{path} (g.edges())")
     graph = _Graph(num_nodes=n, feat_dim=features.dim, feat_dtype=features.dtype, labels=labels,
                    num_classes=num_classes, splits=splits, source={"format": "dgl", "input": str(path.resolve())},
                    edges=edges, features=features)

@@ -91,3 +91,37 @@ def parse_edge_lines(buf, out_src, out_dst):
         while i < n and buf[i] != 10:  # further columns (weights, timestamps) are ignored
             i += 1
     return k, PARSE_OK, -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_int(out, pos, value):
+    if value == 0:
+        out[pos] = 48
+        return pos + 1
+    digits = 0
+    v = value
+    while v > 0:
+        digits += 1
+        v //= 10
+    end = pos + digits
+    v = value
+    for j in range(end - 1, pos - 1, -1):
+        out[j] = 48 + v % 10
+        v //= 10
+    return end
+
+
+@numba.njit(cache=True, nogil=True)
+def format_edge_lines(src, dst, out):
+    """Write one ``"src dst\\n"`` line per edge into ``out`` (the inverse of :func:`parse_edge_lines`).
+
+    src, dst: non-negative int[E]; out: uint8[>= 40 * E]. Returns the bytes written.
+    """
+    pos = 0
+    for e in range(src.shape[0]):
+        pos = _write_int(out, pos, src[e])
+        out[pos] = 32
+        pos = _write_int(out, pos + 1, dst[e])
+        out[pos] = 10
+        pos += 1
+    return pos

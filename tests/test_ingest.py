@@ -16,7 +16,7 @@ from diskgnn.errors import (ConfigError, DiskFullError, InputFormatError, InputN
 from diskgnn.ingest import PrepareConfig, prepare
 from diskgnn.kernels.csr import (choose_ranges, compact_segments_inplace, count_in_degrees,
                                  counting_sort_by_destination, group_by_range, sort_segments)
-from diskgnn.kernels.parse import parse_edge_lines
+from diskgnn.kernels.parse import format_edge_lines, parse_edge_lines
 from diskgnn.tools.cli import main
 
 N, E, F, C = 311, 2077, 5, 4
@@ -76,6 +76,19 @@ def test_parse_edge_lines_matches_twin():
     s, d = parse_twin(text)
     assert err == 0 and pos == -1 and k == s.size == 7
     assert np.array_equal(out_s[:k], s) and np.array_equal(out_d[:k], d)
+
+
+def test_format_edge_lines_round_trips():
+    rng = np.random.default_rng(4)
+    s, d = rng.integers(0, 10**12, 203), rng.integers(0, 5, 203)
+    s[:3] = [0, 9, 10]
+    out = np.empty(40 * 203, np.uint8)
+    k = format_edge_lines(s, d, out)
+    text = out[:k].tobytes()
+    assert text == "".join(f"{a} {b}\n" for a, b in zip(s, d)).encode()
+    back_s, back_d = np.empty(203, np.int64), np.empty(203, np.int64)
+    assert parse_edge_lines(out[:k], back_s, back_d) == (203, 0, -1)
+    assert np.array_equal(back_s, s) and np.array_equal(back_d, d)
 
 
 @pytest.mark.parametrize("text,code,token", [
@@ -226,6 +239,17 @@ def test_npz_layouts(tmp_path, graph, layout):
          "val_idx.bin", "test_idx.bin"])
     assert ds.manifest["source"]["format"] == "npz"
     assert ds.manifest["stats"]["self_loops"] == int((graph["src"] == graph["dst"]).sum()) >= 10
+
+
+def test_fortran_ordered_arrays(tmp_path, graph):
+    src = tmp_path / "arrays"
+    src.mkdir()
+    np.save(src / "edge_index.npy", np.asfortranarray(np.stack([graph["src"], graph["dst"]])))
+    np.save(src / "feat.npy", np.asfortranarray(graph["feat"]))
+    for k in ("label", "train_idx", "val_idx", "test_idx"):
+        np.save(src / f"{k}.npy", graph[k])
+    assert np.load(src / "feat.npy", mmap_mode="r").flags.f_contiguous
+    assert_matches(prepare(PrepareConfig(format="npz", input=str(src)), tmp_path / "out"), graph)
 
 
 @pytest.mark.parametrize("undirected,loops,dups", [(True, True, True), (False, False, True), (False, True, False),
