@@ -26,11 +26,12 @@ of the unsharded output.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
 import queue
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -415,6 +416,10 @@ class _PartWriter:
             w.__exit__(None, None, None)
 
 
+def _close_part(pw: _PartWriter, out: Path, parts: dict) -> None:
+    parts[pw.part] = pw.close(out)
+
+
 class _BackgroundWriter:
     """Runs writes on one thread behind a bounded queue, so disk writes overlap sampling."""
 
@@ -455,8 +460,11 @@ def _set_threads(threads):
     if threads is None:
         return previous, previous
     limit = numba.config.NUMBA_NUM_THREADS
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= limit:
-        raise ConfigError(f"--threads must lie in 1 .. {limit} (the cores numba may use), got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
+    if threads > limit:
+        log.warning("--threads %d is more than the %d threads numba may use here; using %d", threads, limit, limit)
+        threads = limit
     numba.set_num_threads(int(threads))
     return previous, int(threads)
 
@@ -533,7 +541,7 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
                 sampled_edges += block_indices.shape[0]
                 progress(f"sample {part}", 1, nb)
             sample_seconds += time.perf_counter() - t0
-            writer.submit(lambda pw=pw, part=part: parts.__setitem__(part, pw.close(out)))
+            writer.submit(_close_part, pw, out, parts)
         writer.close()
     except BaseException:
         try:
@@ -680,6 +688,15 @@ class Samples:
                                 f"but {ds.path} now has {ds.fingerprint}; sample it again")
         return ds
 
+    @property
+    def fingerprint(self) -> str:
+        """A short id of the stored batches (config, dataset, shard and file checksums; not timings)."""
+        key = json.dumps({"config": self.config.to_json(), "dataset": self.dataset_fingerprint,
+                          "shard": [self.num_shards, self.shard],
+                          "files": sorted((s.path, s.dtype, list(s.shape), s.crc32) for s in self.files())},
+                         sort_keys=True)
+        return f"{zlib.crc32(key.encode()):08x}"
+
     def files(self) -> list[ArraySpec]:
         return [s for specs in self._specs.values() for s in specs.values()] + [self._counts_spec]
 
@@ -688,7 +705,8 @@ class Samples:
         stats = self.manifest.get("stats", {})
         return {
             "path": str(self.path), "format_version": self.manifest.get("version"),
-            "dataset": str(self.dataset_path), "fingerprint": self.dataset_fingerprint,
+            "fingerprint": self.fingerprint,
+            "dataset": str(self.dataset_path), "dataset_fingerprint": self.dataset_fingerprint,
             "config": self.config.to_json(),
             "shard": f"{self.shard} of {self.num_shards}",
             "batches": {p: int(parts[p]["num_batches"]) for p in self.parts},

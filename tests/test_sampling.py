@@ -108,8 +108,10 @@ def test_verify_accepts_good_output(samples):
 def test_same_seed_is_byte_identical_and_other_seed_differs(samples, tiny_dataset, tmp_path):
     again = presample(tiny_dataset.path, tmp_path / "again", CFG)
     assert _dir_bytes(again.path) == _dir_bytes(samples.path)
+    assert again.fingerprint == samples.fingerprint
     other = presample(tiny_dataset.path, tmp_path / "other", SampleConfig((4, 3), 97, epochs=2, seed=6))
     assert _dir_bytes(other.path)["train-0.input_nodes.bin"] != _dir_bytes(samples.path)["train-0.input_nodes.bin"]
+    assert other.fingerprint != samples.fingerprint
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
@@ -133,6 +135,11 @@ def test_shards_partition_the_batches(samples, tiny_dataset, tmp_path):
     total = sum(np.asarray(sh.access_counts) for sh in shards)
     assert np.array_equal(total, samples.access_counts)
     verify_samples(shards[2])
+
+
+def test_too_many_threads_are_capped(tiny_dataset, tmp_path):
+    s = presample(tiny_dataset.path, tmp_path / "t", CFG, threads=10_000)
+    assert s.summary()["threads"] == numba.config.NUMBA_NUM_THREADS
 
 
 def test_memory_budget_picks_mmap(tiny_dataset, tmp_path):
