@@ -1,0 +1,534 @@
+"""Aligned direct I/O: the reader and writer behind packing and training, and the disk-limit probes.
+
+Reads and writes bypass the page cache with ``O_DIRECT`` where the filesystem
+allows it (tmpfs does not: then buffered I/O is used and a warning logged
+once). O_DIRECT needs 4096-aligned memory, offsets and lengths, so:
+
+* buffers come from :func:`aligned_empty` (a numpy array over-allocated and
+  sliced to a 4096-aligned start);
+* a read of ``length`` bytes at an aligned offset asks for ``align_up(length)``
+  bytes; the file may end earlier (last partial page), which is fine as long as
+  the bytes the caller needs are there, otherwise the file is truncated and
+  :class:`~diskgnn.errors.IntegrityError` is raised;
+* writes are padded to 4096 bytes with zeros and the file is cut back to its
+  logical size at the end.
+
+Large transfers are split into requests (1 MiB by default) issued by a thread
+pool, so several are in flight; ``os.preadv``/``os.pwritev`` release the GIL.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno
+import logging
+import os
+import threading
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diskgnn.errors import ConfigError, IntegrityError, InputNotFoundError
+from diskgnn.manifest import raise_if_disk_full
+
+log = logging.getLogger(__name__)
+
+ALIGN = 4096
+REQUEST_SIZE = 1 << 20
+IO_DEPTH = 8
+_warned_buffered: set[str] = set()
+
+
+def align_up(n: int, alignment: int = ALIGN) -> int:
+    """The smallest multiple of ``alignment`` that is >= ``n``."""
+    return -(-int(n) // alignment) * alignment
+
+
+def align_down(n: int, alignment: int = ALIGN) -> int:
+    """The largest multiple of ``alignment`` that is <= ``n``."""
+    return int(n) // alignment * alignment
+
+
+def aligned_empty(nbytes: int, alignment: int = ALIGN) -> np.ndarray:
+    """An uninitialised uint8 array of ``nbytes`` whose data starts on an ``alignment`` boundary."""
+    nbytes = int(nbytes)
+    raw = np.empty(nbytes + alignment, dtype=np.uint8)
+    shift = (-raw.ctypes.data) % alignment
+    return raw[shift:shift + nbytes]
+
+
+def is_aligned(buf: np.ndarray, alignment: int = ALIGN) -> bool:
+    """Whether ``buf``'s data starts on an ``alignment`` boundary (an empty array always does)."""
+    return buf.size == 0 or buf.ctypes.data % alignment == 0
+
+
+def _open(path: str | os.PathLike, flags: int, direct: bool | None, mode: int = 0o644) -> tuple[int, bool]:
+    """Open with O_DIRECT when asked (None = when possible); returns (fd, direct)."""
+    path = os.fspath(path)
+    if direct is not False and hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, flags | os.O_DIRECT, mode), True
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            if direct:
+                raise ConfigError(f"{path}: the filesystem does not support O_DIRECT ({exc.strerror}); "
+                                  f"put the file on a disk-backed filesystem or allow buffered I/O") from None
+    _warn_buffered(path)
+    return os.open(path, flags, mode), False
+
+
+def _warn_buffered(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if directory not in _warned_buffered:
+        _warned_buffered.add(directory)
+        log.warning("O_DIRECT is not supported under %s (tmpfs?); using buffered I/O, so reads go through "
+                    "the page cache and I/O figures there do not measure the disk", directory)
+
+
+class AlignedReader:
+    """Reads byte ranges of one file into aligned buffers with several requests in flight.
+
+    Thread-safe: several threads may call :meth:`read_runs` at once (they share
+    the request pool). ``direct=None`` uses O_DIRECT when the filesystem allows.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, direct: bool | None = None,
+                 request_size: int = REQUEST_SIZE, depth: int = IO_DEPTH):
+        self.path = Path(path)
+        if request_size <= 0 or request_size % ALIGN:
+            raise ConfigError(f"request_size must be a positive multiple of {ALIGN}, got {request_size}")
+        if depth < 1:
+            raise ConfigError(f"I/O depth must be at least 1, got {depth}")
+        try:
+            self.fd, self.direct = _open(self.path, os.O_RDONLY, direct)
+        except FileNotFoundError:
+            raise InputNotFoundError(f"{self.path} does not exist") from None
+        self.request_size = int(request_size)
+        self.depth = int(depth)
+        self._pool = cf.ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="diskgnn-read")
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+        self.requests = 0
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self._pool.shutdown(wait=True)
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "AlignedReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _read_one(self, view: memoryview, offset: int, need: int) -> int:
+        """Fill ``view`` from ``offset``; return bytes read. Fewer than ``need`` means the file ended."""
+        got = 0
+        total = len(view)
+        while got < total:
+            try:
+                n = os.preadv(self.fd, [view[got:]], offset + got)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and self.direct:
+                    raise ConfigError(f"{self.path}: O_DIRECT read refused at offset {offset + got} "
+                                      f"({exc.strerror}); the buffer or offset is not aligned") from None
+                raise
+            if n == 0:
+                break
+            got += n
+            if self.direct and got % ALIGN:
+                break  # O_DIRECT returns a partial page only at the end of the file
+        return got
+
+    def read_runs(self, runs, out: np.ndarray, *, need: list[int] | None = None) -> int:
+        """Read byte ranges ``runs`` = [(offset, length), ...] back to back into ``out``.
+
+        Offsets must be multiples of 4096. Run k lands at ``sum(align_up(length))``
+        of the runs before it, so every run starts aligned in ``out``; ``out``
+        must be aligned and hold the sum of the aligned lengths. ``need[k]``
+        (default: the run's length) is how many of a run's bytes must exist in
+        the file; fewer raises :class:`IntegrityError` (truncated file).
+        Returns the bytes transferred.
+        """
+        if self.direct and not is_aligned(out):
+            raise ConfigError("read buffer is not 4096-aligned; allocate it with diskgnn.io.aligned_empty")
+        view = memoryview(out).cast("B")
+        jobs = []
+        pos = 0
+        for k, (offset, length) in enumerate(runs):
+            offset, length = int(offset), int(length)
+            if offset % ALIGN:
+                raise ConfigError(f"read offset {offset} in {self.path} is not a multiple of {ALIGN}")
+            span = align_up(length)
+            if pos + span > len(view):
+                raise ConfigError(f"read buffer of {len(view)} bytes is too small for {pos + span} bytes")
+            must = length if need is None else int(need[k])
+            for lo in range(0, span, self.request_size):
+                size = min(self.request_size, span - lo)
+                want = min(size, max(must - lo, 0))
+                jobs.append((pos + lo, offset + lo, size, want))
+            pos += span
+        total = 0
+        if len(jobs) == 1:
+            total = self._check(jobs[0], self._read_one(view[jobs[0][0]:jobs[0][0] + jobs[0][2]], jobs[0][1],
+                                                        jobs[0][3]))
+        else:
+            futures = [(job, self._pool.submit(self._read_one, view[job[0]:job[0] + job[2]], job[1], job[3]))
+                       for job in jobs]
+            for job, fut in futures:
+                total += self._check(job, fut.result())
+        with self._lock:
+            self.bytes_read += total
+            self.requests += len(jobs)
+        return total
+
+    def _check(self, job, got: int) -> int:
+        _, offset, _, want = job
+        if got < want:
+            raise IntegrityError(f"{self.path} is truncated: wanted {want} bytes at offset {offset}, the file "
+                                 f"ends at {self.size}; re-create the directory that holds it")
+        return got
+
+    def read(self, offset: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``length`` bytes at ``offset`` (any offset) as a uint8 array (a view of ``out`` when given)."""
+        lo = align_down(offset)
+        skip = int(offset) - lo
+        span = align_up(skip + int(length))
+        if out is None or len(out) < span or not is_aligned(out):
+            out = aligned_empty(span)
+        self.read_runs([(lo, skip + int(length))], out[:span])
+        return out[skip:skip + int(length)]
+
+    def read_file(self, expected: int | None = None) -> np.ndarray:
+        """The whole file (or its first ``expected`` bytes, which must exist) as a uint8 array."""
+        size = self.size if expected is None else int(expected)
+        if size == 0:
+            return np.zeros(0, dtype=np.uint8)
+        return self.read(0, size)
+
+    def stream(self, chunk_bytes: int, start: int = 0, end: int | None = None, *, prefetch: bool = True):
+        """Yield ``(offset, uint8 array)`` chunks of ``[start, end)`` in order, reading ahead one chunk.
+
+        ``start`` and ``chunk_bytes`` must be multiples of 4096; two buffers are
+        reused, so a chunk is only valid until the next one is requested.
+        """
+        end = self.size if end is None else int(end)
+        if start % ALIGN or chunk_bytes % ALIGN or chunk_bytes <= 0:
+            raise ConfigError(f"stream start {start} and chunk size {chunk_bytes} must be multiples of {ALIGN}")
+        offsets = list(range(int(start), end, int(chunk_bytes)))
+        if not offsets:
+            return
+        bufs = [aligned_empty(chunk_bytes), aligned_empty(chunk_bytes) if len(offsets) > 1 else None]
+
+        def load(k: int) -> np.ndarray:
+            off = offsets[k]
+            length = min(chunk_bytes, end - off)
+            buf = bufs[k % 2]
+            self.read_runs([(off, length)], buf[:align_up(length)])
+            return buf[:length]
+
+        if not prefetch:
+            for k, off in enumerate(offsets):
+                yield off, load(k)
+            return
+        ahead = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-prefetch")
+        try:
+            fut = ahead.submit(load, 0)
+            for k, off in enumerate(offsets):
+                chunk = fut.result()
+                if k + 1 < len(offsets):
+                    fut = ahead.submit(load, k + 1)
+                yield off, chunk
+        finally:
+            ahead.shutdown(wait=True)
+
+
+class AlignedWriter:
+    """Appends to a new file sequentially with several aligned writes in flight, computing crc32.
+
+    :meth:`write` copies into staging buffers; :meth:`write_aligned` writes a
+    caller's aligned buffer in place and returns a handle whose ``wait()`` says
+    when the buffer may be reused. :meth:`close` pads the last page, cuts the
+    file back to its logical size (unless ``keep_padding``), fsyncs and returns
+    ``{"bytes": logical size, "crc32": crc of those bytes}``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, direct: bool | None = None, request_size: int = 4 << 20,
+                 depth: int = 4, staging_bytes: int = 16 << 20):
+        self.path = Path(path)
+        try:
+            self.fd, self.direct = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, direct)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        self.request_size = align_up(request_size)
+        self._pool = cf.ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="diskgnn-write")
+        self._crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-crc")
+        self.crc = 0
+        self.pos = 0          # bytes handed to the file so far (a multiple of 4096 until close)
+        self.logical = 0      # bytes of data written by the caller
+        self._staging_bytes = align_up(staging_bytes)
+        self._staging = [aligned_empty(self._staging_bytes), aligned_empty(self._staging_bytes)]
+        self._staging_handles: list = [None, None]
+        self._cur = 0
+        self._fill = 0
+        self._pending: list[cf.Future] = []
+        self._error: BaseException | None = None
+
+    def _pwrite(self, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                done += os.pwritev(self.fd, [view[done:]], offset + done)
+            except OSError as exc:
+                raise_if_disk_full(exc, self.path.parent)
+                raise
+
+    def _crc(self, view: memoryview) -> None:
+        self.crc = zlib.crc32(view, self.crc)
+
+    def _submit(self, buf: np.ndarray, logical: int) -> "_WriteHandle":
+        # ``buf`` is aligned with a length that is a multiple of 4096 unless this is the final write.
+        view = memoryview(buf).cast("B")
+        futures = [self._crc_pool.submit(self._crc, view[:logical])]
+        for lo in range(0, len(view), self.request_size):
+            part = view[lo:lo + self.request_size]
+            futures.append(self._pool.submit(self._pwrite, part, self.pos + lo))
+        self.pos += len(view)
+        self.logical += logical
+        self._pending.extend(futures)
+        if len(self._pending) > 256:
+            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        return _WriteHandle(futures)
+
+    def write_aligned(self, buf: np.ndarray) -> "_WriteHandle":
+        """Write an aligned buffer whose length is a multiple of 4096, without copying."""
+        self._flush_staging_if_any()
+        if len(buf) % ALIGN or (self.direct and not is_aligned(buf)):
+            raise ConfigError("write_aligned needs a 4096-aligned buffer of a multiple of 4096 bytes")
+        return self._submit(buf, len(buf))
+
+    def write(self, data) -> None:
+        """Copy ``data`` into staging; full staging buffers are written in the background."""
+        src = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        while src.size:
+            stage = self._staging[self._cur]
+            if self._fill == 0 and self._staging_handles[self._cur] is not None:
+                self._staging_handles[self._cur].wait()
+                self._staging_handles[self._cur] = None
+            take = min(src.size, self._staging_bytes - self._fill)
+            stage[self._fill:self._fill + take] = src[:take]
+            self._fill += take
+            src = src[take:]
+            if self._fill == self._staging_bytes:
+                self._staging_handles[self._cur] = self._submit(stage, self._staging_bytes)
+                self._cur ^= 1
+                self._fill = 0
+
+    def _flush_staging_if_any(self, final: bool = False) -> None:
+        if self._fill == 0:
+            return
+        if self._fill % ALIGN and not final:
+            raise ConfigError("write_aligned after a write() that did not end on a 4096 boundary")
+        stage = self._staging[self._cur]
+        span = align_up(self._fill)
+        stage[self._fill:span] = 0
+        self._staging_handles[self._cur] = self._submit(stage[:span], self._fill)
+        self._cur ^= 1
+        self._fill = 0
+
+    def pad_to(self, alignment: int = ALIGN) -> None:
+        """Append zeros up to the next multiple of ``alignment`` of the logical size."""
+        rem = (self.logical + self._fill) % alignment
+        if rem:
+            self.write(np.zeros(alignment - rem, dtype=np.uint8))
+
+    def wait(self) -> None:
+        for fut in self._pending:
+            fut.result()
+        self._pending = []
+
+    def close(self, *, keep_padding: bool = False) -> dict:
+        try:
+            self._flush_staging_if_any(final=True)
+            self.wait()
+            if not keep_padding and self.pos != self.logical:
+                os.ftruncate(self.fd, self.logical)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        finally:
+            self.abort()
+        return {"bytes": self.pos if keep_padding else self.logical, "crc32": self.crc}
+
+    def abort(self) -> None:
+        """Stop without publishing: wait for in-flight requests and close the file."""
+        if self.fd < 0:
+            return
+        self._pool.shutdown(wait=True)
+        self._crc_pool.shutdown(wait=True)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> "AlignedWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class _WriteHandle:
+    """Completion of one submitted write (crc and every request)."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self, futures):
+        self._futures = futures
+
+    def wait(self) -> None:
+        for fut in self._futures:
+            fut.result()
+
+
+# --- disk limits -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DiskLimits:
+    """The disk's own limits, measured with this module's reader and writer."""
+    seq_read_GBps: float
+    """O_DIRECT sequential read, 1 MiB requests, ``depth`` in flight (1e9 bytes per second)."""
+    seq_write_GBps: float
+    """O_DIRECT sequential write, 1 MiB requests, ``depth`` in flight."""
+    rand4k_iops_qd1: float
+    """4 KiB random reads per second, one at a time."""
+    rand4k_iops_qd64: float
+    """4 KiB random reads per second, 64 in flight (64 threads)."""
+    direct: bool
+    """Whether O_DIRECT was used (False on tmpfs: then these measure memory, not the disk)."""
+    file_bytes: int
+    """Size of the test file."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def measure_seq_write(path: str | os.PathLike, nbytes: int, *, request_size: int = REQUEST_SIZE,
+                      depth: int = IO_DEPTH, direct: bool | None = None) -> float:
+    """Write ``nbytes`` of random data to a new file at ``path``; GB/s including the final fsync."""
+    nbytes = align_up(max(nbytes, ALIGN))
+    block = aligned_empty(min(nbytes, 64 << 20))
+    block[:] = np.random.default_rng(0).integers(0, 256, block.size, dtype=np.uint8)
+    t0 = time.perf_counter()
+    fd, _ = _open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, direct)
+    view = memoryview(block)
+    try:
+        with cf.ThreadPoolExecutor(max_workers=depth) as pool:
+            def put(off: int) -> None:
+                size = min(request_size, nbytes - off)
+                lo = off % block.size
+                lo = lo if lo + size <= block.size else 0
+                done = 0
+                while done < size:
+                    done += os.pwritev(fd, [view[lo + done:lo + size]], off + done)
+            list(pool.map(put, range(0, nbytes, request_size)))
+        os.fsync(fd)
+    except OSError as exc:
+        raise_if_disk_full(exc, Path(path).parent, nbytes)
+        raise
+    finally:
+        os.close(fd)
+    return nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def measure_seq_read(path: str | os.PathLike, nbytes: int | None = None, *, request_size: int = REQUEST_SIZE,
+                     depth: int = IO_DEPTH, direct: bool | None = None, max_seconds: float | None = None) -> float:
+    """Read the file (or its first ``nbytes``) sequentially; GB/s."""
+    with AlignedReader(path, direct=direct, request_size=request_size, depth=depth) as reader:
+        end = reader.size if nbytes is None else min(reader.size, int(nbytes))
+        chunk = request_size * depth * 4
+        t0 = time.perf_counter()
+        done = 0
+        for off, buf in reader.stream(chunk, 0, end):
+            done += len(buf)
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
+        return done / (time.perf_counter() - t0) / 1e9
+
+
+def measure_random_read(path: str | os.PathLike, *, depth: int = 1, seconds: float = 2.0, block: int = ALIGN,
+                        direct: bool | None = None, seed: int = 0) -> float:
+    """4 KiB (``block``) reads at random aligned offsets with ``depth`` threads; reads per second."""
+    fd, _ = _open(path, os.O_RDONLY, direct)
+    try:
+        pages = os.fstat(fd).st_size // block
+        if pages < 1:
+            raise ConfigError(f"{path} is smaller than one {block}-byte block")
+        stop = time.perf_counter() + seconds
+        counts = [0] * depth
+
+        def worker(k: int) -> None:
+            buf = aligned_empty(block)
+            view = memoryview(buf)
+            offs = np.random.default_rng(seed + k).integers(0, pages, 1 << 16) * block
+            i = 0
+            while True:  # at least one round per thread, even when threads start late
+                for _ in range(16):
+                    os.preadv(fd, [view], int(offs[i & 0xFFFF]))
+                    i += 1
+                if time.perf_counter() >= stop:
+                    break
+            counts[k] = i
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(depth)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+
+
+def measure_disk(directory: str | os.PathLike, nbytes: int = 1 << 30, *, read_file: str | os.PathLike | None = None,
+                 random_seconds: float = 2.0, keep: bool = False) -> DiskLimits:
+    """Measure sequential write/read and 4 KiB random read IOPS with a temporary file in ``directory``.
+
+    ``read_file`` (e.g. features.bin) is read instead of the test file when given,
+    so the read figure comes from the data the benchmark itself reads.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".diskgnn-io-probe.bin"
+    try:
+        write = measure_seq_write(path, nbytes)
+        target = Path(read_file) if read_file is not None else path
+        read = measure_seq_read(target, nbytes)
+        qd1 = measure_random_read(target, depth=1, seconds=random_seconds)
+        qd64 = measure_random_read(target, depth=64, seconds=random_seconds)
+        with AlignedReader(target) as r:
+            direct = r.direct
+        return DiskLimits(seq_read_GBps=read, seq_write_GBps=write, rand4k_iops_qd1=qd1, rand4k_iops_qd64=qd64,
+                          direct=direct, file_bytes=align_up(nbytes))
+    finally:
+        if not keep:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -1,0 +1,609 @@
+"""Stage 3: choose cache tiers and lay every minibatch's uncached rows out contiguously on disk.
+
+``pack`` reads the samples' per-batch input nodes and access counts and
+
+1. ranks rows by access count and fills the device, pinned and host tiers
+   (most-used first) up to their byte sizes;
+2. plans the disk layout: one 4096-aligned extent per batch holding its
+   uncached rows in input order (plain), or, when that exceeds
+   ``--disk-budget``, one extent per segment of consecutive batches with each
+   row stored once and rows ordered by MinHash of the batches that use them,
+   so a batch's rows fall on few pages (it reads the covering page runs);
+3. streams ``features.bin`` sequentially in large aligned chunks and scatters
+   each row to the tier files and to the output buffer of a *group* of
+   extents; a group is written sequentially while the next group's pass over
+   ``features.bin`` runs. Groups are as large as the memory budget allows, so
+   there are few passes, and there is never a random row read.
+
+The directory is marked partial until its manifest (with a crc32 of every
+file) is written, last. See :mod:`diskgnn.store` for the format.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype, node_id_dtype
+from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
+from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_empty
+from diskgnn.kernels.gather import scatter_bytes, scatter_words
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
+                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
+from diskgnn.manifest import (Crc32Writer, _clear_directory, finish_output_dir, prepare_output_dir,
+                              write_manifest)
+from diskgnn.progress import ProgressFn, no_progress
+from diskgnn.sizes import format_bytes, parse_factor, parse_size
+from diskgnn.store import FORMAT, TIER_NAMES, VERSION, Packed, samples_fingerprint
+
+log = logging.getLogger(__name__)
+
+STORE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def _check_size_text(value, name: str) -> None:
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ConfigError(f"{name} must not be negative, got {value!r}; give bytes (512M, 2G) or a percentage (10%)")
+    parse_size(value, total=1 << 40, name=name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PackConfig:
+    """What ``pack`` does; saved in the packed manifest."""
+    device_cache: str | int = 0
+    """Bytes of rows on the training device (GPU memory, host memory without CUDA): ``2G`` or ``10%`` of the feature bytes."""
+    pinned_cache: str | int = 0
+    """Bytes of rows in pinned host memory (pinned only with CUDA)."""
+    host_cache: str | int = "10%"
+    """Bytes of rows in host memory."""
+    disk_budget: str | float | None = None
+    """Cap on packed.bin as a multiple of the feature bytes (``3x``); None = no cap."""
+    store_dtype: str | None = None
+    """Precision of stored rows: fp32, fp16, bf16; None = the dataset's."""
+    chunk_size: str | int = "256M"
+    """Bytes of features.bin streamed per chunk."""
+    belady: bool = True
+    """Compute the Belady (optimal offline) hit rate of the same cache size as a bound."""
+    seed: int = 0
+    """Seed of the MinHash functions of the disk-budget layout."""
+    gap_pages: int = 2
+    """Holes of at most this many pages inside a batch's page runs are read rather than skipped."""
+
+    def __post_init__(self):
+        for name in ("device_cache", "pinned_cache", "host_cache"):
+            _check_size_text(getattr(self, name), f"--{name.replace('_', '-')}")
+        if self.disk_budget is not None:
+            parse_factor(self.disk_budget, name="--disk-budget")
+        if self.store_dtype is not None and self.store_dtype not in STORE_DTYPES:
+            raise ConfigError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
+        _check_size_text(self.chunk_size, "--chunk-size")
+        if parse_size(self.chunk_size, name="--chunk-size") < ALIGN:
+            raise ConfigError(f"--chunk-size must be at least 4K, got {self.chunk_size!r}")
+        if self.gap_pages < 0:
+            raise ConfigError(f"gap_pages must be >= 0, got {self.gap_pages}")
+
+    @classmethod
+    def from_cli(cls, args) -> "PackConfig":
+        kw = {}
+        for name in ("device_cache", "pinned_cache", "host_cache", "disk_budget", "store_dtype", "chunk_size"):
+            value = getattr(args, name, None)
+            if value is not None:
+                kw[name] = value
+        return cls(**kw)
+
+    def cache_bytes(self, feature_bytes: int) -> dict[str, int]:
+        """Bytes of each tier, percentages taken of ``feature_bytes``."""
+        return {t: parse_size(getattr(self, f"{t}_cache"), total=feature_bytes, name=f"--{t}-cache")
+                for t in TIER_NAMES}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def convert_rows(rows: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Feature rows stored as ``src`` converted to the storage representation of ``dst``."""
+    if src == dst:
+        return rows
+    if src == "fp32":
+        wide = rows.view(np.float32) if rows.dtype != np.float32 else rows
+    elif src == "fp16":
+        wide = rows.astype(np.float32)
+    else:
+        from diskgnn.dataset import bf16_bits_to_float32
+        wide = bf16_bits_to_float32(rows)
+    return np.ascontiguousarray(convert_features(wide, dst))
+
+
+@dataclass(frozen=True, slots=True)
+class PackPlan:
+    """Everything ``pack`` decided before writing rows (also what ``plan_pack`` reports)."""
+    store_dtype: str
+    row_bytes: int
+    tier_rows: dict
+    cache_nodes: np.ndarray
+    """int64 [n_cached] node of each slot (tiers in order, nodes ascending inside a tier)."""
+    inputs: np.ndarray
+    """int64 [T] input nodes of the packed batches, concatenated."""
+    offsets: np.ndarray
+    """int64 [nb_sel + 1] batch boundaries in ``inputs``."""
+    maps: np.ndarray
+    batches: np.ndarray
+    """int64 [G, 5] (map lo, map hi, run lo, run hi, extent offset) of every batch."""
+    runs: np.ndarray
+    """int64 [R, 2] (first page, pages)."""
+    row_nodes: np.ndarray
+    """Node of every packed row, in file order."""
+    extent_rows: np.ndarray
+    """int64 [E] rows per extent (batch or segment)."""
+    extent_offsets: np.ndarray
+    """int64 [E] byte offset of each extent in packed.bin."""
+    packed_bytes: int
+    plain_bytes: int
+    layout: str
+    segment_batches: int | None
+    parts: list
+    stats: dict
+
+
+def _open_samples(samples):
+    if isinstance(samples, (str, os.PathLike)):
+        from diskgnn.sampling import Samples
+        return Samples.open(samples)
+    return samples
+
+
+def _open_dataset(samples, dataset) -> Dataset:
+    if isinstance(dataset, Dataset):
+        ds = dataset
+    elif dataset is not None:
+        ds = Dataset.open(dataset)
+    else:
+        ds = Dataset.open(samples.dataset_path)
+    want = getattr(samples, "dataset_fingerprint", None)
+    if want is not None and want != ds.fingerprint:
+        raise MismatchError(f"the samples in {getattr(samples, 'path', '?')} were made from a dataset with "
+                            f"fingerprint {want}, but {ds.path} has fingerprint {ds.fingerprint}; pass the dataset "
+                            f"they were sampled from (--dataset) or re-run diskgnn sample on {ds.path}")
+    if int(samples.num_nodes) != ds.num_nodes:
+        raise MismatchError(f"the samples have {samples.num_nodes} nodes but {ds.path} has {ds.num_nodes}; "
+                            f"they belong to different graphs")
+    return ds
+
+
+def _check_tier_memory(tier_bytes: dict[str, int]) -> None:
+    from diskgnn.capabilities import available_memory, cuda_available
+    host = sum(b for t, b in tier_bytes.items() if t != "device" or not cuda_available())
+    avail = available_memory()
+    if host > avail:
+        raise MemoryBudgetError(
+            f"the cache tiers need {format_bytes(host)} of host memory (device {format_bytes(tier_bytes['device'])}, "
+            f"pinned {format_bytes(tier_bytes['pinned'])}, host {format_bytes(tier_bytes['host'])}) but only "
+            f"{format_bytes(avail)} is available; lower --host-cache/--pinned-cache/--device-cache")
+    if cuda_available() and tier_bytes["device"]:
+        import torch
+        free, _ = torch.cuda.mem_get_info()
+        if tier_bytes["device"] > free:
+            raise MemoryBudgetError(f"--device-cache {format_bytes(tier_bytes['device'])} exceeds the free GPU "
+                                    f"memory ({format_bytes(free)}); lower it")
+
+
+def plan_pack(samples, cfg: PackConfig, *, dataset=None, num_shards: int = 1, shard: int = 0) -> PackPlan:
+    """Decide tiers, maps and the disk layout without writing anything."""
+    samples = _open_samples(samples)
+    ds = _open_dataset(samples, dataset)
+    return _plan(samples, ds, cfg, num_shards=num_shards, shard=shard)
+
+
+def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int) -> PackPlan:
+    t0 = time.perf_counter()
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard must lie in 0..--num-shards-1, got shard {shard} of {num_shards}")
+    n = ds.num_nodes
+    store_dtype = cfg.store_dtype or ds.feat_dtype
+    rb = ds.feat_dim * feature_dtype(store_dtype).itemsize
+    tier_bytes = cfg.cache_bytes(ds.feature_bytes)
+    _check_tier_memory(tier_bytes)
+
+    # The batches this shard packs, concatenated over parts.
+    parts, inputs_l, lens_l, selected = [], [], [], []
+    g = 0
+    for part in samples.parts:
+        offs = np.asarray(samples.input_offsets(part), dtype=np.int64)
+        nb = len(offs) - 1
+        parts.append({"name": part, "first_batch": g, "num_batches": nb})
+        allin = samples.all_input_nodes(part)
+        if num_shards == 1:
+            inputs_l.append(np.asarray(allin, dtype=np.int64))
+            lens_l.append(np.diff(offs))
+            selected.append(np.arange(g, g + nb, dtype=np.int64))
+        else:
+            mine = np.arange(shard, nb, num_shards)
+            for i in mine:
+                inputs_l.append(np.asarray(allin[offs[i]:offs[i + 1]], dtype=np.int64))
+            lens_l.append(np.diff(offs)[mine])
+            selected.append(g + mine)
+        g += nb
+    total_batches = g
+    inputs = np.concatenate(inputs_l) if inputs_l else np.zeros(0, dtype=np.int64)
+    lens = np.concatenate(lens_l) if lens_l else np.zeros(0, dtype=np.int64)
+    selected = np.concatenate(selected) if selected else np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    del inputs_l
+    if inputs.size and (int(inputs.min()) < 0 or int(inputs.max()) >= n):
+        raise MismatchError(f"the samples hold node ids outside 0..{n - 1} of {ds.path}; they belong to another graph")
+
+    # Tiers: most-accessed rows first; never-accessed rows are never cached.
+    if num_shards == 1:
+        counts = np.asarray(samples.access_counts, dtype=np.int64)
+        if counts.shape != (n,):
+            raise MismatchError(f"the samples' access counts have shape {counts.shape}, expected ({n},)")
+    else:
+        counts = np.bincount(inputs, minlength=n).astype(np.int64)
+    order = np.argsort(-counts, kind="stable")
+    accessed = int(np.count_nonzero(counts))
+    slot_of_node = np.full(n, -1, dtype=np.int64)
+    tier_rows, tier_nodes, taken = {}, [], 0
+    for t in TIER_NAMES:
+        r = min(tier_bytes[t] // rb, accessed - taken)
+        nodes = np.sort(order[taken:taken + r])
+        slot_of_node[nodes] = taken + np.arange(r, dtype=np.int64)
+        tier_rows[t] = int(r)
+        tier_nodes.append(nodes)
+        taken += r
+    del order
+    n_cached = taken
+    cache_nodes = np.concatenate(tier_nodes).astype(np.int64) if tier_nodes else np.zeros(0, np.int64)
+    map_dtype = node_id_dtype(n + 1)
+
+    nsel = len(offsets) - 1
+    uncached = np.zeros(nsel, dtype=np.int64)
+    count_uncached(inputs, offsets, slot_of_node, uncached)
+    plain_bytes = int(sum(align_up(int(c) * rb) for c in uncached))
+    budget = None if cfg.disk_budget is None else int(parse_factor(cfg.disk_budget, name="--disk-budget")
+                                                      * ds.feature_bytes)
+    maps = np.empty(inputs.size, dtype=map_dtype)
+    batch_runs: list[np.ndarray] = []
+    if budget is None or plain_bytes <= budget:
+        layout, seg_batches = "plain", None
+        row_offsets = np.concatenate([[0], np.cumsum(uncached)]).astype(np.int64)
+        row_nodes = np.empty(int(row_offsets[-1]), dtype=np.int64)
+        plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, row_offsets)
+        extent_rows = uncached
+        extent_bytes = np.array([align_up(int(c) * rb) for c in uncached], dtype=np.int64)
+        extent_of_batch = np.arange(nsel, dtype=np.int64)
+        for c in uncached:
+            batch_runs.append(np.array([[0, align_up(int(c) * rb) // ALIGN]], dtype=np.int64) if c
+                              else np.zeros((0, 2), dtype=np.int64))
+    else:
+        layout = "segments"
+        marker = np.empty(n, dtype=np.int64)
+
+        def seg_bytes(s: int) -> int:
+            bounds = np.unique(np.concatenate([np.arange(0, nsel, s), [nsel]])).astype(np.int64)
+            rows = segment_row_counts(inputs, offsets, slot_of_node, bounds, marker)
+            return int(sum(align_up(int(r) * rb) for r in rows))
+
+        minimum = seg_bytes(max(nsel, 1))
+        if minimum > budget:
+            raise ConfigError(
+                f"--disk-budget {cfg.disk_budget} ({format_bytes(budget)}) is below the smallest possible packed "
+                f"size: even storing each of the rows that batches read from disk once (all batches in one "
+                f"segment) takes {format_bytes(minimum)} = {minimum / ds.feature_bytes:.3f}x the feature bytes. "
+                f"Raise --disk-budget to at least {math.ceil(minimum / ds.feature_bytes * 100) / 100:.2f}x, or "
+                f"cache more rows (--host-cache) so fewer go to disk")
+        hi = 2
+        while hi < nsel and seg_bytes(hi) > budget:
+            hi *= 2
+        hi = min(hi, max(nsel, 1))
+        lo = max(hi // 2, 1)  # seg_bytes(lo) > budget (or lo == 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if seg_bytes(mid) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        seg_batches = hi
+        if seg_bytes(seg_batches) > budget:  # sizes are not strictly monotone in the segment length
+            seg_batches = max(nsel, 1)
+        bounds = np.unique(np.concatenate([np.arange(0, nsel, seg_batches), [nsel]])).astype(np.int64)
+        local = np.full(n, -1, dtype=np.int64)
+        pos_of_node = marker
+        nodes_l, extent_rows_l = [], []
+        extent_of_batch = np.empty(nsel, dtype=np.int64)
+        for s in range(len(bounds) - 1):
+            b0, b1 = int(bounds[s]), int(bounds[s + 1])
+            nodes, sig1, sig2 = segment_minhash(inputs, offsets, b0, b1, slot_of_node, local, cfg.seed)
+            seg_nodes = nodes[np.lexsort((nodes, sig2, sig1))]
+            pos_of_node[seg_nodes] = np.arange(seg_nodes.size, dtype=np.int64)
+            segment_maps(inputs, offsets, b0, b1, slot_of_node, pos_of_node, n_cached, maps)
+            for b in range(b0, b1):
+                m = maps[offsets[b]:offsets[b + 1]]
+                rows = m[m >= n_cached].astype(np.int64) - n_cached
+                starts = np.empty(rows.size, dtype=np.int64)
+                npg = np.empty(rows.size, dtype=np.int64)
+                k = page_runs(rows, rb, ALIGN, cfg.gap_pages, starts, npg)
+                batch_runs.append(np.stack([starts[:k], npg[:k]], axis=1))
+            extent_of_batch[b0:b1] = s
+            nodes_l.append(seg_nodes)
+            extent_rows_l.append(seg_nodes.size)
+        row_nodes = np.concatenate(nodes_l) if nodes_l else np.zeros(0, dtype=np.int64)
+        extent_rows = np.array(extent_rows_l, dtype=np.int64)
+        extent_bytes = np.array([align_up(int(c) * rb) for c in extent_rows], dtype=np.int64)
+    extent_offsets = np.concatenate([[0], np.cumsum(extent_bytes)[:-1]]).astype(np.int64) if extent_bytes.size \
+        else np.zeros(0, dtype=np.int64)
+    packed_bytes = int(extent_bytes.sum())
+
+    batches = np.zeros((total_batches, 5), dtype=np.int64)
+    run_counts = np.array([len(r) for r in batch_runs], dtype=np.int64)
+    run_lo = np.concatenate([[0], np.cumsum(run_counts)]).astype(np.int64)
+    batches[selected, 0] = offsets[:-1]
+    batches[selected, 1] = offsets[1:]
+    batches[selected, 2] = run_lo[:-1]
+    batches[selected, 3] = run_lo[1:]
+    if nsel:
+        batches[selected, 4] = extent_offsets[extent_of_batch]
+    runs = np.concatenate(batch_runs).astype(np.int64) if batch_runs else np.zeros((0, 2), dtype=np.int64)
+    run_bytes = int(runs[:, 1].sum()) * ALIGN if runs.size else 0
+    useful = int(uncached.sum()) * rb
+    bounds_arr = np.cumsum([0] + [tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
+    hits = tier_hits(maps, bounds_arr)
+    total_access = max(int(inputs.size), 1)
+    hit_rate = {name: int(h) / total_access for name, h in zip((*TIER_NAMES, "disk"), hits)}
+    stats = {
+        "feature_bytes": ds.feature_bytes, "plain_bytes": plain_bytes, "packed_bytes": packed_bytes,
+        "disk_budget_bytes": budget, "blowup": packed_bytes / ds.feature_bytes,
+        "useful_bytes": useful, "run_bytes": run_bytes,
+        "read_amplification": run_bytes / useful if useful else 1.0,
+        "read_requests": int(runs.shape[0]),
+        "accesses": int(inputs.size), "accessed_rows": accessed, "cache_rows": n_cached,
+        "tier_bytes_requested": tier_bytes,
+        "hit_rate": hit_rate, "cache_hit_rate": 1.0 - hit_rate["disk"] if inputs.size else 0.0,
+        "plan_seconds": time.perf_counter() - t0,
+    }
+    return PackPlan(store_dtype=store_dtype, row_bytes=rb, tier_rows=tier_rows, cache_nodes=cache_nodes,
+                    inputs=inputs, offsets=offsets, maps=maps, batches=batches, runs=runs, row_nodes=row_nodes,
+                    extent_rows=extent_rows, extent_offsets=extent_offsets, packed_bytes=packed_bytes,
+                    plain_bytes=plain_bytes, layout=layout, segment_batches=seg_batches, parts=parts, stats=stats)
+
+
+def belady_hit_rate(trace: np.ndarray, num_nodes: int, capacity: int) -> float:
+    """Hit rate of the optimal offline cache (Belady's MIN with bypass) of ``capacity`` rows on ``trace``.
+
+    The cache starts full with the rows used first (a preload, as the static tiers have), so the
+    bound is comparable with the tiers' hit rate.
+    """
+    t = int(trace.size)
+    if t == 0 or capacity <= 0:
+        return 0.0
+    idx = np.int32 if t < 2**31 - 1 else np.int64
+    nxt = np.empty(t, dtype=idx)
+    first = np.empty(num_nodes, dtype=idx)
+    next_use(trace, first, nxt)
+    used = np.flatnonzero(first < t)
+    k = min(int(capacity), used.size)
+    if k < used.size:
+        used = used[np.argpartition(first[used], k - 1)[:k]]
+    preload_keys = first[used].astype(np.int64)
+    del first
+    pos = np.empty(num_nodes, dtype=np.int64)
+    return belady_hits(trace, nxt, pos, int(capacity), used.astype(np.int64), preload_keys) / t
+
+
+def footprint_bytes(plan: PackPlan) -> dict:
+    """Bytes of every file a pack with ``plan`` writes."""
+    tier = {t: plan.tier_rows[t] * plan.row_bytes for t in TIER_NAMES}
+    index = (plan.maps.nbytes + plan.batches.nbytes + plan.runs.nbytes + plan.cache_nodes.nbytes)
+    return {"packed": plan.packed_bytes, "tiers": tier, "index": int(index),
+            "total": plan.packed_bytes + sum(tier.values()) + int(index)}
+
+
+def pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig) -> tuple[int, int, int]:
+    """(chunk bytes, memory used besides the output buffers, largest extent) of packing ``plan``.
+
+    Two output buffers of at least the largest extent come on top; the larger they are, the
+    fewer passes over features.bin.
+    """
+    unit = ds.row_bytes * ALIGN // math.gcd(ds.row_bytes, ALIGN)  # chunks start on a row and a page boundary
+    chunk_bytes = max(unit, parse_size(cfg.chunk_size, name="--chunk-size") // unit * unit)
+    chunk_bytes = min(chunk_bytes, align_up(ds.feature_bytes, unit))
+    # indexes, two chunk buffers and a converted copy, the per-group bucketed rows
+    fixed = (plan.inputs.nbytes + plan.maps.nbytes + plan.row_nodes.nbytes + 3 * 8 * ds.num_nodes
+             + 3 * chunk_bytes + 16 * plan.row_nodes.size // 4)
+    max_extent = int(align_up(int(plan.extent_rows.max(initial=0)) * plan.row_bytes))
+    return chunk_bytes, fixed, max_extent
+
+
+def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = False,
+         progress: ProgressFn = no_progress, memory_budget=None, num_shards: int = 1, shard: int = 0) -> Packed:
+    """Pack the features of the samples in ``samples_dir`` into the directory ``out``; see the module doc."""
+    t0 = time.perf_counter()
+    samples = _open_samples(samples_dir)
+    ds = _open_dataset(samples, dataset)
+    from diskgnn.capabilities import available_memory
+    budget = (parse_size(memory_budget, name="--memory-budget") if memory_budget is not None
+              else int(available_memory() * 0.7))
+    plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard)
+    chunk_bytes, fixed, max_extent = pack_memory(plan, ds, cfg)
+    group_bytes = min(plan.packed_bytes, max((budget - fixed) // 2, 0) // ALIGN * ALIGN)
+    if plan.packed_bytes and group_bytes < max_extent:
+        raise MemoryBudgetError(
+            f"packing needs at least {format_bytes(fixed + 2 * max_extent)} of memory (two buffers of the largest "
+            f"extent, {format_bytes(max_extent)}, plus indexes and chunks) but the memory budget is "
+            f"{format_bytes(budget)}; raise --memory-budget, lower --chunk-size or use a larger --disk-budget")
+    out = prepare_output_dir(out, overwrite=overwrite)
+    try:
+        files = _write_index(out, plan)
+        t_io = time.perf_counter()
+        io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
+        io_seconds = time.perf_counter() - t_io
+        files.update(io_stats.pop("files"))
+        stats = dict(plan.stats)
+        stats.update(io_stats)
+        stats["io_seconds"] = io_seconds
+        stats["write_GBps"] = io_stats["bytes_written"] / io_seconds / 1e9 if io_seconds > 0 else None
+        stats["read_GBps"] = io_stats["bytes_read"] / io_seconds / 1e9 if io_seconds > 0 else None
+        if cfg.belady:
+            tb = time.perf_counter()
+            stats["belady_hit_rate"] = belady_hit_rate(plan.inputs, ds.num_nodes, sum(plan.tier_rows.values()))
+            stats["belady_seconds"] = time.perf_counter() - tb
+        total_bytes = sum(ArraySpec.from_json(f, "pack").nbytes for f in files.values())
+        stats["footprint"] = total_bytes / ds.feature_bytes
+        stats["footprint_bytes"] = total_bytes
+        stats["seconds"] = time.perf_counter() - t0
+        body = {
+            "samples": {"path": str(Path(getattr(samples, "path", "")).resolve()),
+                        "relpath": os.path.relpath(Path(getattr(samples, "path", "")).resolve(), out.resolve()),
+                        "fingerprint": samples_fingerprint(samples)},
+            "dataset": {"path": str(ds.path.resolve()), "relpath": os.path.relpath(ds.path.resolve(), out.resolve()),
+                        "fingerprint": ds.fingerprint},
+            "config": cfg.to_json(), "num_nodes": ds.num_nodes, "feat_dim": ds.feat_dim,
+            "source_dtype": ds.feat_dtype, "store_dtype": plan.store_dtype, "row_bytes": plan.row_bytes,
+            "n_cached": int(plan.cache_nodes.size),
+            "tiers": [{"name": t, "rows": plan.tier_rows[t]} for t in TIER_NAMES],
+            "layout": plan.layout, "segment_batches": plan.segment_batches, "parts": plan.parts,
+            "shard": {"num_shards": num_shards, "shard": shard},
+            "files": files, "stats": stats,
+        }
+        write_manifest(out, FORMAT, VERSION, body)
+        finish_output_dir(out)
+    except BaseException:
+        try:
+            _clear_directory(out)
+            (out / ".diskgnn-partial").write_text("aborted\n")
+        except OSError:
+            pass
+        raise
+    log.info("packed %s: %s on disk (%.2fx the features), %s layout, cache hit rate %.3f, %.1f s",
+             out, format_bytes(stats["footprint_bytes"]), stats["footprint"], plan.layout, stats["cache_hit_rate"],
+             stats["seconds"])
+    return Packed.open(out, samples=samples, dataset=ds)
+
+
+def _write_array(out: Path, name: str, array: np.ndarray) -> dict:
+    with Crc32Writer(out / f"{name}.bin") as w:
+        if array.size:
+            w.write(np.ascontiguousarray(array))
+        info = w.close()
+    return ArraySpec(path=f"{name}.bin", dtype=array.dtype.newbyteorder("<").str, shape=tuple(array.shape),
+                     crc32=info["crc32"]).to_json()
+
+
+def _write_index(out: Path, plan: PackPlan) -> dict:
+    return {name: _write_array(out, name, arr) for name, arr in
+            (("maps", plan.maps), ("batches", plan.batches), ("runs", plan.runs),
+             ("cache_nodes", plan.cache_nodes))}
+
+
+def _groups(plan: PackPlan, group_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive extents [e0, e1) whose bytes fit one output buffer."""
+    groups, e0, size = [], 0, 0
+    ends = plan.extent_offsets + np.array([align_up(int(r) * plan.row_bytes) for r in plan.extent_rows], dtype=np.int64)
+    for e in range(len(plan.extent_rows)):
+        ext = int(ends[e] - plan.extent_offsets[e])
+        if size + ext > group_bytes and e > e0:
+            groups.append((e0, e))
+            e0, size = e, 0
+        size += ext
+    if e0 < len(plan.extent_rows) and size:
+        groups.append((e0, len(plan.extent_rows)))
+    return groups
+
+
+def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_bytes: int,
+                progress: ProgressFn) -> dict:
+    """Stream features.bin once per group, scatter rows to the tier files and the group buffer, write."""
+    n, f = ds.num_nodes, ds.feat_dim
+    src_dtype = feature_dtype(ds.feat_dtype)
+    store_dtype = feature_dtype(plan.store_dtype)
+    rb = plan.row_bytes
+    src_rb = ds.row_bytes
+    file_end = n * src_rb
+    rows_per_chunk = chunk_bytes // src_rb
+    nchunks = max(1, -(-n // rows_per_chunk))
+    groups = _groups(plan, group_bytes)
+    row_starts = np.concatenate([[0], np.cumsum(plan.extent_rows)]).astype(np.int64)
+    tier_bounds = np.cumsum([0] + [plan.tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
+    tier_nodes = [plan.cache_nodes[tier_bounds[k]:tier_bounds[k + 1]] for k in range(len(TIER_NAMES))]
+    passes = max(len(groups), 1 if plan.cache_nodes.size else 0)
+    words = rb % 8 == 0
+
+    reader = AlignedReader(ds.features_path)
+    writer = AlignedWriter(out / "packed.bin")
+    tier_writers = [AlignedWriter(out / f"tier_{t}.bin") for t in TIER_NAMES]
+    bufs = [aligned_empty(group_bytes) if groups else None, aligned_empty(group_bytes) if len(groups) > 1 else None]
+    handles = [None, None]
+    bytes_read = 0
+    total_read = passes * file_end
+    try:
+        for gi in range(passes):
+            need_tiers = gi == 0 and plan.cache_nodes.size > 0
+            group = groups[gi] if gi < len(groups) else None
+            c_first, c_last = nchunks, -1
+            if need_tiers:
+                c_first, c_last = 0, nchunks - 1
+            if group is not None:
+                e0, e1 = group
+                g_lo = int(plan.extent_offsets[e0])
+                g_hi = int(plan.extent_offsets[e1 - 1]) + align_up(int(plan.extent_rows[e1 - 1]) * rb)
+                buf = bufs[gi % 2]
+                if handles[gi % 2] is not None:
+                    handles[gi % 2].wait()
+                nodes = plan.row_nodes[row_starts[e0]:row_starts[e1]]
+                dests = extent_dests(plan.extent_rows[e0:e1], plan.extent_offsets[e0:e1], rb, g_lo)
+                starts, local, dests = bucket_rows(nodes, dests, 0, rows_per_chunk, nchunks)
+                for e in range(e0, e1):  # zero the padding after each extent's rows (deterministic crc)
+                    a = int(plan.extent_offsets[e]) - g_lo + int(plan.extent_rows[e]) * rb
+                    buf[a:int(plan.extent_offsets[e]) - g_lo + align_up(int(plan.extent_rows[e]) * rb)] = 0
+                nonempty = np.flatnonzero(np.diff(starts))
+                if nonempty.size:
+                    c_first, c_last = min(c_first, int(nonempty[0])), max(c_last, int(nonempty[-1]))
+                view = buf[:g_hi - g_lo]
+                dst = view.view(np.uint64) if words else view
+            if c_last >= c_first:
+                for off, raw in reader.stream(chunk_bytes, c_first * chunk_bytes,
+                                              min((c_last + 1) * chunk_bytes, file_end)):
+                    c = off // chunk_bytes
+                    lo_node = off // src_rb
+                    rows = raw.view(src_dtype).reshape(-1, f)
+                    conv = convert_rows(rows, ds.feat_dtype, plan.store_dtype)
+                    if need_tiers:
+                        hi_node = lo_node + rows.shape[0]
+                        for k, tn in enumerate(tier_nodes):
+                            a, b = np.searchsorted(tn, [lo_node, hi_node])
+                            if b > a:
+                                tier_writers[k].write(conv[tn[a:b] - lo_node])
+                    if group is not None and starts[c + 1] > starts[c]:
+                        s, e = int(starts[c]), int(starts[c + 1])
+                        if words and conv.ctypes.data % 8 == 0:
+                            scatter_words(conv.view(np.uint64).reshape(conv.shape[0], rb // 8), local[s:e], dst,
+                                          dests[s:e] // 8)
+                        else:
+                            scatter_bytes(conv.view(np.uint8).reshape(conv.shape[0], rb), local[s:e], view,
+                                          dests[s:e])
+                    bytes_read += len(raw)
+                    progress("pack", len(raw), total_read)
+            if group is not None:
+                handles[gi % 2] = writer.write_aligned(buf[:g_hi - g_lo])
+        files = {}
+        info = writer.close(keep_padding=True)
+        files["packed"] = ArraySpec(path="packed.bin", dtype="|u1", shape=(info["bytes"],),
+                                    crc32=info["crc32"]).to_json()
+        written = info["bytes"]
+        for k, t in enumerate(TIER_NAMES):
+            info = tier_writers[k].close()
+            files[f"tier_{t}"] = ArraySpec(path=f"tier_{t}.bin", dtype=store_dtype.newbyteorder("<").str,
+                                           shape=(plan.tier_rows[t], f), crc32=info["crc32"]).to_json()
+            written += info["bytes"]
+    except BaseException:
+        for w in (writer, *tier_writers):
+            w.abort()
+        raise
+    finally:
+        reader.close()
+    return {"files": files, "passes": passes, "bytes_read": bytes_read, "bytes_written": written,
+            "group_bytes": group_bytes, "chunk_bytes": chunk_bytes}

@@ -1,0 +1,724 @@
+"""The packed feature store (stage 3 output) and the four-level feature store that trains from it.
+
+A packed directory holds, besides ``manifest.json`` (format ``diskgnn.packed``):
+
+* ``tier_device.bin``, ``tier_pinned.bin``, ``tier_host.bin``: the cached rows
+  [rows, F] in the storage dtype (bf16/fp16 as uint16 bits). Slots number the
+  rows of all tiers together: device slots first, then pinned, then host;
+  inside a tier rows are sorted by node id (so the packer writes them while
+  streaming ``features.bin``).
+* ``cache_nodes.bin`` int64 [n_cached]: the node held by each slot.
+* ``packed.bin``: every batch's uncached rows. Plain layout: one extent per
+  batch, rows in input order, starting on a 4096-byte boundary. Under a disk
+  budget: one extent per *segment* of consecutive batches, each row stored
+  once per segment (MinHash order); a batch reads the page runs covering its
+  rows.
+* ``maps.bin`` int32/int64 [T]: per input node of every batch, in the
+  samples' order: a value v < n_cached is a cache slot; v >= n_cached is row
+  v - n_cached of the batch's extent (plain) or segment.
+* ``batches.bin`` int64 [G, 5]: per batch (parts in manifest order): map range
+  (lo, hi) in maps.bin, run range (lo, hi) in runs.bin, and the byte offset of
+  its extent/segment in packed.bin.
+* ``runs.bin`` int64 [R, 2]: (first page relative to the extent, pages).
+
+:class:`FeatureStore` loads the memory tiers and serves batches:
+:meth:`FeatureStore.read` is the I/O stage (aligned O_DIRECT reads of the
+batch's page runs, GIL released), :meth:`FeatureStore.assemble` gathers rows
+from tiers and the read buffer with nogil kernels into a float32 matrix.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diskgnn.dataset import ArraySpec, Dataset, bf16_bits_to_float32, feature_dtype, open_array
+from diskgnn.errors import ConfigError, IntegrityError, ManifestError, MemoryBudgetError, MismatchError
+from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_empty
+from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
+                                    gather_rows_lut, split_map)
+from diskgnn.manifest import file_crc32, read_manifest
+from diskgnn.progress import ProgressFn, no_progress
+from diskgnn.sizes import format_bytes, parse_size
+
+log = logging.getLogger(__name__)
+
+FORMAT = "diskgnn.packed"
+VERSION = 1
+TIER_NAMES = ("device", "pinned", "host")
+
+
+def samples_fingerprint(samples) -> str:
+    """A short id of a samples directory (its own ``fingerprint`` when it has one, else of its manifest)."""
+    fp = getattr(samples, "fingerprint", None)
+    if isinstance(fp, str) and fp:
+        return fp
+    manifest = {k: v for k, v in dict(samples.manifest).items() if k != "created"}
+    return f"{zlib.crc32(json.dumps(manifest, sort_keys=True, default=str).encode()):08x}"
+
+
+def upcast_table(store_dtype: str) -> np.ndarray | None:
+    """float32 value of every 16-bit pattern of ``store_dtype`` (None for fp32)."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    if store_dtype == "fp16":
+        return bits.view(np.float16).astype(np.float32)
+    if store_dtype == "bf16":
+        return bf16_bits_to_float32(bits)
+    return None
+
+
+def to_float32(rows: np.ndarray, store_dtype: str) -> np.ndarray:
+    """Stored rows widened to float32 exactly (the numpy reference of the kernels)."""
+    if store_dtype == "bf16":
+        return bf16_bits_to_float32(rows)
+    return np.asarray(rows).astype(np.float32)
+
+
+# --- tiers ---------------------------------------------------------------------------------
+
+class HostTier:
+    """Cached rows in host memory: the ``lookup(rows) -> float32 rows`` interface every tier offers."""
+
+    name = "host"
+
+    def __init__(self, rows: np.ndarray, store_dtype: str):
+        if rows.ndim != 2:
+            raise ConfigError(f"{self.name} tier rows must be 2-D, got shape {rows.shape}")
+        self.rows = rows
+        self.store_dtype = store_dtype
+        self._lut = upcast_table(store_dtype)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes)
+
+    def _check(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self.num_rows):
+            raise IntegrityError(f"{self.name} tier: row {int(rows.max()) if rows.max() >= self.num_rows else int(rows.min())} "
+                                 f"is outside 0..{self.num_rows - 1}; the packed index is corrupt, re-run pack")
+        return rows
+
+    def gather_into(self, rows: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+        """``out[positions[i]] = row rows[i]`` as float32 (``out``: float32 [n, F] numpy array)."""
+        rows = self._check(rows)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if self._lut is None:
+            gather_rows(self.rows, rows, positions, out)
+        else:
+            gather_rows_lut(self.rows.view(np.uint16), rows, positions, self._lut, out)
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of this tier as float32 [len(rows), F]."""
+        rows = self._check(rows)
+        out = np.empty((rows.size, self.rows.shape[1]), dtype=np.float32)
+        self.gather_into(rows, np.arange(rows.size, dtype=np.int64), out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rows={self.num_rows}, {format_bytes(self.nbytes)}, {self.store_dtype})"
+
+
+class PinnedTier(HostTier):
+    """Cached rows in page-locked host memory when CUDA is present (plain host memory otherwise)."""
+
+    name = "pinned"
+
+    def __init__(self, rows: np.ndarray, store_dtype: str, *, pin: bool = False):
+        self.pinned = None
+        if pin and rows.size:
+            import torch
+            t = torch.from_numpy(_torch_compatible(rows)).pin_memory()
+            self.pinned = t
+            rows = t.numpy().view(rows.dtype)
+        super().__init__(rows, store_dtype)
+
+
+class DeviceTier(HostTier):
+    """Cached rows on the training device: a CUDA tensor on a GPU, host memory without one."""
+
+    name = "device"
+
+    def __init__(self, rows: np.ndarray, store_dtype: str, device=None):
+        super().__init__(rows, store_dtype)
+        self.device = device
+        self.tensor = None
+        if device is not None and getattr(device, "type", "cpu") == "cuda" and rows.size:
+            import torch
+            t = torch.from_numpy(_torch_compatible(rows)).to(device)
+            if store_dtype == "fp16":
+                t = t.view(torch.float16)
+            elif store_dtype == "bf16":
+                t = t.view(torch.bfloat16)
+            self.tensor = t
+            self.rows = np.empty((0, rows.shape[1]), dtype=rows.dtype)  # the host copy is dropped
+            self._num_rows = int(rows.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return self._num_rows if self.tensor is not None else int(self.rows.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        if self.tensor is not None:
+            return int(self.tensor.numel() * self.tensor.element_size())
+        return int(self.rows.nbytes)
+
+    def gather_into_tensor(self, rows, positions, out) -> None:
+        """On CUDA: ``out[positions] = tensor[rows].float()`` with device index tensors."""
+        out.index_copy_(0, positions, self.tensor.index_select(0, rows).float())
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        if self.tensor is None:
+            return super().lookup(rows)
+        import torch
+        rows = self._check(rows)
+        return self.tensor.index_select(0, torch.from_numpy(rows).to(self.tensor.device)).float().cpu().numpy()
+
+
+def _torch_compatible(a: np.ndarray) -> np.ndarray:
+    """uint16 bit patterns viewed as int16 (older torch cannot wrap uint16 arrays)."""
+    return a.view(np.int16) if a.dtype == np.uint16 else a
+
+
+class ExtentTier:
+    """The rows of one batch's extent/segment that :meth:`FeatureStore.read` brought into memory."""
+
+    name = "disk"
+
+    def __init__(self, read: "ExtentRead", row_bytes: int, feat_dim: int, store_dtype: str):
+        self.read = read
+        self.row_bytes = row_bytes
+        self.feat_dim = feat_dim
+        self.store_dtype = store_dtype
+        self._dtype = feature_dtype(store_dtype)
+        self._lut = upcast_table(store_dtype)
+
+    def starts(self, rows: np.ndarray) -> np.ndarray:
+        """Element offsets of ``rows`` in the read buffer; raises on rows the read did not cover."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        r = self.read
+        starts = extent_row_starts(rows, self.row_bytes, self._dtype.itemsize, r.run_pages, r.run_npages,
+                                   r.run_buf_pages, ALIGN)
+        if starts.size and int(starts.min()) < 0:
+            bad = int(rows[np.flatnonzero(starts < 0)[0]])
+            raise IntegrityError(f"batch {r.part}/{r.index}: extent row {bad} lies outside the pages read; "
+                                 f"the packed index is corrupt, re-run pack")
+        return starts
+
+    def gather_into(self, rows: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+        starts = self.starts(rows)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        flat = self.read.buffer.view(self._dtype if self._lut is None else np.uint16)
+        if self._lut is None:
+            gather_flat(flat, starts, positions, self.feat_dim, out)
+        else:
+            gather_flat_lut(flat, starts, positions, self.feat_dim, self._lut, out)
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, self.feat_dim), dtype=np.float32)
+        self.gather_into(rows, np.arange(rows.size, dtype=np.int64), out)
+        return out
+
+
+# --- the packed directory ----------------------------------------------------------------------
+
+class Packed:
+    """A read-only view of a packed directory (manifest checked, files sized, sources matched)."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict, *, samples=None, dataset: Dataset | None = None):
+        self.path = Path(path)
+        self.manifest = manifest
+        where = self.path / "manifest.json"
+        try:
+            self.num_nodes = int(manifest["num_nodes"])
+            self.feat_dim = int(manifest["feat_dim"])
+            self.store_dtype = str(manifest["store_dtype"])
+            self.row_bytes = int(manifest["row_bytes"])
+            self.n_cached = int(manifest["n_cached"])
+            self.tier_rows = {t["name"]: int(t["rows"]) for t in manifest["tiers"]}
+            self.layout = str(manifest["layout"])
+            self._parts = [(str(p["name"]), int(p["first_batch"]), int(p["num_batches"])) for p in manifest["parts"]]
+            self.specs = {name: ArraySpec.from_json(obj, str(where)) for name, obj in manifest["files"].items()}
+            self.stats = dict(manifest.get("stats", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{where} lacks a valid field ({exc}); re-run diskgnn pack") from None
+        if self.store_dtype not in ("fp32", "fp16", "bf16"):
+            raise IntegrityError(f"{where}: unknown store dtype {self.store_dtype!r}")
+        if self.row_bytes != self.feat_dim * feature_dtype(self.store_dtype).itemsize:
+            raise IntegrityError(f"{where}: row_bytes {self.row_bytes} does not match {self.feat_dim} x "
+                                 f"{self.store_dtype}")
+        for name in ("packed", "maps", "batches", "runs", "cache_nodes", *(f"tier_{t}" for t in TIER_NAMES)):
+            if name not in self.specs:
+                raise IntegrityError(f"{where} does not list the {name} file; re-run diskgnn pack")
+        for spec in self.specs.values():
+            path = self.path / spec.path
+            if not path.exists():
+                raise IntegrityError(f"{path} is missing although the manifest lists it; re-run diskgnn pack")
+            if path.stat().st_size != spec.nbytes:
+                what = "truncated" if path.stat().st_size < spec.nbytes else "longer than expected"
+                raise IntegrityError(f"{path} is {what}: {path.stat().st_size} bytes on disk, the manifest "
+                                     f"promises {spec.nbytes}; re-run diskgnn pack")
+        self._part_index = {name: (first, nb) for name, first, nb in self._parts}
+        self._samples = samples
+        self._dataset = dataset
+        self._arrays: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, samples=None, dataset: Dataset | None = None) -> "Packed":
+        """Open a packed directory; ``samples``/``dataset`` default to the ones recorded in the manifest."""
+        manifest = read_manifest(path, FORMAT, VERSION)
+        packed = cls(path, manifest, samples=samples, dataset=dataset)
+        packed.samples  # noqa: B018 -- opens and checks the samples now, so a mix-up fails early
+        return packed
+
+    def _resolve(self, key: str) -> Path:
+        rec = self.manifest.get(key, {})
+        candidates = [Path(rec.get("path", ""))]
+        if rec.get("relpath"):
+            candidates.append((self.path / rec["relpath"]).resolve())
+        for c in candidates:
+            if str(c) and c.exists():
+                return c
+        raise ManifestError(f"{self.path} was packed from the {key} directory {rec.get('path')!r}, which no "
+                            f"longer exists; training needs it: restore it or re-run diskgnn pack")
+
+    @property
+    def samples(self):
+        """The samples this directory was packed from (their fingerprint is checked)."""
+        if self._samples is None:
+            from diskgnn.sampling import Samples
+            self._samples = Samples.open(self._resolve("samples"))
+        want = self.manifest.get("samples", {}).get("fingerprint")
+        got = samples_fingerprint(self._samples)
+        if want != got:
+            raise MismatchError(f"{self.path} was packed from samples with fingerprint {want}, but "
+                                f"{getattr(self._samples, 'path', 'the samples given')} has {got}: they were "
+                                f"re-sampled since; re-run diskgnn pack on them")
+        return self._samples
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = Dataset.open(self._resolve("dataset"))
+        want = self.manifest.get("dataset", {}).get("fingerprint")
+        if self._dataset.fingerprint != want:
+            raise MismatchError(f"{self.path} was packed from dataset {want}, but {self._dataset.path} is "
+                                f"{self._dataset.fingerprint}; re-run diskgnn pack on the right dataset")
+        return self._dataset
+
+    @property
+    def parts(self) -> list[str]:
+        return [name for name, _, _ in self._parts]
+
+    def num_batches(self, part: str) -> int:
+        return self._part(part)[1]
+
+    def _part(self, part: str) -> tuple[int, int]:
+        try:
+            return self._part_index[part]
+        except KeyError:
+            raise ConfigError(f"{self.path} has no part {part!r}; it has {', '.join(self.parts)}") from None
+
+    def batch_id(self, part: str, index: int) -> int:
+        """The global batch number of ``part``'s batch ``index`` (row of batches.bin)."""
+        first, nb = self._part(part)
+        if not 0 <= int(index) < nb:
+            raise ConfigError(f"batch {index} of {part!r} does not exist: it has {nb} batches")
+        return first + int(index)
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = open_array(self.path, self.specs[name])
+        return self._arrays[name]
+
+    @property
+    def cache_nodes(self) -> np.ndarray:
+        return self.array("cache_nodes")
+
+    @property
+    def tier_bounds(self) -> np.ndarray:
+        """int64 [4]: first slot of the device, pinned and host tiers, then n_cached."""
+        return np.cumsum([0] + [self.tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
+
+    def summary(self) -> dict:
+        st = self.stats
+        tiers = {}
+        for t in TIER_NAMES:
+            tiers[t] = {"rows": self.tier_rows[t], "bytes": self.specs[f"tier_{t}"].nbytes,
+                        "hit_rate": st.get("hit_rate", {}).get(t)}
+        return {
+            "path": str(self.path), "format_version": self.manifest.get("version"),
+            "samples": self.manifest.get("samples", {}).get("path"),
+            "dataset": self.manifest.get("dataset", {}).get("path"),
+            "store_dtype": self.store_dtype, "layout": self.layout,
+            "segment_batches": self.manifest.get("segment_batches"),
+            "parts": {name: nb for name, _, nb in self._parts},
+            "tiers": tiers,
+            "disk_hit_rate": st.get("hit_rate", {}).get("disk"),
+            "cache_hit_rate": st.get("cache_hit_rate"), "belady_hit_rate": st.get("belady_hit_rate"),
+            "packed_bytes": self.specs["packed"].nbytes, "feature_bytes": st.get("feature_bytes"),
+            "blowup": st.get("blowup"), "footprint": st.get("footprint"),
+            "read_amplification": st.get("read_amplification"),
+            "seconds": st.get("seconds"), "pack_io_seconds": st.get("io_seconds"),
+            "write_GBps": st.get("write_GBps"), "passes": st.get("passes"),
+        }
+
+    def __repr__(self) -> str:
+        return (f"Packed({str(self.path)!r}, layout={self.layout}, store={self.store_dtype}, "
+                f"cached={self.n_cached}, packed={format_bytes(self.specs['packed'].nbytes)})")
+
+
+# --- the feature store ---------------------------------------------------------------------------
+
+@dataclass(slots=True, eq=False)
+class ExtentRead:
+    """The pages of one batch's extent read into an aligned buffer (the read stage's output)."""
+    part: str
+    index: int
+    buffer: np.ndarray
+    """uint8 view of the bytes read: run k at page ``run_buf_pages[k]``."""
+    run_pages: np.ndarray
+    """int64: first page of each run inside the extent/segment."""
+    run_npages: np.ndarray
+    """int64: pages of each run."""
+    run_buf_pages: np.ndarray
+    """int64: first page of each run inside ``buffer``."""
+    bytes_read: int
+    """Bytes transferred from disk."""
+    _pooled: np.ndarray | None = field(default=None, repr=False)
+
+
+class FeatureStore:
+    """Serves exact input feature matrices from the memory tiers and the packed extents.
+
+    ``device`` is the training device: the device tier lives there (host memory
+    without CUDA) and :meth:`assemble` returns float32 tensors on it. The memory
+    tiers are loaded at construction and checked against ``memory_budget``
+    (default: the available memory).
+    """
+
+    def __init__(self, packed, device="cpu", memory_budget=None, *, io_depth: int = IO_DEPTH,
+                 request_size: int = REQUEST_SIZE, direct: bool | None = None, pool_size: int = 4,
+                 mmap_tiers: bool = False):
+        import torch
+        self.packed = packed if isinstance(packed, Packed) else Packed.open(packed)
+        p = self.packed
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.feat_dim, self.row_bytes, self.store_dtype = p.feat_dim, p.row_bytes, p.store_dtype
+        self._dtype = feature_dtype(p.store_dtype)
+        self.batches = np.array(p.array("batches"))
+        self.runs = np.array(p.array("runs"))
+        self.maps = p.array("maps")
+        runs_pages = np.zeros(len(self.batches) + 1, dtype=np.int64)
+        if len(self.runs):
+            cum = np.concatenate([[0], np.cumsum(self.runs[:, 1])])
+            runs_pages = cum[self.batches[:, 3]] - cum[self.batches[:, 2]]
+        self.max_read_bytes = int(runs_pages.max(initial=0)) * ALIGN
+        host_bytes = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
+        need = host_bytes + pool_size * self.max_read_bytes
+        self._check_memory(need, memory_budget, host_bytes)
+        if self.cuda:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            dev = p.specs["tier_device"].nbytes
+            if dev > free:
+                raise MemoryBudgetError(f"the device cache of {p.path} needs {format_bytes(dev)} of GPU memory, "
+                                        f"{format_bytes(free)} is free; re-pack with a smaller --device-cache")
+        rows = {t: self._load_tier(t, mmap_tiers) for t in TIER_NAMES}
+        self.tiers = (DeviceTier(rows["device"], p.store_dtype, self.device if self.cuda else None),
+                      PinnedTier(rows["pinned"], p.store_dtype, pin=self.cuda),
+                      HostTier(rows["host"], p.store_dtype))
+        self.bounds = p.tier_bounds
+        self.reader = AlignedReader(p.path / p.specs["packed"].path, direct=direct, request_size=request_size,
+                                    depth=io_depth)
+        self._pool: list[np.ndarray] = []
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+        self._staging: list = []
+        self.reset_stats()
+
+    def _check_memory(self, need: int, memory_budget, tier_bytes: int) -> None:
+        from diskgnn.capabilities import available_memory
+        if memory_budget is not None:
+            budget = parse_size(memory_budget, name="memory budget")
+            what = f"the memory budget {format_bytes(budget)}"
+        else:
+            budget = available_memory()
+            what = f"the available memory ({format_bytes(budget)})"
+        if need > budget:
+            raise MemoryBudgetError(
+                f"{self.packed.path}: the memory tiers ({format_bytes(tier_bytes)}) and read buffers need "
+                f"{format_bytes(need)}, more than {what}; re-pack with smaller --host-cache/--pinned-cache/"
+                f"--device-cache or raise the budget")
+
+    def _load_tier(self, tier: str, mmap: bool) -> np.ndarray:
+        p = self.packed
+        spec = p.specs[f"tier_{tier}"]
+        shape = (p.tier_rows[tier], p.feat_dim)
+        if spec.nbytes == 0:
+            return np.zeros(shape, dtype=self._dtype)
+        if mmap:
+            return p.array(f"tier_{tier}")
+        with AlignedReader(p.path / spec.path) as r:
+            data = r.read_file(spec.nbytes)
+        return data.view(self._dtype).reshape(shape)
+
+    # -- stats --
+    def reset_stats(self) -> None:
+        with getattr(self, "_lock", threading.Lock()):
+            self._hits = np.zeros(len(TIER_NAMES) + 1, dtype=np.int64)
+            self._bytes_read = 0
+            self._bytes_useful = 0
+            self._batches = 0
+
+    def stats(self) -> dict:
+        """bytes read from disk, bytes of rows used, hits per tier (counts and rates), read amplification."""
+        with self._lock:
+            hits = self._hits.copy()
+            read, useful, batches = self._bytes_read, self._bytes_useful, self._batches
+        total = int(hits.sum())
+        names = (*TIER_NAMES, "disk")
+        return {"batches": batches, "bytes_read": read, "bytes_useful": useful,
+                "read_amplification": read / useful if useful else (1.0 if read == 0 else float("inf")),
+                "hits": {n: int(h) for n, h in zip(names, hits)},
+                "hit_rate": {n: (int(h) / total if total else 0.0) for n, h in zip(names, hits)}}
+
+    # -- I/O stage --
+    def num_input_nodes(self, part: str, index: int) -> int:
+        g = self.packed.batch_id(part, index)
+        return int(self.batches[g, 1] - self.batches[g, 0])
+
+    def _take_buffer(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            for k, buf in enumerate(self._pool):
+                if len(buf) >= nbytes:
+                    return self._pool.pop(k)
+        return aligned_empty(max(nbytes, self.max_read_bytes, ALIGN))
+
+    def _give_buffer(self, buf: np.ndarray | None) -> None:
+        if buf is None:
+            return
+        with self._lock:
+            if len(self._pool) < self._pool_size:
+                self._pool.append(buf)
+
+    def read(self, part: str, index: int) -> ExtentRead:
+        """Read the pages of batch ``index`` of ``part`` that hold its uncached rows (O_DIRECT, GIL released)."""
+        g = self.packed.batch_id(part, index)
+        _, _, run_lo, run_hi, base = (int(x) for x in self.batches[g])
+        runs = self.runs[run_lo:run_hi]
+        npages = runs[:, 1].astype(np.int64) if len(runs) else np.zeros(0, dtype=np.int64)
+        buf_pages = np.concatenate([[0], np.cumsum(npages)[:-1]]).astype(np.int64) if len(runs) else npages
+        total = int(npages.sum()) * ALIGN
+        pooled = self._take_buffer(total) if total else None
+        buffer = pooled[:total] if pooled is not None else np.zeros(0, dtype=np.uint8)
+        if total:
+            file_runs = [(base + int(pg) * ALIGN, int(n) * ALIGN) for pg, n in runs]
+            try:
+                got = self.reader.read_runs(file_runs, buffer)
+            except BaseException:
+                self._give_buffer(pooled)
+                raise
+        else:
+            got = 0
+        with self._lock:
+            self._bytes_read += got
+        return ExtentRead(part=part, index=int(index), buffer=buffer,
+                          run_pages=np.ascontiguousarray(runs[:, 0], dtype=np.int64) if len(runs) else npages,
+                          run_npages=npages, run_buf_pages=buf_pages, bytes_read=got, _pooled=pooled)
+
+    # -- assembly stage --
+    def _split(self, part: str, index: int):
+        g = self.packed.batch_id(part, index)
+        lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
+        batch_map = np.asarray(self.maps[lo:hi])
+        if batch_map.size and int(batch_map.min()) < 0:
+            raise IntegrityError(f"{self.packed.path}/maps.bin: batch {part}/{index} has a negative entry; "
+                                 f"the file is corrupt, re-run pack")
+        ntiers = len(TIER_NAMES)
+        counts = np.zeros(ntiers + 1, dtype=np.int64)
+        rows = np.empty((ntiers + 1, batch_map.size), dtype=np.int64)
+        positions = np.empty((ntiers + 1, batch_map.size), dtype=np.int64)
+        split_map(batch_map, self.bounds, ntiers, counts, rows, positions)
+        return batch_map.size, counts, rows, positions
+
+    def assemble(self, part: str, index: int, extent_read: ExtentRead | None = None):
+        """The batch's input features: float32 [n_in, F] on the store's device.
+
+        Row j equals ``features[input_nodes[j]]`` after the storage dtype
+        conversion. Gives ``extent_read``'s buffer back for reuse.
+        """
+        import torch
+        if extent_read is None:
+            extent_read = self.read(part, index)
+        if (extent_read.part, extent_read.index) != (part, int(index)):
+            raise ConfigError(f"assemble({part!r}, {index}) was given the read of batch "
+                              f"{extent_read.part}/{extent_read.index}")
+        try:
+            n, counts, rows, positions = self._split(part, index)
+            ext = ExtentTier(extent_read, self.row_bytes, self.feat_dim, self.store_dtype)
+            host_side = [(t, self.tiers[t] if t < len(self.tiers) else ext) for t in range(len(self.tiers) + 1)
+                         if not (self.cuda and t == 0)]
+            if not self.cuda:
+                out = np.empty((n, self.feat_dim), dtype=np.float32)
+                for t, tier in host_side:
+                    c = int(counts[t])
+                    if c:
+                        tier.gather_into(rows[t, :c], positions[t, :c], out)
+                result = torch.from_numpy(out)
+            else:
+                result = self._assemble_cuda(n, counts, rows, positions, host_side)
+        finally:
+            self._give_buffer(extent_read._pooled)
+            extent_read._pooled = None
+        with self._lock:
+            self._hits += counts
+            self._bytes_useful += int(counts[len(TIER_NAMES)]) * self.row_bytes
+            self._batches += 1
+        return result
+
+    def _assemble_cuda(self, n, counts, rows, positions, host_side):
+        # Host-side rows go compacted into a pinned staging buffer, one non_blocking H2D copy, then an
+        # index_copy into place on the GPU; device-tier rows are gathered on the GPU directly.
+        import torch
+        k = int(sum(int(counts[t]) for t, _ in host_side))
+        staging, event = self._staging_buffer(k)
+        host = staging.numpy()[:k]
+        start = 0
+        pos_parts = []
+        for t, tier in host_side:
+            c = int(counts[t])
+            if c:
+                tier.gather_into(rows[t, :c], np.arange(start, start + c, dtype=np.int64), host)
+                pos_parts.append(positions[t, :c])
+                start += c
+        out = torch.empty((n, self.feat_dim), dtype=torch.float32, device=self.device)
+        if k:
+            pos = torch.from_numpy(np.concatenate(pos_parts)).to(self.device, non_blocking=False)
+            out.index_copy_(0, pos, staging[:k].to(self.device, non_blocking=True))
+            event.record()
+        c = int(counts[0])
+        if c:
+            dev_rows = torch.from_numpy(np.ascontiguousarray(rows[0, :c])).to(self.device)
+            dev_pos = torch.from_numpy(np.ascontiguousarray(positions[0, :c])).to(self.device)
+            self.tiers[0].gather_into_tensor(dev_rows, dev_pos, out)
+        with self._lock:
+            self._staging.append((staging, event))
+        return out
+
+    def _staging_buffer(self, k: int):
+        import torch
+        with self._lock:
+            for i, (buf, ev) in enumerate(self._staging):
+                if buf.shape[0] >= k:
+                    self._staging.pop(i)
+                    ev.synchronize()  # the previous copy out of this buffer has finished
+                    return buf, ev
+        rows = max(k, 1)
+        buf = torch.empty((rows, self.feat_dim), dtype=torch.float32).pin_memory()
+        return buf, torch.cuda.Event()
+
+    def lookup_nodes(self, part: str, index: int) -> np.ndarray:
+        """The batch's features as float32 numpy (a convenience for tests and tools)."""
+        return self.assemble(part, index).cpu().numpy()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.packed.path)!r}, device={self.device}, tiers={list(self.tiers)})"
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+def verify_packed(packed: Packed, check_crc: bool = True, progress: ProgressFn = no_progress,
+                  check_rows: bool = True) -> None:
+    """Check the index, the checksums and (``check_rows``) that sample batches assemble exactly.
+
+    Raises :class:`IntegrityError` naming the first problem.
+    """
+    p = packed
+    where = p.path
+    specs = p.specs
+    if check_crc:
+        total = sum(s.nbytes for s in specs.values())
+        for name, spec in specs.items():
+            if spec.crc32 is None:
+                continue
+            got = file_crc32(where / spec.path)
+            if got != spec.crc32:
+                raise IntegrityError(f"{where / spec.path}: checksum mismatch (crc32 {got:08x}, manifest says "
+                                     f"{spec.crc32:08x}); the file is corrupt, re-run diskgnn pack")
+            progress("verify checksums", spec.nbytes, total)
+    bounds = p.tier_bounds
+    nodes = np.asarray(p.cache_nodes)
+    if nodes.size != p.n_cached or bounds[-1] != p.n_cached:
+        raise IntegrityError(f"{where}: {nodes.size} cache nodes for {p.n_cached} slots")
+    if nodes.size and (int(nodes.min()) < 0 or int(nodes.max()) >= p.num_nodes or np.unique(nodes).size != nodes.size):
+        raise IntegrityError(f"{where}/cache_nodes.bin: node ids must be distinct and in 0..{p.num_nodes - 1}")
+    batches = np.asarray(p.array("batches"))
+    runs = np.asarray(p.array("runs"))
+    maps = p.array("maps")
+    packed_bytes = specs["packed"].nbytes
+    if len(batches) != sum(p.num_batches(x) for x in p.parts):
+        raise IntegrityError(f"{where}/batches.bin: {len(batches)} rows for {sum(p.num_batches(x) for x in p.parts)} batches")
+    for g, (lo, hi, rlo, rhi, base) in enumerate(batches):
+        if not (0 <= lo <= hi <= maps.shape[0] and 0 <= rlo <= rhi <= len(runs) and base % ALIGN == 0):
+            raise IntegrityError(f"{where}/batches.bin: batch {g} has a bad map/run range or unaligned extent")
+        r = runs[rlo:rhi]
+        if len(r) and (base + (int((r[:, 0] + r[:, 1]).max())) * ALIGN > packed_bytes or int(r[:, 1].min()) < 1):
+            raise IntegrityError(f"{where}: batch {g} reads pages past the end of packed.bin")
+        m = np.asarray(maps[lo:hi])
+        if m.size and int(m.min()) < 0:
+            raise IntegrityError(f"{where}/maps.bin: batch {g} has negative entries")
+        ext = m[m >= p.n_cached].astype(np.int64) - p.n_cached
+        if ext.size:
+            starts = extent_row_starts(ext, p.row_bytes, 1, r[:, 0].astype(np.int64), r[:, 1].astype(np.int64),
+                                       np.zeros(len(r), dtype=np.int64), ALIGN)
+            if int(starts.min()) < 0:
+                raise IntegrityError(f"{where}: batch {g} maps rows outside the pages it reads")
+        progress("verify index", 1, len(batches))
+    if check_rows:
+        _check_rows(p)
+
+
+def _check_rows(p: Packed) -> None:
+    """Assemble the first and last batch of each part and compare with the dataset's rows."""
+    from diskgnn.packing import convert_rows
+    ds = p.dataset
+    samples = p.samples
+    store = FeatureStore(p, "cpu", memory_budget=1 << 62, mmap_tiers=True)
+    try:
+        for part in p.parts:
+            nb = p.num_batches(part)
+            for i in sorted({0, nb - 1} if nb else set()):
+                g = p.batch_id(part, i)
+                if store.batches[g, 0] == store.batches[g, 1] and samples.input_nodes(part, i).size:
+                    continue  # a batch of another shard
+                got = store.assemble(part, i).numpy()
+                nodes = np.asarray(samples.input_nodes(part, i))
+                want = to_float32(convert_rows(np.asarray(ds.features[nodes]), ds.feat_dtype, p.store_dtype),
+                                  p.store_dtype)
+                if got.shape != want.shape or not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
+                    raise IntegrityError(f"{p.path}: batch {part}/{i} does not assemble to the dataset's rows; "
+                                         f"re-run diskgnn pack")
+    finally:
+        store.close()

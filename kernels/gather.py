@@ -1,0 +1,152 @@
+"""Row gather/scatter kernels of the feature store and the packer.
+
+Every kernel works on preallocated outputs and releases the GIL, so the
+trainer's I/O and assembly threads overlap. Feature rows are stored as
+float32, or as uint16 bit patterns (fp16 / bf16) that are widened through a
+65,536-entry float32 look-up table (exact for both formats).
+"""
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_rows(src, rows, positions, out):
+    """``out[positions[i]] = src[rows[i]]`` for a float32 ``src`` [R, F] into float32 ``out`` [n, F].
+
+    rows, positions: int64 [m]; rows index ``src``, positions index ``out``.
+    """
+    f = src.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        p = positions[i]
+        for j in range(f):
+            out[p, j] = src[r, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_rows_lut(src, rows, positions, lut, out):
+    """``out[positions[i], j] = lut[src[rows[i], j]]``: uint16 ``src`` [R, F] widened to float32 ``out``.
+
+    lut: float32 [65536], the value of every 16-bit pattern.
+    """
+    f = src.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        p = positions[i]
+        for j in range(f):
+            out[p, j] = lut[src[r, j]]
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_flat(src, starts, positions, f, out):
+    """``out[positions[i]] = src[starts[i] : starts[i] + f]`` from a flat float32 buffer ``src``.
+
+    starts: int64 [m] element offsets of each row in ``src``.
+    """
+    for i in range(starts.shape[0]):
+        s = starts[i]
+        p = positions[i]
+        for j in range(f):
+            out[p, j] = src[s + j]
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_flat_lut(src, starts, positions, f, lut, out):
+    """As :func:`gather_flat` for a flat uint16 buffer widened through ``lut``."""
+    for i in range(starts.shape[0]):
+        s = starts[i]
+        p = positions[i]
+        for j in range(f):
+            out[p, j] = lut[src[s + j]]
+
+
+@numba.njit(cache=True, nogil=True)
+def scatter_bytes(src, rows, dst, offsets):
+    """``dst[offsets[i] : offsets[i] + rb] = src[rows[i]]`` for uint8 ``src`` [R, rb] and flat uint8 ``dst``.
+
+    The packer's scatter: ``src`` is a chunk of feature rows, ``offsets`` are
+    byte positions in an output buffer (see :func:`scatter_words` for the
+    faster path when rows and offsets are multiples of 8 bytes).
+    """
+    rb = src.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        o = offsets[i]
+        for j in range(rb):
+            dst[o + j] = src[r, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def scatter_words(src, rows, dst, offsets):
+    """As :func:`scatter_bytes` over uint64 words: ``src`` [R, rb/8], ``dst`` flat, ``offsets`` in words."""
+    w = src.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        o = offsets[i]
+        for j in range(w):
+            dst[o + j] = src[r, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def split_map(batch_map, bounds, extent_code, counts, rows, positions):
+    """Sort one batch's map entries by where they come from.
+
+    batch_map: int32/int64 [n]; a value v < bounds[-1] is a cache slot, tier t
+    holding slots bounds[t] .. bounds[t+1]-1 (bounds: int64 [T+1], bounds[0] = 0);
+    v >= bounds[-1] is row v - bounds[-1] of the batch's extent (tier index
+    ``extent_code`` = T). Outputs: counts int64 [T+1] (zeroed here), rows and
+    positions int64 [T+1, n]: for tier t, ``rows[t, :counts[t]]`` are rows of
+    that tier (slot minus its first slot) and ``positions[t, :counts[t]]`` the
+    entries' indices in the batch.
+    """
+    ntiers = bounds.shape[0] - 1
+    n_cached = bounds[ntiers]
+    for t in range(counts.shape[0]):
+        counts[t] = 0
+    for i in range(batch_map.shape[0]):
+        v = np.int64(batch_map[i])
+        if v >= n_cached:
+            t = extent_code
+            r = v - n_cached
+        else:
+            t = 0
+            while v >= bounds[t + 1]:
+                t += 1
+            r = v - bounds[t]
+        c = counts[t]
+        rows[t, c] = r
+        positions[t, c] = i
+        counts[t] = c + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def extent_row_starts(rows, row_bytes, itemsize, run_pages, run_npages, run_buf_pages, page):
+    """Element offsets in a read buffer of rows of a packed extent or segment.
+
+    rows: int64 [m] row indices in the extent/segment (row r spans bytes
+    r*row_bytes .. +row_bytes). The buffer holds runs of pages back to back:
+    run k covers run_npages[k] pages from page run_pages[k] of the extent
+    (ascending) and starts at page run_buf_pages[k] of the buffer. A row that
+    crosses a page boundary lies inside one run (runs cover every page of the
+    rows they serve). Returns int64 [m] element offsets (bytes / itemsize);
+    -1 where a row is not inside one run (a broken index).
+    """
+    out = np.empty(rows.shape[0], dtype=np.int64)
+    nruns = run_pages.shape[0]
+    for i in range(rows.shape[0]):
+        b = rows[i] * row_bytes
+        pg = b // page
+        lo = 0
+        hi = nruns
+        while lo < hi:  # last run starting at or before pg
+            mid = (lo + hi) >> 1
+            if run_pages[mid] <= pg:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = lo - 1
+        if k < 0 or (b + row_bytes - 1) // page >= run_pages[k] + run_npages[k]:
+            out[i] = -1
+        else:
+            out[i] = ((run_buf_pages[k] - run_pages[k]) * page + b) // itemsize
+    return out

@@ -1,0 +1,339 @@
+"""Planning kernels of the packer: per-batch maps, segments, MinHash order, page runs, Belady.
+
+Batches are described by the samples' concatenated input nodes ``inputs``
+(int64 [T]) and offsets (int64 [nb + 1]); ``slot_of_node`` (int64 [N]) holds
+the cache slot of every node, or -1 for a row that lives on disk.
+"""
+import numba
+import numpy as np
+
+from diskgnn.kernels.rng import splitmix64
+
+_U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@numba.njit(cache=True, nogil=True)
+def count_uncached(inputs, offsets, slot_of_node, counts):
+    """counts[b] = how many input nodes of batch b are not cached (int64 [nb])."""
+    for b in range(offsets.shape[0] - 1):
+        c = 0
+        for k in range(offsets[b], offsets[b + 1]):
+            if slot_of_node[inputs[k]] < 0:
+                c += 1
+        counts[b] = c
+
+
+@numba.njit(cache=True, nogil=True)
+def plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, row_offsets):
+    """Maps of the plain layout: each batch's uncached rows in input order, in its own extent.
+
+    maps: [T] (int32 or int64): the cache slot, or n_cached + k for the k-th
+    uncached input of the batch. row_nodes: [sum of uncached] node of each
+    packed row; batch b's rows start at row_offsets[b].
+    """
+    for b in range(offsets.shape[0] - 1):
+        k = 0
+        base = row_offsets[b]
+        for e in range(offsets[b], offsets[b + 1]):
+            v = inputs[e]
+            s = slot_of_node[v]
+            if s >= 0:
+                maps[e] = s
+            else:
+                maps[e] = n_cached + k
+                row_nodes[base + k] = v
+                k += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def segment_row_counts(inputs, offsets, slot_of_node, seg_bounds, marker):
+    """Distinct uncached nodes of each segment of consecutive batches.
+
+    seg_bounds: int64 [S + 1] first batch of each segment (ascending, last =
+    nb). marker: int64 [N] scratch, any content. Returns int64 [S].
+    """
+    nseg = seg_bounds.shape[0] - 1
+    out = np.zeros(nseg, dtype=np.int64)
+    for s in range(nseg):
+        for k in range(offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]):
+            marker[inputs[k]] = -1
+        c = 0
+        for k in range(offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]):
+            v = inputs[k]
+            if slot_of_node[v] < 0 and marker[v] != s:
+                marker[v] = s
+                c += 1
+        out[s] = c
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def segment_minhash(inputs, offsets, b0, b1, slot_of_node, local_of_node, seed):
+    """The distinct uncached nodes of batches b0..b1-1 and two MinHash values of the batches using each.
+
+    local_of_node: int64 [N] scratch that must be all -1; it is restored.
+    Returns (nodes int64 [U] in first-use order, sig1 uint64 [U], sig2 uint64 [U])
+    where sig_h(node) = min over batches b using node of hash_h(b).
+    """
+    total = offsets[b1] - offsets[b0]
+    nodes = np.empty(total, dtype=np.int64)
+    sig1 = np.empty(total, dtype=np.uint64)
+    sig2 = np.empty(total, dtype=np.uint64)
+    u = 0
+    k1 = splitmix64(np.uint64(seed) ^ np.uint64(0x51ED270B27CE19F3))
+    k2 = splitmix64(np.uint64(seed) ^ np.uint64(0x2F1A3C5B7D9E0F11))
+    for b in range(b0, b1):
+        h1 = splitmix64(k1 ^ np.uint64(b))
+        h2 = splitmix64(k2 ^ np.uint64(b))
+        for e in range(offsets[b], offsets[b + 1]):
+            v = inputs[e]
+            if slot_of_node[v] >= 0:
+                continue
+            loc = local_of_node[v]
+            if loc < 0:
+                loc = u
+                local_of_node[v] = u
+                nodes[u] = v
+                sig1[u] = _U64_MAX
+                sig2[u] = _U64_MAX
+                u += 1
+            if h1 < sig1[loc]:
+                sig1[loc] = h1
+            if h2 < sig2[loc]:
+                sig2[loc] = h2
+    for i in range(u):
+        local_of_node[nodes[i]] = -1
+    return nodes[:u], sig1[:u], sig2[:u]
+
+
+@numba.njit(cache=True, nogil=True)
+def segment_maps(inputs, offsets, b0, b1, slot_of_node, pos_of_node, n_cached, maps):
+    """Maps of batches b0..b1-1 of one segment: the cache slot, or n_cached + the node's segment row.
+
+    pos_of_node: int64 [N] segment row of every uncached node of the segment.
+    maps is indexed like ``inputs``.
+    """
+    for e in range(offsets[b0], offsets[b1]):
+        v = inputs[e]
+        s = slot_of_node[v]
+        if s >= 0:
+            maps[e] = s
+        else:
+            maps[e] = n_cached + pos_of_node[v]
+
+
+@numba.njit(cache=True, nogil=True)
+def page_runs(rows, row_bytes, page, gap, run_start, run_pages):
+    """Runs of pages covering the given rows of an extent/segment.
+
+    rows: int64 [m] row indices (any order). Pages closer than ``gap`` pages
+    apart are merged into one run (reading a small hole is cheaper than
+    another request). Fills run_start/run_pages (int64, length >= m) and
+    returns the number of runs, in ascending page order.
+    """
+    m = rows.shape[0]
+    if m == 0:
+        return 0
+    srt = np.sort(rows)
+    n = 0
+    cur_start = (srt[0] * row_bytes) // page
+    cur_stop = (srt[0] * row_bytes + row_bytes - 1) // page + 1
+    for i in range(1, m):
+        p0 = (srt[i] * row_bytes) // page
+        p1 = (srt[i] * row_bytes + row_bytes - 1) // page + 1
+        if p0 <= cur_stop + gap:
+            if p1 > cur_stop:
+                cur_stop = p1
+        else:
+            run_start[n] = cur_start
+            run_pages[n] = cur_stop - cur_start
+            n += 1
+            cur_start = p0
+            cur_stop = p1
+    run_start[n] = cur_start
+    run_pages[n] = cur_stop - cur_start
+    return n + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def bucket_rows(nodes, dests, lo_node, rows_per_chunk, nchunks):
+    """Group packed rows by the feature chunk that holds their node (a counting sort).
+
+    nodes: int32/int64 [m] source node of each row, all in
+    [lo_node, lo_node + nchunks * rows_per_chunk); dests: int64 [m] byte
+    offsets in the output buffer. Returns (starts int64 [nchunks + 1],
+    chunk-local row of each entry int64 [m], dests int64 [m]) ordered by chunk.
+    """
+    m = nodes.shape[0]
+    starts = np.zeros(nchunks + 1, dtype=np.int64)
+    for i in range(m):
+        starts[(nodes[i] - lo_node) // rows_per_chunk + 1] += 1
+    for c in range(nchunks):
+        starts[c + 1] += starts[c]
+    fill = starts[:nchunks].copy()
+    local = np.empty(m, dtype=np.int64)
+    out_dests = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        rel = nodes[i] - lo_node
+        c = rel // rows_per_chunk
+        j = fill[c]
+        local[j] = rel - c * rows_per_chunk
+        out_dests[j] = dests[i]
+        fill[c] = j + 1
+    return starts, local, out_dests
+
+
+@numba.njit(cache=True, nogil=True)
+def extent_dests(row_counts, extent_offsets, row_bytes, base):
+    """Byte offset in an output buffer of every packed row of consecutive extents.
+
+    row_counts: int64 [k] rows of each extent; extent_offsets: int64 [k] byte
+    offset of each extent in the file; base: file offset of the buffer's first
+    byte. Returns int64 [sum(row_counts)].
+    """
+    total = 0
+    for i in range(row_counts.shape[0]):
+        total += row_counts[i]
+    out = np.empty(total, dtype=np.int64)
+    j = 0
+    for i in range(row_counts.shape[0]):
+        o = extent_offsets[i] - base
+        for r in range(row_counts[i]):
+            out[j] = o + r * row_bytes
+            j += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def tier_hits(maps, bounds):
+    """How many map entries fall in each tier: int64 [T + 1] (the last entry: rows read from disk)."""
+    ntiers = bounds.shape[0] - 1
+    out = np.zeros(ntiers + 1, dtype=np.int64)
+    n_cached = bounds[ntiers]
+    for i in range(maps.shape[0]):
+        v = np.int64(maps[i])
+        if v >= n_cached:
+            out[ntiers] += 1
+        else:
+            t = 0
+            while v >= bounds[t + 1]:
+                t += 1
+            out[t] += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def next_use(trace, last, nxt):
+    """nxt[t] = the next position after t where trace[t] occurs again, or len(trace) if never.
+
+    last: scratch [N] (any integer dtype wide enough for len(trace)); nxt: [T].
+    """
+    t_end = trace.shape[0]
+    for i in range(last.shape[0]):
+        last[i] = t_end
+    for t in range(t_end - 1, -1, -1):
+        v = trace[t]
+        nxt[t] = last[v]
+        last[v] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def belady_hits(trace, nxt, pos, capacity, preload_nodes, preload_keys):
+    """Hits of the optimal offline cache (Belady's MIN, with bypass) of ``capacity`` rows on ``trace``.
+
+    trace: node ids [T]; nxt: next-use positions from :func:`next_use`
+    (len(trace) = never again); pos: int64 [N] scratch. The cache starts
+    holding ``preload_nodes`` (at most ``capacity``, keyed by their first use
+    ``preload_keys``), as the static tiers are loaded before training: the
+    best preload is the rows used first. On a miss with a full cache the row
+    whose next use is furthest is evicted, or the incoming row is not admitted
+    if its own next use is later still. An indexed max-heap keyed by next use
+    keeps each step O(log capacity).
+    """
+    t_end = trace.shape[0]
+    for i in range(pos.shape[0]):
+        pos[i] = -1
+    if capacity <= 0:
+        return 0
+    heap_node = np.empty(capacity, dtype=np.int64)
+    heap_key = np.empty(capacity, dtype=np.int64)
+    size = 0
+    for i in range(min(preload_nodes.shape[0], capacity)):
+        heap_node[size] = preload_nodes[i]
+        heap_key[size] = preload_keys[i]
+        pos[preload_nodes[i]] = size
+        _sift_up(heap_node, heap_key, pos, size)
+        size += 1
+    hits = 0
+    for t in range(t_end):
+        v = trace[t]
+        key = np.int64(nxt[t])
+        i = pos[v]
+        if i >= 0:
+            hits += 1
+            if key >= t_end:  # never used again: drop it, freeing space
+                size -= 1
+                pos[v] = -1
+                if i != size:
+                    heap_node[i] = heap_node[size]
+                    heap_key[i] = heap_key[size]
+                    pos[heap_node[i]] = i
+                    i = _sift_up(heap_node, heap_key, pos, i)
+                    _sift_down(heap_node, heap_key, pos, i, size)
+                continue
+            heap_key[i] = key  # next use only moves later: sift towards the root
+            _sift_up(heap_node, heap_key, pos, i)
+            continue
+        if key >= t_end:
+            continue
+        if size < capacity:
+            heap_node[size] = v
+            heap_key[size] = key
+            pos[v] = size
+            _sift_up(heap_node, heap_key, pos, size)
+            size += 1
+        elif heap_key[0] > key:
+            pos[heap_node[0]] = -1
+            heap_node[0] = v
+            heap_key[0] = key
+            pos[v] = 0
+            _sift_down(heap_node, heap_key, pos, 0, size)
+    return hits
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _swap(heap_node, heap_key, pos, a, b):
+    na = heap_node[a]
+    ka = heap_key[a]
+    heap_node[a] = heap_node[b]
+    heap_key[a] = heap_key[b]
+    heap_node[b] = na
+    heap_key[b] = ka
+    pos[heap_node[a]] = a
+    pos[heap_node[b]] = b
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_up(heap_node, heap_key, pos, i):
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap_key[parent] >= heap_key[i]:
+            break
+        _swap(heap_node, heap_key, pos, i, parent)
+        i = parent
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(heap_node, heap_key, pos, i, size):
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return i
+        big = left
+        if left + 1 < size and heap_key[left + 1] > heap_key[left]:
+            big = left + 1
+        if heap_key[i] >= heap_key[big]:
+            return i
+        _swap(heap_node, heap_key, pos, i, big)
+        i = big

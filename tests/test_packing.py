@@ -1,0 +1,438 @@
+"""The packer: kernels against numpy twins, exact round trips over random configs, bad input, the CLI."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from diskgnn.dataset import bf16_bits_to_float32
+from diskgnn.errors import (ConfigError, IntegrityError, ManifestNotFoundError, MemoryBudgetError, MismatchError,
+                            OutputExistsError)
+from diskgnn.io import ALIGN
+from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows, gather_rows_lut,
+                                    scatter_bytes, scatter_words, split_map)
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
+                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
+from diskgnn.packing import PackConfig, belady_hit_rate, convert_rows, pack, pack_memory, plan_pack
+from diskgnn.sampling import SampleConfig, presample
+from diskgnn.store import FeatureStore, Packed, to_float32, upcast_table, verify_packed
+from diskgnn.synth import SynthConfig, synthesize
+from diskgnn.tools.cli import main
+
+SCFG = SampleConfig(fanouts=(4, 3), batch_size=97, epochs=2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_dataset, tmp_path_factory):
+    return presample(tiny_dataset.path, tmp_path_factory.mktemp("ps") / "samples", SCFG)
+
+
+@pytest.fixture(scope="module")
+def fp16_samples(tmp_path_factory):
+    root = tmp_path_factory.mktemp("p16")
+    ds = synthesize(SynthConfig(nodes=901, avg_degree=5, dim=7, classes=3, seed=9, dtype="fp16",
+                                train_fraction=0.3, val_fraction=0.1, test_fraction=0.1), root / "ds")
+    return presample(ds.path, root / "samples", SampleConfig(fanouts=(3, 5), batch_size=64, epochs=1, seed=1))
+
+
+def _reference(ds, nodes, store_dtype):
+    return to_float32(convert_rows(np.asarray(ds.features[np.asarray(nodes)]), ds.feat_dtype, store_dtype),
+                      store_dtype)
+
+
+def _check_all_batches(packed, samples, ds):
+    with FeatureStore(packed, "cpu") as store:
+        n_in = 0
+        for part in samples.parts:
+            for i in range(samples.num_batches(part)):
+                got = store.assemble(part, i, store.read(part, i)).numpy()
+                want = _reference(ds, samples.input_nodes(part, i), packed.store_dtype)
+                assert got.dtype == np.float32 and got.shape == want.shape
+                assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (part, i)
+                n_in += want.shape[0]
+        st = store.stats()
+    assert sum(st["hits"].values()) == n_in
+    assert st["bytes_useful"] == st["hits"]["disk"] * packed.row_bytes
+    return st
+
+
+# --- kernels against numpy twins ---------------------------------------------------------------
+
+def _batches(rng, n=50, nb=6, dup=False):
+    lens = rng.integers(0, 30, nb)
+    parts = []
+    for k in lens:
+        b = rng.choice(n, size=min(k, n), replace=False)
+        if dup and b.size > 2:
+            b = np.concatenate([b, b[:2]])
+        parts.append(b)
+    inputs = np.concatenate(parts).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
+    return inputs, offsets
+
+
+def test_plan_kernels_match_numpy():
+    rng = np.random.default_rng(0)
+    n = 50
+    inputs, offsets = _batches(rng, n, dup=True)
+    slot = np.full(n, -1, dtype=np.int64)
+    cached = rng.choice(n, 12, replace=False)
+    slot[cached] = np.arange(12)
+    nb = len(offsets) - 1
+    counts = np.zeros(nb, dtype=np.int64)
+    count_uncached(inputs, offsets, slot, counts)
+    twin = [int((slot[inputs[offsets[b]:offsets[b + 1]]] < 0).sum()) for b in range(nb)]
+    assert counts.tolist() == twin
+    row_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    maps = np.empty(inputs.size, dtype=np.int32)
+    row_nodes = np.empty(row_off[-1], dtype=np.int64)
+    plain_maps(inputs, offsets, slot, 12, maps, row_nodes, row_off)
+    for b in range(nb):
+        x = inputs[offsets[b]:offsets[b + 1]]
+        unc = x[slot[x] < 0]
+        assert np.array_equal(row_nodes[row_off[b]:row_off[b + 1]], unc)
+        m = maps[offsets[b]:offsets[b + 1]]
+        assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
+        assert np.array_equal(m[slot[x] < 0], 12 + np.arange(unc.size))
+    bounds = np.array([0, 2, 5, nb], dtype=np.int64)
+    got = segment_row_counts(inputs, offsets, slot, bounds, np.empty(n, dtype=np.int64))
+    for s in range(3):
+        x = inputs[offsets[bounds[s]]:offsets[bounds[s + 1]]]
+        assert got[s] == np.unique(x[slot[x] < 0]).size
+    hits = tier_hits(maps, np.array([0, 5, 5, 12], dtype=np.int64))
+    assert hits.tolist() == [int((maps < 5).sum()), 0, int(((maps >= 5) & (maps < 12)).sum()), int((maps >= 12).sum())]
+
+
+def test_segment_minhash_and_maps_match_numpy():
+    rng = np.random.default_rng(1)
+    n = 40
+    inputs, offsets = _batches(rng, n, nb=5)
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[:5] = np.arange(5)
+    local = np.full(n, -1, dtype=np.int64)
+    nodes, s1, s2 = segment_minhash(inputs, offsets, 1, 4, slot, local, 7)
+    assert (local == -1).all(), "the scratch array is restored"
+    x = inputs[offsets[1]:offsets[4]]
+    assert sorted(nodes.tolist()) == sorted(set(x[slot[x] < 0].tolist()))
+    users = {int(v): {b for b in range(1, 4) if v in inputs[offsets[b]:offsets[b + 1]]} for v in nodes}
+    # rows used by the same set of batches get the same signature
+    for i in range(nodes.size):
+        for j in range(nodes.size):
+            if users[int(nodes[i])] == users[int(nodes[j])]:
+                assert s1[i] == s1[j] and s2[i] == s2[j]
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[nodes] = np.arange(nodes.size)
+    maps = np.full(inputs.size, -99, dtype=np.int64)
+    segment_maps(inputs, offsets, 1, 4, slot, pos, 5, maps)
+    m = maps[offsets[1]:offsets[4]]
+    assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
+    assert np.array_equal(m[slot[x] < 0], 5 + pos[x[slot[x] < 0]])
+    assert (maps[:offsets[1]] == -99).all()
+
+
+@pytest.mark.parametrize("rb,gap", [(52, 0), (512, 2), (5000, 1), (8, 3)])
+def test_page_runs_match_numpy(rb, gap):
+    rng = np.random.default_rng(rb)
+    rows = rng.choice(400, 37, replace=False).astype(np.int64)
+    st, ln = np.empty(rows.size, np.int64), np.empty(rows.size, np.int64)
+    k = page_runs(rows, rb, ALIGN, gap, st, ln)
+    pages = sorted({p for r in rows for p in range(r * rb // ALIGN, (r * rb + rb - 1) // ALIGN + 1)})
+    twin = []
+    for p in pages:
+        if twin and p <= twin[-1][1] + gap:
+            twin[-1][1] = p + 1
+        else:
+            twin.append([p, p + 1])
+    assert [(int(a), int(b)) for a, b in zip(st[:k], ln[:k])] == [(a, b - a) for a, b in twin]
+    assert page_runs(rows[:0], rb, ALIGN, gap, st, ln) == 0
+
+
+def test_bucket_rows_and_extent_dests():
+    rng = np.random.default_rng(2)
+    nodes = rng.integers(0, 100, 60).astype(np.int64)
+    dests = rng.integers(0, 1 << 20, 60).astype(np.int64)
+    starts, local, out = bucket_rows(nodes, dests, 0, 16, 7)
+    assert starts[0] == 0 and starts[-1] == 60
+    for c in range(7):
+        sel = (nodes // 16) == c
+        got = sorted(zip((local[starts[c]:starts[c + 1]] + 16 * c).tolist(), out[starts[c]:starts[c + 1]].tolist()))
+        assert got == sorted(zip(nodes[sel].tolist(), dests[sel].tolist()))
+    d = extent_dests(np.array([2, 0, 3]), np.array([4096, 8192, 12288]), 10, 4096)
+    assert d.tolist() == [0, 10, 8192, 8202, 8212]
+
+
+def test_gather_and_scatter_kernels_match_numpy():
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal((20, 5)).astype(np.float32)
+    rows = rng.integers(0, 20, 9).astype(np.int64)
+    pos = rng.permutation(12)[:9].astype(np.int64)
+    out = np.zeros((12, 5), np.float32)
+    gather_rows(src, rows, pos, out)
+    twin = np.zeros((12, 5), np.float32)
+    twin[pos] = src[rows]
+    assert np.array_equal(out, twin)
+    for name in ("fp16", "bf16"):
+        bits = convert_rows(src, "fp32", name).view(np.uint16)
+        lut = upcast_table(name)
+        out = np.zeros((12, 5), np.float32)
+        gather_rows_lut(bits, rows, pos, lut, out)
+        twin = np.zeros((12, 5), np.float32)
+        twin[pos] = to_float32(convert_rows(src, "fp32", name)[rows], name)
+        assert np.array_equal(out, twin)
+        out2 = np.zeros((12, 5), np.float32)
+        gather_flat_lut(bits.ravel(), rows * 5, pos, 5, lut, out2)
+        assert np.array_equal(out2, twin)
+    out = np.zeros((12, 5), np.float32)
+    gather_flat(src.ravel(), rows * 5, pos, 5, out)
+    twin = np.zeros((12, 5), np.float32)
+    twin[pos] = src[rows]
+    assert np.array_equal(out, twin)
+    raw = rng.integers(0, 256, (6, 16), dtype=np.uint8)
+    dst = np.zeros(200, np.uint8)
+    scatter_bytes(raw, np.array([5, 0, 2]), dst, np.array([0, 40, 96]))
+    dst_w = np.zeros(25, np.uint64)
+    scatter_words(raw.view(np.uint64), np.array([5, 0, 2]), dst_w, np.array([0, 5, 12]))
+    for r, o in ((5, 0), (0, 40), (2, 96)):
+        assert np.array_equal(dst[o:o + 16], raw[r])
+    assert np.array_equal(dst_w.view(np.uint8)[:200], dst)
+
+
+def test_split_map_and_extent_row_starts():
+    bounds = np.array([0, 3, 3, 8], dtype=np.int64)
+    batch_map = np.array([9, 0, 4, 8, 2, 7, 12], dtype=np.int32)
+    counts = np.zeros(4, np.int64)
+    rows = np.empty((4, 7), np.int64)
+    pos = np.empty((4, 7), np.int64)
+    split_map(batch_map, bounds, 3, counts, rows, pos)
+    assert counts.tolist() == [2, 0, 2, 3]
+    assert rows[0, :2].tolist() == [0, 2] and pos[0, :2].tolist() == [1, 4]
+    assert rows[2, :2].tolist() == [1, 4] and pos[2, :2].tolist() == [2, 5]
+    assert rows[3, :3].tolist() == [1, 0, 4] and pos[3, :3].tolist() == [0, 3, 6]
+    # rows of 1000 bytes; runs: pages 0-1 at buffer page 0, pages 5-6 at buffer page 2
+    starts = extent_row_starts(np.array([0, 4, 21, 25, 9]), 1000, 4, np.array([0, 5]), np.array([2, 2]),
+                               np.array([0, 2]), ALIGN)
+    assert starts[:2].tolist() == [0, 1000]
+    assert starts[2] == ((2 - 5) * 4096 + 21000) // 4 and starts[3] == ((2 - 5) * 4096 + 25000) // 4
+    assert starts[4] == -1, "row 9 (page 2) was not read"
+    assert extent_row_starts(np.array([8]), 1000, 4, np.array([0]), np.array([2]), np.array([0]), ALIGN)[0] == -1
+
+
+def _belady_twin(trace, capacity):
+    """Brute-force MIN with bypass, preloaded with the rows used first."""
+    if capacity == 0:
+        return 0
+    first = {}
+    for t, v in enumerate(trace):
+        first.setdefault(v, t)
+    cache = set(sorted(first, key=first.get)[:capacity])
+    hits = 0
+    for t, v in enumerate(trace):
+        def nxt(x):
+            for u in range(t + 1, len(trace)):
+                if trace[u] == x:
+                    return u
+            return len(trace)
+        if v in cache:
+            hits += 1
+            continue
+        if len(cache) < capacity:
+            cache.add(v)
+            continue
+        far = max(cache, key=nxt)
+        if nxt(far) > nxt(v):
+            cache.remove(far)
+            cache.add(v)
+    return hits
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 3, 7, 30])
+def test_belady_matches_brute_force(capacity):
+    rng = np.random.default_rng(capacity)
+    trace = (rng.zipf(1.5, 300) % 25).astype(np.int64)
+    assert belady_hit_rate(trace, 25, capacity) * trace.size == pytest.approx(_belady_twin(trace.tolist(), capacity))
+    last = np.empty(25, np.int64)
+    nxt = np.empty(trace.size, np.int64)
+    next_use(trace, last, nxt)
+    for t in range(0, 300, 37):
+        later = np.flatnonzero(trace[t + 1:] == trace[t])
+        assert nxt[t] == (t + 1 + later[0] if later.size else 300)
+
+
+# --- config -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad,match", [(dict(host_cache="-1G"), "negative"), (dict(device_cache="lots"), "parse"),
+                                       (dict(pinned_cache="150%"), "100%"), (dict(disk_budget="0x"), "positive"),
+                                       (dict(store_dtype="int8"), "store-dtype"), (dict(chunk_size="100"), "4K")])
+def test_bad_pack_config(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        PackConfig(**bad)
+
+
+def test_from_cli_reads_flags():
+    class Args:
+        device_cache, pinned_cache, host_cache, disk_budget, store_dtype, chunk_size = "1M", "2%", "0", "3x", "bf16", "1M"
+    cfg = PackConfig.from_cli(Args())
+    assert (cfg.device_cache, cfg.pinned_cache, cfg.host_cache, cfg.disk_budget, cfg.store_dtype) == \
+        ("1M", "2%", "0", "3x", "bf16")
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+ROUND_TRIPS = [
+    dict(host_cache="10%"),
+    dict(host_cache="0", store_dtype="fp16"),
+    dict(device_cache="3%", pinned_cache="2%", host_cache="5%", store_dtype="bf16", chunk_size="8K"),
+    dict(host_cache="100%"),
+    dict(host_cache="1%", disk_budget="1.3x", chunk_size="12K"),
+    dict(device_cache="52", host_cache="0", disk_budget="1.5x", store_dtype="bf16"),
+]
+
+
+@pytest.mark.parametrize("kw", ROUND_TRIPS)
+def test_round_trip_is_exact(samples, tiny_dataset, tmp_path, kw):
+    cfg = PackConfig(**kw)
+    packed = pack(samples.path, tmp_path / "p", cfg, memory_budget="200M")
+    assert not (tmp_path / "p" / ".diskgnn-partial").exists()
+    assert packed.store_dtype == (cfg.store_dtype or "fp32")
+    st = _check_all_batches(packed, samples, tiny_dataset)
+    stats = packed.stats
+    assert st["read_amplification"] == pytest.approx(stats["read_amplification"])
+    for t in ("device", "pinned", "host", "disk"):
+        assert st["hit_rate"][t] == pytest.approx(stats["hit_rate"][t])
+    assert stats["belady_hit_rate"] >= stats["cache_hit_rate"] - 1e-12
+    if cfg.disk_budget:
+        assert packed.layout == "segments" and stats["packed_bytes"] <= 1.5 * tiny_dataset.feature_bytes
+    if kw.get("host_cache") == "100%":
+        assert stats["packed_bytes"] == 0 and st["bytes_read"] == 0
+    verify_packed(packed)
+
+
+def test_round_trip_fp16_dataset_many_passes(fp16_samples, tmp_path):
+    ds = fp16_samples.open_dataset()
+    for store in ("fp16", "fp32", "bf16"):
+        cfg = PackConfig(host_cache="4%", store_dtype=store, chunk_size="8K")
+        _, fixed, max_extent = pack_memory(plan_pack(fp16_samples, cfg), ds, cfg)
+        packed = pack(fp16_samples.path, tmp_path / store, cfg, memory_budget=fixed + 2 * 2 * max_extent)
+        assert packed.stats["passes"] > 2, "a small memory budget packs in several passes"
+        _check_all_batches(packed, fp16_samples, ds)
+
+
+def test_repeated_nodes_inside_a_batch(samples, tiny_dataset, tmp_path):
+    """Stand-in samples whose batches repeat input nodes still assemble exactly (plain and segments)."""
+
+    class Repeating:
+        path, manifest, num_nodes = samples.path, {"stand-in": 1}, samples.num_nodes
+        dataset_path, dataset_fingerprint = samples.dataset_path, samples.dataset_fingerprint
+        parts = ["train/0"]
+
+        def _lists(self):
+            off = samples.input_offsets("train/0")
+            base = np.asarray(samples.all_input_nodes("train/0"))
+            return [np.concatenate([base[off[i]:off[i + 1]], base[off[i]:off[i] + 5]]) for i in range(len(off) - 1)]
+
+        def input_offsets(self, part):
+            return np.concatenate([[0], np.cumsum([x.size for x in self._lists()])]).astype(np.int64)
+
+        def all_input_nodes(self, part):
+            return np.concatenate(self._lists())
+
+        def input_nodes(self, part, i):
+            return self._lists()[i]
+
+        def num_batches(self, part):
+            return len(self._lists())
+
+        @property
+        def access_counts(self):
+            return np.bincount(self.all_input_nodes("train/0"), minlength=self.num_nodes)
+
+    fake = Repeating()
+    for kw in (dict(host_cache="3%"), dict(host_cache="0", disk_budget="1.1x")):
+        packed = pack(fake, tmp_path / "r", PackConfig(**kw), overwrite=True)
+        packed = Packed.open(tmp_path / "r", samples=fake)
+        _check_all_batches(packed, fake, tiny_dataset)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def test_cache_over_free_memory(samples, tmp_path, monkeypatch):
+    import diskgnn.capabilities as caps
+    monkeypatch.setattr(caps, "available_memory", lambda: 1000)
+    with pytest.raises(MemoryBudgetError, match="--host-cache"):
+        pack(samples.path, tmp_path / "p", PackConfig(host_cache="50%"))
+    assert not (tmp_path / "p").exists(), "nothing is created before the inputs are checked"
+
+
+def test_disk_budget_below_minimum_explains(samples, tmp_path):
+    with pytest.raises(ConfigError, match=r"at least \d+\.\d\dx") as err:
+        pack(samples.path, tmp_path / "p", PackConfig(host_cache="0", disk_budget="0.1x"))
+    assert "once" in str(err.value) and "--host-cache" in str(err.value)
+
+
+def test_samples_of_another_dataset(samples, fp16_samples, tmp_path):
+    with pytest.raises(MismatchError, match="fingerprint"):
+        pack(samples.path, tmp_path / "p", PackConfig(), dataset=fp16_samples.dataset_path)
+
+
+def test_packed_refuses_other_samples(samples, fp16_samples, tmp_path):
+    pack(samples.path, tmp_path / "p", PackConfig(host_cache="5%"))
+    with pytest.raises(MismatchError, match="re-run diskgnn pack"):
+        Packed.open(tmp_path / "p", samples=fp16_samples)
+
+
+def test_truncated_packed_file_at_read_time(samples, tmp_path):
+    packed = pack(samples.path, tmp_path / "p", PackConfig(host_cache="0"))
+    store = FeatureStore(packed, "cpu")
+    path = tmp_path / "p" / "packed.bin"
+    os.truncate(path, os.path.getsize(path) // 2)
+    last = samples.parts[-1]
+    with pytest.raises(IntegrityError, match="truncated"):
+        store.read(last, samples.num_batches(last) - 1)
+    store.close()
+    with pytest.raises(IntegrityError, match="truncated"):
+        Packed.open(tmp_path / "p")
+
+
+def test_corrupt_byte_fails_verify(samples, tmp_path):
+    packed = pack(samples.path, tmp_path / "p", PackConfig(host_cache="0"))
+    with open(tmp_path / "p" / "packed.bin", "r+b") as f:
+        f.seek(10)
+        b = f.read(1)
+        f.seek(10)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(IntegrityError, match="checksum"):
+        verify_packed(Packed.open(tmp_path / "p"))
+    with pytest.raises(IntegrityError, match="does not assemble"):
+        verify_packed(Packed.open(tmp_path / "p"), check_crc=False)
+
+
+def test_existing_output_and_interrupted_pack(samples, tmp_path, monkeypatch):
+    pack(samples.path, tmp_path / "p", PackConfig())
+    with pytest.raises(OutputExistsError):
+        pack(samples.path, tmp_path / "p", PackConfig())
+    import diskgnn.packing as pk
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pk, "_write_rows", boom)
+    with pytest.raises(KeyboardInterrupt):
+        pack(samples.path, tmp_path / "p", PackConfig(), overwrite=True)
+    assert (tmp_path / "p" / ".diskgnn-partial").exists()
+    with pytest.raises(ManifestNotFoundError):
+        Packed.open(tmp_path / "p")
+    monkeypatch.undo()
+    pack(samples.path, tmp_path / "p", PackConfig())  # a partial directory is simply replaced
+
+
+def test_cli_pack_info_verify(samples, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["pack", str(samples.path), "--out", str(out), "--host-cache", "7%", "--store-dtype", "fp16",
+                 "-q"]) == 0
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "packed" and info["store_dtype"] == "fp16" and info["tiers"]["host"]["rows"] > 0
+    assert main(["verify", str(out)]) == 0
+    assert main(["pack", str(samples.path), "--out", str(tmp_path / "x"), "--host-cache=-5%", "-q"]) == 2
+    assert "negative" in capsys.readouterr().err
+    assert main(["pack", str(samples.path), "--out", str(tmp_path / "y"), "--disk-budget", "0.05x", "-q"]) == 2
+    assert "at least" in capsys.readouterr().err

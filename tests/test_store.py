@@ -1,0 +1,180 @@
+"""The feature store: one shared suite every tier passes against an in-memory reference, and the store."""
+import threading
+
+import numpy as np
+import pytest
+
+from diskgnn.errors import ConfigError, IntegrityError, MemoryBudgetError
+from diskgnn.io import ALIGN, aligned_empty
+from diskgnn.packing import PackConfig, convert_rows, pack
+from diskgnn.sampling import SampleConfig, presample
+from diskgnn.store import (DeviceTier, ExtentRead, ExtentTier, FeatureStore, HostTier, Packed, PinnedTier,
+                           to_float32)
+
+F = 11  # odd width: fp16/bf16 rows of 22 bytes straddle pages
+
+
+def _reference(dtype_name, rows=257, seed=0):
+    """Stored rows and their float32 values (the in-memory reference)."""
+    x = np.random.default_rng(seed).standard_normal((rows, F)).astype(np.float32)
+    stored = convert_rows(x, "fp32", dtype_name)
+    return stored, to_float32(stored, dtype_name)
+
+
+class TierContract:
+    """Every tier: ``lookup(rows)`` and ``gather_into(rows, positions, out)`` equal the reference exactly."""
+
+    def make(self, stored: np.ndarray, dtype_name: str):
+        raise NotImplementedError
+
+    @pytest.fixture(params=["fp32", "fp16", "bf16"])
+    def tier_and_ref(self, request):
+        stored, ref = _reference(request.param)
+        return self.make(stored, request.param), ref
+
+    def test_lookup_equals_reference(self, tier_and_ref):
+        tier, ref = tier_and_ref
+        rows = np.random.default_rng(1).integers(0, ref.shape[0], 100)
+        got = tier.lookup(rows)
+        assert got.dtype == np.float32 and np.array_equal(got, ref[rows])
+
+    def test_gather_into_positions(self, tier_and_ref):
+        tier, ref = tier_and_ref
+        rows = np.array([5, 0, 256, 5], dtype=np.int64)
+        pos = np.array([3, 0, 6, 1], dtype=np.int64)
+        out = np.full((7, F), -1.0, np.float32)
+        tier.gather_into(rows, pos, out)
+        want = np.full((7, F), -1.0, np.float32)
+        want[pos] = ref[rows]
+        assert np.array_equal(out, want)
+
+    def test_empty_lookup(self, tier_and_ref):
+        tier, _ = tier_and_ref
+        assert tier.lookup(np.zeros(0, np.int64)).shape == (0, F)
+
+    def test_row_outside_tier_is_an_error(self, tier_and_ref):
+        tier, ref = tier_and_ref
+        with pytest.raises(IntegrityError):
+            tier.lookup(np.array([ref.shape[0] + 5000]))
+
+
+class TestHostTier(TierContract):
+    def make(self, stored, dtype_name):
+        return HostTier(stored, dtype_name)
+
+
+class TestPinnedTier(TierContract):
+    def make(self, stored, dtype_name):
+        return PinnedTier(stored, dtype_name, pin=False)  # pinning needs CUDA; the interface is the same
+
+
+class TestDeviceTier(TierContract):
+    def make(self, stored, dtype_name):
+        return DeviceTier(stored, dtype_name, device=None)
+
+
+class TestExtentTier(TierContract):
+    """A batch's extent read into an aligned buffer."""
+
+    def make(self, stored, dtype_name):
+        raw = np.ascontiguousarray(stored).view(np.uint8).ravel()
+        rb = stored.shape[1] * stored.dtype.itemsize
+        pages = -(-raw.size // ALIGN)
+        image = np.zeros(pages * ALIGN, np.uint8)
+        image[:raw.size] = raw
+        buf = aligned_empty(pages * ALIGN)
+        buf[:] = image
+        read = ExtentRead(part="train/0", index=0, buffer=buf, run_pages=np.array([0], np.int64),
+                          run_npages=np.array([pages], np.int64), run_buf_pages=np.array([0], np.int64),
+                          bytes_read=buf.size)
+        return ExtentTier(read, rb, stored.shape[1], dtype_name)
+
+    def test_runs_with_a_hole(self):
+        """A segment read: pages 0-1 and 4-6 of the extent land back to back; rows map across the hole."""
+        stored, ref = _reference("fp32", rows=600)  # 44-byte rows, 7 pages
+        raw = np.zeros(7 * ALIGN, np.uint8)
+        raw[:stored.nbytes] = stored.view(np.uint8).ravel()
+        buf = aligned_empty(5 * ALIGN)
+        buf[:2 * ALIGN] = raw[:2 * ALIGN]
+        buf[2 * ALIGN:] = raw[4 * ALIGN:7 * ALIGN]
+        read = ExtentRead(part="p", index=0, buffer=buf, run_pages=np.array([0, 4], np.int64),
+                          run_npages=np.array([2, 3], np.int64), run_buf_pages=np.array([0, 2], np.int64),
+                          bytes_read=buf.size)
+        tier = ExtentTier(read, 44, F, "fp32")
+        rows = np.array([0, 185, 373, 500, 599])  # pages 0, 1 (ends in 1), 4, 5, 6
+        assert np.array_equal(tier.lookup(rows), ref[rows])
+        with pytest.raises(IntegrityError, match="outside the pages read"):
+            tier.lookup(np.array([200]))  # page 2: in the hole
+        with pytest.raises(IntegrityError, match="outside the pages read"):
+            tier.lookup(np.array([186]))  # starts in page 1, ends in page 2
+
+
+# --- the store --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def packed(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("st")
+    s = presample(tiny_dataset.path, root / "samples", SampleConfig(fanouts=(5, 2), batch_size=113, epochs=1, seed=2))
+    return pack(s.path, root / "packed", PackConfig(device_cache="2%", pinned_cache="3%", host_cache="4%",
+                                                    store_dtype="bf16"))
+
+
+def test_store_stats_and_buffer_reuse(packed):
+    s = packed.samples
+    with FeatureStore(packed, "cpu") as store:
+        reads = [store.read("train/0", i) for i in range(2)]
+        assert all(r.buffer.ctypes.data % ALIGN == 0 for r in reads)
+        first = reads[0]._pooled
+        store.assemble("train/0", 0, reads[0])
+        again = store.read("train/0", 3)
+        assert again._pooled is first, "an assembled batch's buffer is reused"
+        store.assemble("train/0", 1, reads[1])
+        store.assemble("train/0", 3, again)
+        st = store.stats()
+        n_in = sum(s.input_nodes("train/0", i).size for i in (0, 1, 3))
+        assert st["batches"] == 3 and sum(st["hits"].values()) == n_in
+        assert all(st["hits"][t] > 0 for t in ("device", "pinned", "host", "disk"))
+        assert st["bytes_read"] == sum(r.bytes_read for r in (*reads, again)) >= st["bytes_useful"] > 0
+        assert st["read_amplification"] == st["bytes_read"] / st["bytes_useful"]
+        store.reset_stats()
+        assert store.stats()["bytes_read"] == 0
+
+
+def test_threads_overlap_and_agree(packed):
+    s = packed.samples
+    ds = packed.dataset
+    results = {}
+    with FeatureStore(packed, "cpu", io_depth=3, request_size=ALIGN) as store:
+        def work(part):
+            for i in range(s.num_batches(part)):
+                results[(part, i)] = store.assemble(part, i, store.read(part, i)).numpy()
+        threads = [threading.Thread(target=work, args=(p,)) for p in s.parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == sum(s.num_batches(p) for p in s.parts)
+    for (part, i), got in results.items():
+        want = to_float32(convert_rows(np.asarray(ds.features[s.input_nodes(part, i)]), "fp32", "bf16"), "bf16")
+        assert np.array_equal(got, want)
+
+
+def test_store_bad_requests(packed):
+    with FeatureStore(packed, "cpu") as store:
+        with pytest.raises(ConfigError, match="no part"):
+            store.read("train/7", 0)
+        with pytest.raises(ConfigError, match="does not exist"):
+            store.read("val", 10_000)
+        r = store.read("val", 0)
+        with pytest.raises(ConfigError, match="was given the read"):
+            store.assemble("test", 0, r)
+    with pytest.raises(MemoryBudgetError, match="memory budget"):
+        FeatureStore(packed, "cpu", memory_budget="1K")
+
+
+def test_summary_reports_tiers_and_bound(packed):
+    sm = Packed.open(packed.path).summary()
+    assert set(sm["tiers"]) == {"device", "pinned", "host"}
+    assert sm["tiers"]["device"]["rows"] > 0 and 0 < sm["tiers"]["host"]["hit_rate"] < 1
+    assert sm["belady_hit_rate"] >= sm["cache_hit_rate"] > 0
+    assert sm["packed_bytes"] > 0 and sm["footprint"] > sm["blowup"] > 0 and sm["read_amplification"] >= 1
