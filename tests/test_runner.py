@@ -78,8 +78,9 @@ def test_bad_training_flags_fail_before_any_step(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         run_cli(run_args("--scale", "tiny", "--workdir", str(wd), "--model", "transformer"))
     assert not (wd / "dataset").exists()
-    with pytest.raises(ConfigError, match="not yet"):
-        run_cli(run_args("--scale", "tiny", "--workdir", str(wd), "--nproc", "2"))
+    with pytest.raises(ConfigError, match="--resume needs --checkpoint"):
+        run_cli(run_args("--scale", "tiny", "--workdir", str(wd), "--resume"))
+    assert not (wd / "dataset").exists()
 
 
 def test_out_of_core_training_equals_in_memory_training(given_workdir):
