@@ -75,7 +75,7 @@ class TrainConfig:
     eval_every: int = 1
     """Evaluate on val/test every this many epochs (and after the last)."""
     nproc: int = 1
-    """Data-parallel processes (only 1 is supported here)."""
+    """Data-parallel processes on this machine (see :mod:`diskgnn.distributed`)."""
     metrics: str | None = None
     """JSON-lines file that per-epoch metrics and the final report are appended to."""
     checkpoint: str | None = None
@@ -104,9 +104,6 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.resume and not self.checkpoint:
             raise ConfigError("--resume needs --checkpoint DIR (the directory the interrupted run wrote)")
-        if self.nproc > 1:
-            raise ConfigError(f"--nproc {self.nproc}: data-parallel training over several processes is not yet "
-                              f"supported by this trainer; run with --nproc 1")
         if not (self.device in ("auto", "cpu") or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"--device {self.device!r} is not understood; use cpu, cuda, cuda:N or auto")
 
@@ -129,6 +126,11 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def epoch_permutation(seed: int, epoch: int, num_batches: int) -> np.ndarray:
+    """The shuffled batch order of training epoch ``epoch`` (0-based) over ``num_batches`` batches."""
+    return np.random.default_rng([seed, 0x0DE5, epoch]).permutation(num_batches)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -411,6 +413,8 @@ class Trainer:
             num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.train_module: torch.nn.Module = self.model
+        """What training batches run through (a DistributedDataParallel wrapper of ``model`` when data-parallel)."""
         self.stages = BatchStages(samples, dataset.labels, features, self.device)
         self.metrics = _MetricsLog(cfg.metrics)
         self.epoch = 0
@@ -422,8 +426,11 @@ class Trainer:
     def epoch_order(self, epoch: int) -> tuple[str, np.ndarray]:
         """The part and batch order of training epoch ``epoch`` (0-based)."""
         part = self.train_parts[epoch % len(self.train_parts)]
-        rng = np.random.default_rng([self.cfg.seed, 0x0DE5, epoch])
-        return part, rng.permutation(self.samples.num_batches(part))
+        return part, epoch_permutation(self.cfg.seed, epoch, self.samples.num_batches(part))
+
+    def eval_keys(self, parts) -> list[tuple[str, int]]:
+        """The ``(part, batch)`` keys an evaluation pass over ``parts`` reads."""
+        return [(p, i) for p in parts for i in range(self.samples.num_batches(p))]
 
     def train_epoch(self, epoch: int) -> dict:
         part, order = self.epoch_order(epoch)
@@ -439,7 +446,7 @@ class Trainer:
             for batch in pipe:
                 batch.wait()
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = self.model(batch.blocks, batch.x)
+                logits = self.train_module(batch.blocks, batch.x)
                 loss = F.cross_entropy(logits, batch.labels)
                 loss.backward()
                 self.optimizer.step()
@@ -453,14 +460,14 @@ class Trainer:
             log.warning("epoch %d: the training loss is not finite; try a lower --lr", epoch + 1)
         return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
                 "batches_per_s": len(keys) / seconds if seconds > 0 else None,
-                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen,
                 "stages": pipe.stats(), **store_epoch_metrics(store_before, self.features.stats())}
 
     @torch.no_grad()
     def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
         """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
         self.model.eval()
-        keys = [(p, i) for p in parts for i in range(self.samples.num_batches(p))]
+        keys = self.eval_keys(parts)
         correct = {p: 0 for p in parts}
         total = {p: 0 for p in parts}
         loss_sum = {p: 0.0 for p in parts}
@@ -480,6 +487,7 @@ class Trainer:
         for p in parts:
             out[f"{p}_acc"] = correct[p] / total[p] if total[p] else None
             out[f"{p}_loss"] = loss_sum[p] / total[p] if total[p] else None
+            out[f"{p}_seeds"] = total[p]
         eval_store = store_epoch_metrics(store_before, self.features.stats())
         out["eval_bytes_read"] = eval_store.get("bytes_read")
         return out
@@ -600,6 +608,9 @@ def open_packed(packed_dir):
 
 def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
     """Train on a packed directory (path or :class:`~diskgnn.store.Packed`); returns the final report."""
+    from diskgnn.distributed import train_distributed, wants_distributed
+    if wants_distributed(cfg):  # --nproc N > 1, or this process is one rank of torchrun
+        return train_distributed(packed, cfg, progress=progress, memory_budget=memory_budget)
     from diskgnn.store import FeatureStore
     if isinstance(packed, (str, os.PathLike)):
         packed = open_packed(packed)

@@ -48,7 +48,7 @@ def test_config_from_cli_defaults():
     (dict(lr=0.0), "--lr"),
     (dict(dropout=1.5), "--dropout"),
     (dict(resume=True), "--resume needs --checkpoint"),
-    (dict(nproc=2), "not yet"),
+    (dict(nproc=0), "--nproc"),
     (dict(device="tpu"), "--device"),
     (dict(eval_every=0), "--eval-every"),
 ])
