@@ -568,7 +568,7 @@ class _TextEdges:
     def chunks(self, max_edges: int) -> Iterator[EdgeChunk]:
         from diskgnn.kernels.parse import parse_edge_lines
         block_bytes = int(min(max(max_edges * 4, 256), 32 << 20))
-        cap = block_bytes // 2 + 16
+        cap = block_bytes // 4 + 16
         out_src = np.empty(cap, dtype=np.int64)
         out_dst = np.empty(cap, dtype=np.int64)
         for block, line_no, consumed in self.blocks(block_bytes):
@@ -1133,6 +1133,19 @@ def _default_dtype(dtype: np.dtype | str) -> str:
     return "fp16" if dtype == np.float16 else "fp32"
 
 
+def _check_out_apart_from_inputs(cfg: PrepareConfig, out: Path) -> None:
+    """Refuse an output directory that holds an input: preparing it would delete that input."""
+    target = out.resolve()
+    for name in ("input", "features", "labels", "splits"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        path = Path(value).resolve()
+        if path == target or target in path.parents:
+            raise ConfigError(f"--out {out} holds the input {value}; writing the dataset there would delete it. "
+                              f"Choose an --out directory outside the input")
+
+
 def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: ProgressFn = no_progress,
             max_range_edges: int | None = None) -> Dataset:
     """Import the graph described by ``cfg`` into the dataset directory ``out``.
@@ -1141,6 +1154,7 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
     memory budget allows (tests use it to exercise the external sort).
     """
     t0 = time.perf_counter()
+    _check_out_apart_from_inputs(cfg, Path(out))
     graph, materialize = _READERS[cfg.format](cfg)
     budget = cfg.budget_bytes()
     id_dtype = node_id_dtype(graph.num_nodes)

@@ -520,6 +520,13 @@ def test_output_path_is_a_file(tmp_path, graph):
     assert (tmp_path / "out").read_text() == "not a directory"
 
 
+def test_output_may_not_hold_the_input(tmp_path, graph):
+    inputs = edgelist_inputs(tmp_path, graph)
+    with pytest.raises(ConfigError, match="would delete it"):
+        prepare(PrepareConfig(**inputs), tmp_path, overwrite=True)
+    assert (tmp_path / "edges.txt").exists() and (tmp_path / "feat.npy").exists()
+
+
 def test_output_holds_another_dataset(tmp_path, graph, tiny_dataset):
     import shutil
     src = write_npz(tmp_path / "g.npz", graph)
