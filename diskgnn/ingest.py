@@ -1159,7 +1159,8 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
     budget = cfg.budget_bytes()
     id_dtype = node_id_dtype(graph.num_nodes)
     plan = _plan(budget, graph.num_nodes, id_dtype.itemsize, max_range_edges)
-    config = {**asdict(cfg), "input": str(cfg.input), "memory_budget_bytes": budget}
+    config = {**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(cfg).items()},
+              "memory_budget_bytes": budget}
     dtype = cfg.dtype or _default_dtype(graph.feat_dtype)
     with DatasetWriter(out, num_nodes=graph.num_nodes, feat_dim=graph.feat_dim, feat_dtype=dtype,
                        num_classes=graph.num_classes, source=graph.source, config=config,

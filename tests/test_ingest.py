@@ -232,8 +232,9 @@ def test_npz_layouts(tmp_path, graph, layout):
             np.save(src / f"{k}.npy", v)
     else:
         src = write_npz(tmp_path / "g.npz", graph, compressed=layout == "npz-compressed")
-    ds = prepare(PrepareConfig(format="npz", input=str(src)), tmp_path / "out")
+    ds = prepare(PrepareConfig(format="npz", input=src), tmp_path / "out")  # a Path works as well as a str
     assert_matches(ds, graph)
+    assert ds.manifest["config"]["input"] == str(src)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["manifest.json", "indptr.bin", "indices.bin", "features.bin", "labels.bin", "train_idx.bin",
          "val_idx.bin", "test_idx.bin"])
