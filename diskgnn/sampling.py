@@ -279,6 +279,7 @@ class Sampler:
             self.indptr, self.indices = self.dataset.load_topology()
         self.num_nodes = self.dataset.num_nodes
         self._node_map = np.full(self.num_nodes, -1, dtype=np.int32)
+        self._mark: np.ndarray | None = None
 
     def sample(self, seeds, key, *, part: str = "", index: int = 0, check: bool = True) -> MiniBatch:
         """Sample the blocks around ``seeds`` (distinct node ids) with random key ``key``."""
@@ -299,8 +300,9 @@ class Sampler:
             raise ConfigError(f"seed node {bad} is out of range: {self.dataset.path} has nodes 0 .. "
                               f"{self.num_nodes - 1}")
         from diskgnn.kernels.sampling import first_repeat
-        mark = np.zeros(self.num_nodes, dtype=np.uint8)
-        rep = first_repeat(seeds, mark)
+        if self._mark is None:
+            self._mark = np.zeros(self.num_nodes, dtype=np.uint8)
+        rep = first_repeat(seeds, self._mark)  # restores the marks
         if rep >= 0:
             raise ConfigError(f"seed node {int(seeds[rep])} appears twice in one batch; seeds must be distinct")
 
