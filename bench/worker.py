@@ -74,9 +74,9 @@ def main(argv=None) -> int:
         useful_fn = runner.bytes_useful
     else:
         from diskgnn.bench.packed_systems import make_features
-        from diskgnn.train import _Stages
+        from diskgnn.train import BatchStages
         features = make_features(args.system, samples, ds, args.packed)
-        stages = _Stages(samples, ds.labels, features, torch.device("cpu"))
+        stages = BatchStages(samples, ds.labels, features, torch.device("cpu"))
         if args.kind == "train":
             import torch.nn.functional as F
             from diskgnn.models import build_model
