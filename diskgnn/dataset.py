@@ -261,6 +261,14 @@ class Dataset:
         for s in SPLITS:
             if f"{s}_idx" not in self.specs:
                 raise IntegrityError(f"{where} does not list the {s}_idx array")
+        allowed = {"indptr": ("<i8",), "indices": ("<i4", "<i8"), "labels": ("<i8",),
+                   **{f"{s}_idx": ("<i8",) for s in SPLITS}}
+        for name, dtypes in allowed.items():
+            if self.specs[name].dtype not in dtypes:
+                raise IntegrityError(f"{where}: {name} is stored as {self.specs[name].dtype}, the format requires "
+                                     f"{' or '.join(dtypes)}; re-create {self.path}")
+            if len(self.specs[name].shape) != 1:
+                raise IntegrityError(f"{where}: {name} has shape {list(self.specs[name].shape)}, expected 1-d")
         self._cache: dict[str, np.ndarray] = {}
         if check_files:
             for spec in self.specs.values():
