@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from diskgnn.cgroup import thread_read_bytes
 from diskgnn.errors import ConfigError
 from diskgnn.bench.packed_systems import _widen
 
@@ -39,6 +40,7 @@ class DGLOnline:
         self.labels = np.asarray(ds.labels)
         self.kind = kind
         self.rows = 0
+        self.read = 0
         self.row_bytes = ds.row_bytes
         if kind == "train":
             from diskgnn.models import build_model
@@ -48,6 +50,9 @@ class DGLOnline:
 
     def bytes_useful(self) -> int:
         return self.rows * self.row_bytes
+
+    def bytes_read(self) -> int:
+        return self.read
 
     def _blocks(self, blocks):
         from diskgnn.models import TorchBlock
@@ -72,7 +77,9 @@ class DGLOnline:
             ids = input_nodes.numpy()
             order = np.argsort(ids, kind="stable")
             rows = np.empty((ids.shape[0], self.features.shape[1]), dtype=self.features.dtype)
+            before = thread_read_bytes()
             rows[order] = self.features[ids[order]]
+            self.read += thread_read_bytes() - before
             x = torch.from_numpy(_widen(rows, self.feat_dtype))
             self.rows += int(input_nodes.shape[0])
             t2 = time.perf_counter()

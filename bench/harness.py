@@ -174,12 +174,12 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
     if "diskgnn-10%" in cfg.systems:  # floors for the 10 % configuration
         d10 = next(s for s in systems if s["name"] == "diskgnn-10%")
         if not d10.get("failed") and disk.get("seq_read_GBps"):
-            floor = d10["bytes_read"] / (disk["seq_read_GBps"] * 1e9)
+            floor = d10["feature_bytes_read"] / (disk["seq_read_GBps"] * 1e9)
             d10["disk_floor_s"] = floor
             d10["epoch_over_disk_floor"] = d10["epoch_time_s"] / floor if floor else None
             read_busy = d10.get("stages", {}).get("read", {}).get("busy_s")
             if read_busy:
-                d10["packed_read_GBps"] = d10["bytes_read"] / read_busy / 1e9
+                d10["packed_read_GBps"] = d10["feature_bytes_read"] / read_busy / 1e9
     ratios = {}
     by_name = {s["name"]: s for s in systems if not s.get("failed")}
     if "diskgnn-10%" in by_name:

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 
+from diskgnn.cgroup import thread_read_bytes
 from diskgnn.dataset import bf16_bits_to_float32
 from diskgnn.io import ALIGN, aligned_empty
 
@@ -35,12 +36,15 @@ class MmapFeatures:
         if random_advice and hasattr(mmap, "MADV_RANDOM"):
             self.features._mmap.madvise(mmap.MADV_RANDOM)
         self._useful = 0
+        self._read = 0
 
     def read(self, part: str, i: int) -> np.ndarray:
         ids = np.asarray(self.samples.input_nodes(part, i))
         order = np.argsort(ids, kind="stable")
         rows = np.empty((ids.shape[0], self.dataset.feat_dim), dtype=self.features.dtype)
+        before = thread_read_bytes()  # page faults are served in this thread
         rows[order] = self.features[ids[order]]
+        self._read += thread_read_bytes() - before
         self._useful += rows.nbytes
         return rows
 
@@ -48,7 +52,7 @@ class MmapFeatures:
         return torch.from_numpy(_widen(rows, self.dataset.feat_dtype))
 
     def stats(self) -> dict:
-        return {"bytes_useful": self._useful}
+        return {"bytes_useful": self._useful, "bytes_read": self._read}
 
 
 class InMemoryFeatures(MmapFeatures):
@@ -59,6 +63,7 @@ class InMemoryFeatures(MmapFeatures):
         self.features = np.fromfile(dataset.features_path, dtype=dataset.features.dtype).reshape(
             dataset.num_nodes, dataset.feat_dim)
         self._useful = 0
+        self._read = 0
 
 
 class PreadFeatures:
@@ -122,7 +127,7 @@ class PreadFeatures:
 
     def stats(self) -> dict:
         s = self.store.stats()
-        return {"bytes_useful": self._useful, "hit_rate": s.get("hit_rate")}
+        return {"bytes_useful": self._useful, "bytes_read": self._read, "hit_rate": s.get("hit_rate")}
 
 
 def make_features(system: str, samples, dataset, packed_dir=None):

@@ -21,13 +21,13 @@ def markdown(result: dict) -> str:
              f"write {disk.get('seq_write_GBps', float('nan')):.2f} GB/s, 4 KiB random read "
              f"{disk.get('rand4k_iops_qd1', 0):.0f} IOPS (qd1) / {disk.get('rand4k_iops_qd64', 0):.0f} IOPS (qd64).",
              "",
-             "| system | epoch (s) | vs diskgnn-10% | read from disk | useful | read ampl. | peak RSS | note |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| system | epoch (s) | vs diskgnn-10% | features read | useful | read ampl. | all disk reads | peak RSS | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     base = next((s["epoch_time_s"] for s in result["systems"] if s["name"] == "diskgnn-10%" and not s.get("failed")),
                 None)
     for s in result["systems"]:
         if s.get("failed"):
-            lines.append(f"| {s['name']} | failed | | | | | | {s.get('error', '')[:80]} |")
+            lines.append(f"| {s['name']} | failed | | | | | | | {s.get('error', '')[:80]} |")
             continue
         note = []
         if s.get("extrapolated"):
@@ -36,15 +36,14 @@ def markdown(result: dict) -> str:
             note.append("no cap")
         if s.get("disk_floor_s"):
             note.append(f"disk floor {s['disk_floor_s']:.2f} s")
+        if s.get("packed_read_GBps"):
+            note.append(f"read stage {s['packed_read_GBps']:.2f} GB/s")
         ratio = f"{s['epoch_time_s'] / base:.2f}x" if base else ""
         amp = s.get("read_amplification")
-        lines.append(f"| {s['name']} | {s['epoch_time_s']:.2f} | {ratio} | {format_bytes(s.get('bytes_read', 0))} | "
-                     f"{format_bytes(s.get('bytes_useful', 0))} | {amp:.2f} | "
-                     f"{format_bytes(s.get('peak_rss_bytes', 0))} | {'; '.join(note)} |"
-                     if amp is not None else
-                     f"| {s['name']} | {s['epoch_time_s']:.2f} | {ratio} | {format_bytes(s.get('bytes_read', 0))} | "
-                     f"{format_bytes(s.get('bytes_useful', 0))} | - | {format_bytes(s.get('peak_rss_bytes', 0))} | "
-                     f"{'; '.join(note)} |")
+        lines.append(f"| {s['name']} | {s['epoch_time_s']:.2f} | {ratio} | "
+                     f"{format_bytes(s.get('feature_bytes_read', 0))} | {format_bytes(s.get('bytes_useful', 0))} | "
+                     f"{'-' if amp is None else f'{amp:.2f}'} | {format_bytes(s.get('bytes_read', 0))} | "
+                     f"{format_bytes(s.get('peak_rss_bytes', 0))} | {'; '.join(note)} |")
     pre = result.get("preprocessing", {})
     if pre:
         lines += ["", "Preprocessing: " + ", ".join(f"{k} {v:.2f}" for k, v in pre.items()
@@ -74,7 +73,7 @@ def plot(result: dict, path) -> bool:
     ax1.set_title(f"{result['kind']} epoch, scale {result['scale']}")
     ax1.tick_params(axis="x", rotation=45)
     ax1.legend(fontsize=8)
-    ax2.bar(names, [s.get("bytes_read", 0) / 2**30 for s in systems], label="read from disk")
+    ax2.bar(names, [s.get("feature_bytes_read", 0) / 2**30 for s in systems], label="feature bytes read")
     ax2.bar(names, [s.get("bytes_useful", 0) / 2**30 for s in systems], alpha=0.6, label="useful")
     ax2.set_ylabel("GiB per epoch")
     ax2.set_title("bytes read per epoch")

@@ -72,6 +72,7 @@ def main(argv=None) -> int:
             clocks.append(clock.report())
             return clocks[-1]
         useful_fn = runner.bytes_useful
+        feature_read_fn = runner.bytes_read
     else:
         from diskgnn.bench.packed_systems import make_features
         from diskgnn.train import BatchStages
@@ -98,16 +99,14 @@ def main(argv=None) -> int:
             order = np.random.default_rng([7, e]).permutation(nb)[:measured]
             return _epoch(stages, [(part, int(i)) for i in order], step)
         useful_fn = lambda: int(features.stats().get("bytes_useful", 0))  # noqa: E731
+        feature_read_fn = lambda: int(features.stats().get("bytes_read", 0))  # noqa: E731
 
     epoch_times, stage_reports = [], []
-    io0 = useful0 = 0
+    io0 = useful0 = fread0 = 0
     for e in range(args.warmup + args.epochs):
         if e == args.warmup:
             io0 = self_io_bytes().get("read_bytes", 0)
-            useful0 = useful_fn()
-            if hasattr(locals().get("features"), "reset_stats"):
-                features.reset_stats()
-                useful0 = useful_fn()
+            useful0, fread0 = useful_fn(), feature_read_fn()
         t0 = time.perf_counter()
         stats = run_epoch(e)
         dt = time.perf_counter() - t0
@@ -117,6 +116,7 @@ def main(argv=None) -> int:
     epochs = max(args.epochs, 1)
     read_bytes = self_io_bytes().get("read_bytes", 0) - io0
     useful = useful_fn() - useful0
+    feature_read = feature_read_fn() - fread0
     if args.system not in ("dgl-online",):
         fs = features.stats()
         hit_rate = fs.get("hit_rate")
@@ -133,8 +133,9 @@ def main(argv=None) -> int:
         "epoch_time_s": float(np.median(times)), "epoch_times_s": times,
         "measured_batches_per_epoch": measured, "batches_per_epoch": nb, "extrapolated": measured < nb,
         "bytes_read": int(read_bytes / epochs * scale),
+        "feature_bytes_read": int(feature_read / epochs * scale),
         "bytes_useful": int(useful / epochs * scale),
-        "read_amplification": (read_bytes / useful) if useful else None,
+        "read_amplification": (feature_read / useful) if useful else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "stages": stages_avg, "hit_rate": hit_rate, "test_acc": None,
     }

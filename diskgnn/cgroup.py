@@ -224,3 +224,15 @@ def self_io_bytes() -> dict:
     except (OSError, ValueError):
         pass
     return out
+
+
+def thread_read_bytes() -> int:
+    """Bytes the calling thread caused to be read from disk (/proc/thread-self/io read_bytes), 0 if unknown."""
+    try:
+        with open("/proc/thread-self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
