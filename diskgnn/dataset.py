@@ -362,6 +362,46 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield lo, min(n, lo + size)
 
 
+def array_crc32(array: np.ndarray, chunk_bytes: int = 64 << 20) -> int:
+    """crc32 of an array's bytes (a memory map is read in chunks, so memory stays bounded)."""
+    flat = array.reshape(-1) if array.ndim != 1 else array
+    step = max(1, chunk_bytes // max(flat.itemsize, 1))
+    crc = 0
+    for lo in range(0, flat.shape[0], step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[lo:lo + step]).view(np.uint8), crc)
+    return crc
+
+
+def check_topology(ds: Dataset, indptr: np.ndarray | None = None, indices: np.ndarray | None = None, *,
+                   check_crc: bool = True, chunk: int = 1 << 24) -> None:
+    """Check the CSR before a kernel walks it: checksums, offsets 0 .. E and monotone, sources in 0 .. N-1.
+
+    A corrupt offset or id would make a kernel read or write out of bounds, so
+    the sampler calls this once on the arrays it will use (in memory or mapped).
+    """
+    indptr = ds.indptr if indptr is None else indptr
+    indices = ds.indices if indices is None else indices
+    where = ds.path
+    if check_crc:
+        for name, arr in (("indptr", indptr), ("indices", indices)):
+            spec = ds.specs[name]
+            if spec.crc32 is not None and array_crc32(arr) != spec.crc32:
+                raise IntegrityError(f"{where}/{spec.path}: checksum mismatch (the manifest says crc32 "
+                                     f"{spec.crc32:08x}); the file is corrupt, re-create the dataset")
+    n, e = ds.num_nodes, ds.num_edges
+    if int(indptr[0]) != 0 or int(indptr[-1]) != e:
+        raise IntegrityError(f"{where}/indptr.bin: offsets must start at 0 and end at {e} (edges), "
+                             f"found {int(indptr[0])} .. {int(indptr[-1])}; re-create the dataset")
+    for lo, hi in _chunks(n, chunk):
+        if (np.diff(np.asarray(indptr[lo:hi + 1])) < 0).any():
+            raise IntegrityError(f"{where}/indptr.bin: offsets decrease near node {lo}; the CSR is corrupt")
+    for lo, hi in _chunks(e, chunk):
+        part = np.asarray(indices[lo:hi])
+        if part.size and (int(part.min()) < 0 or int(part.max()) >= n):
+            raise IntegrityError(f"{where}/indices.bin: an edge near position {lo} has a source outside "
+                                 f"0..{n - 1}; the CSR is corrupt")
+
+
 def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool = True,
                    chunk: int = 1 << 24, progress=None) -> None:
     """Check every invariant of ``ds``; raise :class:`IntegrityError` naming the first problem."""

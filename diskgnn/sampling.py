@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from diskgnn.dataset import ArraySpec, Dataset, open_array
+from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
 from diskgnn.manifest import (Crc32Writer, _clear_directory, finish_output_dir, prepare_output_dir,
                               read_manifest, write_manifest)
@@ -277,6 +277,7 @@ class Sampler:
             _advise_random(self.dataset.indices)
         else:
             self.indptr, self.indices = self.dataset.load_topology()
+        check_topology(self.dataset, self.indptr, self.indices)  # the kernels trust every offset and id
         self.num_nodes = self.dataset.num_nodes
         self._node_map = np.full(self.num_nodes, -1, dtype=np.int32)
         self._mark: np.ndarray | None = None
@@ -634,8 +635,29 @@ class Samples:
     def index(self, part: str) -> np.ndarray:
         """int64 [nb+1, 3+L+1]: per batch, start offsets into input_nodes / block_indptr / block_indices, then layer sizes."""
         if part not in self._index:
-            self._index[part] = np.array(self._array(part, "index"))
+            idx = np.array(self._array(part, "index"))
+            self._check_index(part, idx)
+            self._index[part] = idx
         return self._index[part]
+
+    def _check_index(self, part: str, idx: np.ndarray) -> None:
+        """The index's offsets and layer sizes must describe the part's files, or a reader would go out of bounds."""
+        specs = self._specs[part]
+        where = self.path / specs["index"].path
+        off = idx[:, :_INDEX_FIXED]
+        sizes = idx[:-1, _INDEX_FIXED:]
+        totals = [specs[n].shape[0] for n in ("input_nodes", "block_indptr", "block_indices")]
+        problem = None
+        if (off[0] != 0).any() or (np.diff(off, axis=0) < 0).any() or off[-1].tolist() != totals:
+            problem = f"its offsets must start at 0, not decrease and end at the file lengths {totals}"
+        elif sizes.size and ((sizes < 1).any() or (np.diff(sizes, axis=1) > 0).any()):
+            problem = "its layer sizes must be positive and shrink towards the seeds"
+        elif sizes.size and ((np.diff(off[:, 0]) != sizes[:, 0]).any()
+                             or (np.diff(off[:, 1]) != (sizes[:, 1:] + 1).sum(axis=1)).any()):
+            problem = "its layer sizes do not match the lengths of the batches"
+        if problem:
+            raise IntegrityError(f"{where}: the index of part {part} is corrupt: {problem}; "
+                                 f"run diskgnn sample again")
 
     def num_batches(self, part: str) -> int:
         self._check_part(part)
@@ -671,7 +693,34 @@ class Samples:
         input_nodes = np.array(self._array(part, "input_nodes")[row[0]:nxt[0]])
         block_indptr = np.array(self._array(part, "block_indptr")[row[1]:nxt[1]])
         block_indices = np.array(self._array(part, "block_indices")[row[2]:nxt[2]])
+        self._check_batch_arrays(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
         return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
+
+    def _check_batch_arrays(self, part, i, input_nodes, sizes, block_indptr, block_indices) -> None:
+        """Cheap bounds checks of one stored batch, so a damaged file stops here rather than in a kernel."""
+        bad = None
+        if input_nodes.size and (int(input_nodes.min()) < 0 or int(input_nodes.max()) >= self.num_nodes):
+            bad = f"input node ids outside 0..{self.num_nodes - 1}"
+        p = q = 0
+        for layer in range(len(sizes) - 1):
+            if bad:
+                break
+            num_src, num_dst = int(sizes[layer]), int(sizes[layer + 1])
+            ptr = block_indptr[p:p + num_dst + 1]
+            if ptr.shape[0] != num_dst + 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any() \
+                    or q + int(ptr[-1]) > block_indices.shape[0]:
+                bad = f"block {layer} has invalid offsets"
+                break
+            local = block_indices[q:q + int(ptr[-1])]
+            if local.size and (int(local.min()) < 0 or int(local.max()) >= num_src):
+                bad = f"block {layer} has local source ids outside 0..{num_src - 1}"
+            p += num_dst + 1
+            q += int(ptr[-1])
+        if not bad and q != block_indices.shape[0]:
+            bad = "its blocks do not use exactly its stored edges"
+        if bad:
+            raise IntegrityError(f"{self.path}: part {part} batch {i} is corrupt ({bad}) in the "
+                                 f"{_part_file_prefix(part)}.* files; run diskgnn sample again")
 
     def batches(self, part: str) -> Iterator[MiniBatch]:
         for i in range(self.num_batches(part)):
