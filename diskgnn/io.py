@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import errno
 import logging
+import mmap
 import os
 import threading
 import time
@@ -51,9 +52,26 @@ def align_down(n: int, alignment: int = ALIGN) -> int:
     return int(n) // alignment * alignment
 
 
+HUGE_BUFFER = 32 << 20
+
+
 def aligned_empty(nbytes: int, alignment: int = ALIGN) -> np.ndarray:
-    """An uninitialised uint8 array of ``nbytes`` whose data starts on an ``alignment`` boundary."""
+    """An uninitialised uint8 array of ``nbytes`` whose data starts on an ``alignment`` boundary.
+
+    Buffers of 32 MiB and more are anonymous mappings advised *not* to use transparent huge
+    pages: numpy asks for huge pages on large arrays, and faulting them in with direct
+    compaction was measured here at 7 s of system time for a 3 GiB buffer, against 1 s
+    with 4 KiB pages.
+    """
     nbytes = int(nbytes)
+    if nbytes >= HUGE_BUFFER and alignment <= mmap.PAGESIZE:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            try:
+                region.madvise(mmap.MADV_NOHUGEPAGE)
+            except OSError:
+                pass
+        return np.frombuffer(region, dtype=np.uint8)
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     shift = (-raw.ctypes.data) % alignment
     return raw[shift:shift + nbytes]

@@ -32,7 +32,7 @@ import numpy as np
 from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype, node_id_dtype
 from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
 from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_empty
-from diskgnn.kernels.gather import scatter_bytes, scatter_words
+from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
 from diskgnn.manifest import (Crc32Writer, _clear_directory, finish_output_dir, prepare_output_dir,
@@ -177,14 +177,15 @@ def _open_dataset(samples, dataset) -> Dataset:
 
 def _check_tier_memory(tier_bytes: dict[str, int]) -> None:
     from diskgnn.capabilities import available_memory, cuda_available
-    host = sum(b for t, b in tier_bytes.items() if t != "device" or not cuda_available())
+    cuda = tier_bytes["device"] > 0 and cuda_available()  # importing torch costs seconds: only when it matters
+    host = sum(b for t, b in tier_bytes.items() if t != "device" or not cuda)
     avail = available_memory()
     if host > avail:
         raise MemoryBudgetError(
             f"the cache tiers need {format_bytes(host)} of host memory (device {format_bytes(tier_bytes['device'])}, "
             f"pinned {format_bytes(tier_bytes['pinned'])}, host {format_bytes(tier_bytes['host'])}) but only "
             f"{format_bytes(avail)} is available; lower --host-cache/--pinned-cache/--device-cache")
-    if cuda_available() and tier_bytes["device"]:
+    if cuda:
         import torch
         free, _ = torch.cuda.mem_get_info()
         if tier_bytes["device"] > free:
@@ -244,14 +245,19 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
             raise MismatchError(f"the samples' access counts have shape {counts.shape}, expected ({n},)")
     else:
         counts = np.bincount(inputs, minlength=n).astype(np.int64)
-    order = np.argsort(-counts, kind="stable")
     accessed = int(np.count_nonzero(counts))
-    slot_of_node = np.full(n, -1, dtype=np.int64)
+    want = min(sum(tier_bytes[t] // rb for t in TIER_NAMES), accessed)
+    # the `want` hottest rows, ties broken by node id (a unique key keeps the choice deterministic)
+    key = counts * np.int64(n) + (np.int64(n - 1) - np.arange(n, dtype=np.int64))
+    order = np.argpartition(-key, want - 1)[:want] if 0 < want < n else np.arange(n if want else 0)
+    order = order[np.argsort(-key[order], kind="stable")]
+    del key
+    slot_of_node = np.full(n, -1, dtype=np.int32 if n < 2**31 - 1 else np.int64)
     tier_rows, tier_nodes, taken = {}, [], 0
     for t in TIER_NAMES:
-        r = min(tier_bytes[t] // rb, accessed - taken)
+        r = min(tier_bytes[t] // rb, want - taken)
         nodes = np.sort(order[taken:taken + r])
-        slot_of_node[nodes] = taken + np.arange(r, dtype=np.int64)
+        slot_of_node[nodes] = taken + np.arange(r, dtype=slot_of_node.dtype)
         tier_rows[t] = int(r)
         tier_nodes.append(nodes)
         taken += r
@@ -571,20 +577,22 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                     lo_node = off // src_rb
                     rows = raw.view(src_dtype).reshape(-1, f)
                     conv = convert_rows(rows, ds.feat_dtype, plan.store_dtype)
+                    conv_bytes = conv.view(np.uint8).reshape(conv.shape[0], rb)
                     if need_tiers:
                         hi_node = lo_node + rows.shape[0]
                         for k, tn in enumerate(tier_nodes):
                             a, b = np.searchsorted(tn, [lo_node, hi_node])
-                            if b > a:
-                                tier_writers[k].write(conv[tn[a:b] - lo_node])
+                            if b > a:  # a nogil gather of the tier's rows in this chunk
+                                picked = np.empty((b - a, rb), dtype=np.uint8)
+                                gather_rows(conv_bytes, tn[a:b] - lo_node, np.arange(b - a, dtype=np.int64), picked)
+                                tier_writers[k].write(picked)
                     if group is not None and starts[c + 1] > starts[c]:
                         s, e = int(starts[c]), int(starts[c + 1])
                         if words and conv.ctypes.data % 8 == 0:
                             scatter_words(conv.view(np.uint64).reshape(conv.shape[0], rb // 8), local[s:e], dst,
                                           dests[s:e] // 8)
                         else:
-                            scatter_bytes(conv.view(np.uint8).reshape(conv.shape[0], rb), local[s:e], view,
-                                          dests[s:e])
+                            scatter_bytes(conv_bytes, local[s:e], view, dests[s:e])
                     bytes_read += len(raw)
                     progress("pack", len(raw), total_read)
             if group is not None:
