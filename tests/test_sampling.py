@@ -6,6 +6,7 @@ import numba
 import numpy as np
 import pytest
 
+from conftest import requires_dgl
 from diskgnn.dataset import Dataset
 from diskgnn.errors import (ConfigError, IntegrityError, ManifestNotFoundError, OutputExistsError)
 from diskgnn.sampling import (MiniBatch, SampleConfig, Sampler, Samples, batch_key, iter_batches, parse_fanouts,
@@ -309,3 +310,23 @@ def test_cli_bad_input_exits_2(tiny_dataset, tmp_path, capsys, argv, message):
 def test_cli_missing_dataset(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("system", ["diskgnn", pytest.param("dgl", marks=requires_dgl)])
+def test_bench_worker_samples_the_same_workload(tiny_dataset, system):
+    from diskgnn.bench.sampling import _worker
+    cfg = SampleConfig(fanouts=(4, 3), batch_size=97)
+    import torch
+    before, torch_before = numba.get_num_threads(), torch.get_num_threads()
+    try:
+        info = _worker(system, tiny_dataset.path, cfg, 3, 2, 1)
+    finally:
+        numba.set_num_threads(before)
+        torch.set_num_threads(torch_before)
+    ours = sum(mb.num_edges for mb in iter_batches(tiny_dataset, cfg, "train/0"))
+    first3 = sum(mb.num_edges for _, mb in zip(range(3), iter_batches(tiny_dataset, cfg, "train/0")))
+    assert info["batches"] == 3 and len(info["seconds"]) == 2 and ours > first3
+    if system == "diskgnn":
+        assert info["sampled_edges"] == first3
+    else:  # other random draws, same fanouts and seeds: edge counts agree closely
+        assert abs(info["sampled_edges"] - first3) < 0.05 * first3
