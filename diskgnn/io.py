@@ -172,7 +172,8 @@ class AlignedReader:
                 break  # O_DIRECT returns a partial page only at the end of the file
         return got
 
-    def read_runs(self, runs, out: np.ndarray, *, need: list[int] | None = None) -> int:
+    def read_runs(self, runs, out: np.ndarray, *, need: list[int] | None = None,
+                  checksums: list | None = None) -> int:
         """Read byte ranges ``runs`` = [(offset, length), ...] back to back into ``out``.
 
         Offsets must be multiples of 4096. Run k lands at ``sum(align_up(length))``
@@ -180,6 +181,8 @@ class AlignedReader:
         must be aligned and hold the sum of the aligned lengths. ``need[k]``
         (default: the run's length) is how many of a run's bytes must exist in
         the file; fewer raises :class:`IntegrityError` (truncated file).
+        ``checksums``, when a list, receives the crc32 of each run's ``length``
+        bytes, computed request by request while later requests are in flight.
         Returns the bytes transferred.
         """
         if self.direct and not is_aligned(out):
@@ -198,24 +201,31 @@ class AlignedReader:
             for lo in range(0, span, self.request_size):
                 size = min(self.request_size, span - lo)
                 want = min(size, max(must - lo, 0))
-                jobs.append((pos + lo, offset + lo, size, want))
+                jobs.append((pos + lo, offset + lo, size, want, k, min(size, length - lo)))
             pos += span
         total = 0
+        crcs = [0] * len(runs)
         if len(jobs) == 1:
-            total = self._check(jobs[0], self._read_one(view[jobs[0][0]:jobs[0][0] + jobs[0][2]], jobs[0][1],
-                                                        jobs[0][3]))
+            job = jobs[0]
+            total = self._check(job, self._read_one(view[job[0]:job[0] + job[2]], job[1], job[3]))
+            if checksums is not None:
+                crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]])
         else:
             futures = [(job, self._pool.submit(self._read_one, view[job[0]:job[0] + job[2]], job[1], job[3]))
                        for job in jobs]
             for job, fut in futures:
                 total += self._check(job, fut.result())
+                if checksums is not None:  # in file order, overlapping the requests still in flight
+                    crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]], crcs[job[4]])
+        if checksums is not None:
+            checksums[:] = crcs
         with self._lock:
             self.bytes_read += total
             self.requests += len(jobs)
         return total
 
     def _check(self, job, got: int) -> int:
-        _, offset, _, want = job
+        offset, want = job[1], job[3]
         if got < want:
             raise IntegrityError(f"{self.path} is truncated: wanted {want} bytes at offset {offset}, the file "
                                  f"ends at {self.size}; re-create the directory that holds it")

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,7 +136,7 @@ class PackPlan:
     batches: np.ndarray
     """int64 [G, 5] (map lo, map hi, run lo, run hi, extent offset) of every batch."""
     runs: np.ndarray
-    """int64 [R, 2] (first page, pages)."""
+    """int64 [R, 3] (first page, pages, crc32 of those pages: filled while writing)."""
     row_nodes: np.ndarray
     """Node of every packed row, in file order."""
     extent_rows: np.ndarray
@@ -283,8 +284,8 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
         extent_bytes = np.array([align_up(int(c) * rb) for c in uncached], dtype=np.int64)
         extent_of_batch = np.arange(nsel, dtype=np.int64)
         for c in uncached:
-            batch_runs.append(np.array([[0, align_up(int(c) * rb) // ALIGN]], dtype=np.int64) if c
-                              else np.zeros((0, 2), dtype=np.int64))
+            batch_runs.append(np.array([[0, align_up(int(c) * rb) // ALIGN, 0]], dtype=np.int64) if c
+                              else np.zeros((0, 3), dtype=np.int64))
     else:
         layout = "segments"
         marker = np.empty(n, dtype=np.int64)
@@ -333,7 +334,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
                 starts = np.empty(rows.size, dtype=np.int64)
                 npg = np.empty(rows.size, dtype=np.int64)
                 k = page_runs(rows, rb, ALIGN, cfg.gap_pages, starts, npg)
-                batch_runs.append(np.stack([starts[:k], npg[:k]], axis=1))
+                batch_runs.append(np.stack([starts[:k], npg[:k], np.zeros(k, dtype=np.int64)], axis=1))
             extent_of_batch[b0:b1] = s
             nodes_l.append(seg_nodes)
             extent_rows_l.append(seg_nodes.size)
@@ -353,7 +354,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
     batches[selected, 3] = run_lo[1:]
     if nsel:
         batches[selected, 4] = extent_offsets[extent_of_batch]
-    runs = np.concatenate(batch_runs).astype(np.int64) if batch_runs else np.zeros((0, 2), dtype=np.int64)
+    runs = np.concatenate(batch_runs).astype(np.int64) if batch_runs else np.zeros((0, 3), dtype=np.int64)
     run_bytes = int(runs[:, 1].sum()) * ALIGN if runs.size else 0
     useful = int(uncached.sum()) * rb
     bounds_arr = np.cumsum([0] + [tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
@@ -448,6 +449,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
         io_seconds = time.perf_counter() - t_io
         files.update(io_stats.pop("files"))
+        files["runs"] = _write_array(out, "runs", plan.runs)  # their checksums were filled while writing
         stats = dict(plan.stats)
         stats.update(io_stats)
         stats["io_seconds"] = io_seconds
@@ -501,8 +503,7 @@ def _write_array(out: Path, name: str, array: np.ndarray) -> dict:
 
 def _write_index(out: Path, plan: PackPlan) -> dict:
     return {name: _write_array(out, name, arr) for name, arr in
-            (("maps", plan.maps), ("batches", plan.batches), ("runs", plan.runs),
-             ("cache_nodes", plan.cache_nodes))}
+            (("maps", plan.maps), ("batches", plan.batches), ("cache_nodes", plan.cache_nodes))}
 
 
 def _groups(plan: PackPlan, group_bytes: int) -> list[tuple[int, int]]:
@@ -518,6 +519,16 @@ def _groups(plan: PackPlan, group_bytes: int) -> list[tuple[int, int]]:
     if e0 < len(plan.extent_rows) and size:
         groups.append((e0, len(plan.extent_rows)))
     return groups
+
+
+def _run_checksums(plan: PackPlan, buf: np.ndarray, g_lo: int, g_hi: int) -> None:
+    """Fill the crc32 of every read run whose extent lies in the buffer holding packed.bin[g_lo:g_hi]."""
+    b = plan.batches
+    for g in np.flatnonzero((b[:, 3] > b[:, 2]) & (b[:, 4] >= g_lo) & (b[:, 4] < g_hi)):
+        base = int(b[g, 4]) - g_lo
+        for r in range(int(b[g, 2]), int(b[g, 3])):
+            a = base + int(plan.runs[r, 0]) * ALIGN
+            plan.runs[r, 2] = zlib.crc32(buf[a:a + int(plan.runs[r, 1]) * ALIGN])
 
 
 def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_bytes: int,
@@ -596,6 +607,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                     bytes_read += len(raw)
                     progress("pack", len(raw), total_read)
             if group is not None:
+                _run_checksums(plan, buf, g_lo, g_hi)
                 handles[gi % 2] = writer.write_aligned(buf[:g_hi - g_lo])
         files = {}
         info = writer.close(keep_padding=True)

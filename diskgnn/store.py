@@ -19,7 +19,8 @@ A packed directory holds, besides ``manifest.json`` (format ``diskgnn.packed``):
 * ``batches.bin`` int64 [G, 5]: per batch (parts in manifest order): map range
   (lo, hi) in maps.bin, run range (lo, hi) in runs.bin, and the byte offset of
   its extent/segment in packed.bin.
-* ``runs.bin`` int64 [R, 2]: (first page relative to the extent, pages).
+* ``runs.bin`` int64 [R, 3]: (first page relative to the extent, pages, crc32 of
+  those pages), checked on every read so a damaged extent never trains silently.
 
 :class:`FeatureStore` loads the memory tiers and serves batches:
 :meth:`FeatureStore.read` is the I/O stage (aligned O_DIRECT reads of the
@@ -411,13 +412,14 @@ class FeatureStore:
 
     def __init__(self, packed, device="cpu", memory_budget=None, *, io_depth: int = IO_DEPTH,
                  request_size: int = REQUEST_SIZE, direct: bool | None = None, pool_size: int = 4,
-                 mmap_tiers: bool = False):
+                 mmap_tiers: bool = False, check_crc: bool = True):
         import torch
         self.packed = packed if isinstance(packed, Packed) else Packed.open(packed)
         p = self.packed
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.feat_dim, self.row_bytes, self.store_dtype = p.feat_dim, p.row_bytes, p.store_dtype
+        self.check_crc = check_crc
         self._dtype = feature_dtype(p.store_dtype)
         self.batches = np.array(p.array("batches"))
         self.runs = np.array(p.array("runs"))
@@ -525,9 +527,17 @@ class FeatureStore:
         pooled = self._take_buffer(total) if total else None
         buffer = pooled[:total] if pooled is not None else np.zeros(0, dtype=np.uint8)
         if total:
-            file_runs = [(base + int(pg) * ALIGN, int(n) * ALIGN) for pg, n in runs]
+            file_runs = [(base + int(pg) * ALIGN, int(n) * ALIGN) for pg, n, _ in runs]
+            crcs = [] if self.check_crc else None
             try:
-                got = self.reader.read_runs(file_runs, buffer)
+                got = self.reader.read_runs(file_runs, buffer, checksums=crcs)
+                if crcs is not None:
+                    for k, (pg, n, want) in enumerate(runs):
+                        if crcs[k] != int(want):
+                            raise IntegrityError(
+                                f"{self.reader.path}: batch {part}/{index} reads {int(n) * ALIGN} bytes at offset "
+                                f"{base + int(pg) * ALIGN} whose checksum does not match (crc32 {crcs[k]:08x}, "
+                                f"index says {int(want):08x}); the file is corrupt, re-run diskgnn pack")
             except BaseException:
                 self._give_buffer(pooled)
                 raise
@@ -680,6 +690,8 @@ def verify_packed(packed: Packed, check_crc: bool = True, progress: ProgressFn =
     packed_bytes = specs["packed"].nbytes
     if len(batches) != sum(p.num_batches(x) for x in p.parts):
         raise IntegrityError(f"{where}/batches.bin: {len(batches)} rows for {sum(p.num_batches(x) for x in p.parts)} batches")
+    if runs.ndim != 2 or runs.shape[1] != 3:
+        raise IntegrityError(f"{where}/runs.bin: expected [R, 3] (page, pages, crc32), got {list(runs.shape)}")
     for g, (lo, hi, rlo, rhi, base) in enumerate(batches):
         if not (0 <= lo <= hi <= maps.shape[0] and 0 <= rlo <= rhi <= len(runs) and base % ALIGN == 0):
             raise IntegrityError(f"{where}/batches.bin: batch {g} has a bad map/run range or unaligned extent")

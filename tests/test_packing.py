@@ -402,8 +402,12 @@ def test_corrupt_byte_fails_verify(samples, tmp_path):
         f.write(bytes([b[0] ^ 0xFF]))
     with pytest.raises(IntegrityError, match="checksum"):
         verify_packed(Packed.open(tmp_path / "p"))
-    with pytest.raises(IntegrityError, match="does not assemble"):
+    with pytest.raises(IntegrityError, match=r"packed.bin: batch train/0/0 .* checksum does not match"):
         verify_packed(Packed.open(tmp_path / "p"), check_crc=False)
+    with FeatureStore(Packed.open(tmp_path / "p"), "cpu", check_crc=False) as store:
+        got = store.assemble("train/0", 0)  # without the check the damage goes unnoticed...
+    want = _reference(Packed.open(tmp_path / "p").dataset, samples.input_nodes("train/0", 0), "fp32")
+    assert not np.array_equal(got.numpy(), want)  # ...which is why reads check by default
 
 
 def test_existing_output_and_interrupted_pack(samples, tmp_path, monkeypatch):
