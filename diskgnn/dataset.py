@@ -26,8 +26,8 @@ from typing import Iterator
 import numpy as np
 
 from diskgnn.errors import ConfigError, InputFormatError, IntegrityError
-from diskgnn.manifest import (Crc32Writer, finish_output_dir, prepare_output_dir,
-                              read_manifest, write_manifest, _clear_directory)
+from diskgnn.manifest import (Crc32Writer, check_free_space, expect_output_bytes, finish_output_dir,
+                              prepare_output_dir, read_manifest, write_manifest, _clear_directory)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class DatasetWriter:
     """
 
     def __init__(self, out: str | os.PathLike, *, num_nodes: int, feat_dim: int, feat_dtype: str,
-                 num_classes: int, source: dict, config: dict, overwrite: bool = False):
+                 num_classes: int, source: dict, config: dict, overwrite: bool = False,
+                 expected_edges: int | None = None):
         if num_nodes <= 0:
             raise InputFormatError(f"a dataset needs at least one node, got {num_nodes}")
         if feat_dim <= 0:
@@ -169,6 +170,11 @@ class DatasetWriter:
             raise InputFormatError(f"labels need at least one class, got {num_classes}")
         feature_dtype(feat_dtype)
         self.out = prepare_output_dir(out, overwrite=overwrite)
+        # Features, offsets, labels and splits have known sizes; edges are an estimate when given.
+        certain = num_nodes * (feat_dim * feature_dtype(feat_dtype).itemsize + 8 + 8) + 8
+        id_bytes = node_id_dtype(num_nodes).itemsize
+        expect_output_bytes(self.out, certain + num_nodes * 8 + (expected_edges or 0) * id_bytes)
+        check_free_space(self.out, certain, "the dataset")
         self.num_nodes, self.feat_dim, self.feat_dtype = int(num_nodes), int(feat_dim), feat_dtype
         self.num_classes = int(num_classes)
         self.source, self.config = source, config

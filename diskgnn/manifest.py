@@ -60,14 +60,68 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
+# Bytes each output directory is expected to take (a number, or a function that estimates it
+# from the progress so far), so that a disk-full error can say how much space the step needs.
+_expected_bytes: dict[str, Any] = {}
+
+
+def _key(directory: str | os.PathLike) -> str:
+    return os.path.abspath(os.fspath(directory))
+
+
+def expect_output_bytes(directory: str | os.PathLike, nbytes) -> None:
+    """Record the size (bytes, or a function returning an estimate) that a step will write under ``directory``."""
+    _expected_bytes[_key(directory)] = nbytes
+
+
+def expected_output_bytes(directory: str | os.PathLike) -> int | None:
+    """The recorded expected size for ``directory`` or the nearest parent directory that has one."""
+    path = _key(directory)
+    while True:
+        if path in _expected_bytes:
+            value = _expected_bytes[path]
+            try:
+                return int(value() if callable(value) else value)
+            except Exception:  # an estimate must never hide the disk-full error itself
+                return None
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+def _free_bytes(directory: str | os.PathLike) -> int:
+    path = Path(directory)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def check_free_space(directory: str | os.PathLike, needed: int, what: str = "the output") -> None:
+    """Raise :class:`DiskFullError` before writing when ``directory``'s filesystem has less than ``needed`` free."""
+    from diskgnn.sizes import format_bytes
+    free = _free_bytes(directory)
+    if needed > free:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"not enough space for {what} in {directory}: it needs about {format_bytes(needed)}, the disk has "
+            f"{format_bytes(free)} free. Free some space or choose another --out directory")
+
+
 def raise_if_disk_full(exc: OSError, directory: str | os.PathLike, needed: int | None = None) -> None:
     """Re-raise ``exc`` as :class:`DiskFullError` with advice when it is ENOSPC/EDQUOT."""
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        free = shutil.disk_usage(directory).free if os.path.exists(directory) else 0
-        need = f" about {needed / 2**30:.2f} GiB is needed and" if needed else ""
+        from diskgnn.sizes import format_bytes
+        free = _free_bytes(directory)
+        if needed is None:
+            needed = expected_output_bytes(directory)
+        need = f" the output needs about {format_bytes(needed)} and" if needed else ""
         raise DiskFullError(
             errno.ENOSPC,
-            f"the disk holding {directory} is full:{need} {free / 2**30:.2f} GiB is free. "
+            f"the disk holding {directory} is full:{need} {format_bytes(free)} is free. "
             f"Free some space or choose another --out directory, then run the command again "
             f"(nothing half-written was kept)") from exc
 
@@ -173,7 +227,7 @@ class Crc32Writer:
         try:
             self._f.write(mv)
         except OSError as exc:
-            self._f.close()
+            self._close_quietly()
             raise_if_disk_full(exc, self.path.parent)
             raise
 
@@ -187,18 +241,25 @@ class Crc32Writer:
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as exc:
+            self._close_quietly()
             raise_if_disk_full(exc, self.path.parent)
             raise
-        finally:
-            self._f.close()
+        self._f.close()
         return {"bytes": self.nbytes, "crc32": self.crc}
+
+    def _close_quietly(self) -> None:
+        # Closing flushes the buffer again; on a full disk that fails too and would hide the first error.
+        try:
+            self._f.close()
+        except OSError:
+            pass
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         if not self._f.closed:
-            self._f.close()
+            self._close_quietly()
 
 
 def file_crc32(path: str | os.PathLike, chunk: int = 16 << 20) -> int:

@@ -40,7 +40,8 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
-from diskgnn.manifest import (Crc32Writer, _clear_directory, finish_output_dir, prepare_output_dir,
+from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
+                              finish_output_dir, prepare_output_dir,
                               read_manifest, write_manifest)
 from diskgnn.progress import ProgressFn, no_progress
 
@@ -526,6 +527,13 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     parts = {}
     sampled_edges = 0
     sample_seconds = 0.0
+    written = {"batches": 0, "bytes": 0}
+    total_batches = sum(num_batches_of(part_seeds(ds, cfg, p).shape[0], cfg.batch_size, num_shards, shard)
+                        for p in part_names(cfg.epochs))
+    # For a disk-full message: the bytes per batch so far, extrapolated to every batch.
+    expect_output_bytes(out, lambda: ds.num_nodes * 8 + written["bytes"] * total_batches // max(written["batches"], 1))
+    full_batches = max(total_batches - len(part_names(cfg.epochs)), 0)  # each holds >= batch_size input nodes
+    check_free_space(out, ds.num_nodes * 8 + full_batches * cfg.batch_size * 8, "the samples")
     writer = _BackgroundWriter()
     part_writers: list[_PartWriter] = []
     try:
@@ -542,6 +550,9 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
                 counts[input_nodes] += 1  # input nodes are distinct within a batch
                 writer.submit(pw.add, input_nodes, layer_sizes, block_indptr, block_indices)
                 sampled_edges += block_indices.shape[0]
+                written["batches"] += 1
+                written["bytes"] += 8 * (input_nodes.shape[0] + block_indptr.shape[0] + layer_sizes.shape[0] + 3) \
+                    + 4 * block_indices.shape[0]
                 progress(f"sample {part}", 1, nb)
             sample_seconds += time.perf_counter() - t0
             writer.submit(_close_part, pw, out, parts)

@@ -162,7 +162,7 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
     source = {"kind": "synth", "config": asdict(cfg)}
     with DatasetWriter(out, num_nodes=n, feat_dim=cfg.dim, feat_dtype=cfg.dtype, num_classes=cfg.classes,
                        source=source, config={"generator": "diskgnn.synth", **asdict(cfg)},
-                       overwrite=overwrite) as w:
+                       overwrite=overwrite, expected_edges=int(degree.sum())) as w:
         indptr = np.zeros(n + 1, dtype=np.int64)
         idx_writer = w.writer("indices", id_dtype)
         feat_writer = w.features_writer()

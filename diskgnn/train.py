@@ -337,6 +337,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     directory = Path(directory)
     path = directory / CHECKPOINT_NAME
     tmp = path.with_name(path.name + ".partial")
+    buf = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
@@ -352,7 +353,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
             tmp.unlink()
         except OSError:
             pass
-        raise_if_disk_full(exc, directory)
+        raise_if_disk_full(exc, directory, needed=buf.getbuffer().nbytes if buf is not None else None)
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; check --checkpoint") from None
     return path
 
