@@ -1,0 +1,32 @@
+"""The memory budget of a step: one place that turns ``--memory-budget`` into bytes.
+
+Every step (prepare, sample, pack, train) takes ``--memory-budget``; without
+it the budget is the memory available now (psutil, capped by this process's
+memory cgroup), so a step started inside a container or a benchmark cgroup
+plans for the memory it really has.
+"""
+from __future__ import annotations
+
+from diskgnn.errors import ConfigError
+
+MIN_BUDGET = 16 << 20
+"""Below this no step can do useful work; smaller values are almost certainly a typo (``2`` for ``2G``)."""
+
+
+def resolve_memory_budget(value=None, *, name: str = "--memory-budget", fraction: float = 1.0) -> int:
+    """Bytes of memory a step may use.
+
+    ``value`` is bytes (int), a size text (``512M``, ``2G``) or None for the
+    available memory times ``fraction`` (the share a step plans for, leaving
+    room for the interpreter and the page cache).
+    """
+    from diskgnn.sizes import parse_size
+    if value is None:
+        from diskgnn.capabilities import available_memory
+        return max(int(available_memory() * fraction), MIN_BUDGET)
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ConfigError(f"{name} must be positive, got {value!r}; give bytes such as 512M or 2G")
+    budget = parse_size(value, name=name)
+    if budget < MIN_BUDGET:
+        raise ConfigError(f"{name} {value!r} is below the minimum of 16M; give bytes such as 512M or 2G")
+    return budget
