@@ -36,8 +36,8 @@ from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_em
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
-from diskgnn.manifest import (Crc32Writer, _clear_directory, finish_output_dir, prepare_output_dir,
-                              write_manifest)
+from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
+                              finish_output_dir, prepare_output_dir, write_manifest)
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes, parse_factor, parse_size
 from diskgnn.store import FORMAT, TIER_NAMES, VERSION, Packed, samples_fingerprint
@@ -443,6 +443,9 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
             f"extent, {format_bytes(max_extent)}, plus indexes and chunks) but the memory budget is "
             f"{format_bytes(budget)}; raise --memory-budget, lower --chunk-size or use a larger --disk-budget")
     out = prepare_output_dir(out, overwrite=overwrite)
+    need = footprint_bytes(plan)["total"]  # exact: the plan fixes every file's size
+    expect_output_bytes(out, need)
+    check_free_space(out, need, "the packed features")
     try:
         files = _write_index(out, plan)
         t_io = time.perf_counter()
