@@ -141,7 +141,6 @@ def test_disk_full_sample_midway(small_fs, fx):
     assert_disk_full(rc, err, out)
 
 
-@pytest.mark.xfail(reason="pack does not yet record its expected size (diskgnn/packing.py is mid-change)", strict=False)
 def test_disk_full_pack(small_fs, fx):
     if fx.packed is None:
         pytest.skip("the packer is not available in this checkout")
