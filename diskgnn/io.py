@@ -77,6 +77,24 @@ def aligned_empty(nbytes: int, alignment: int = ALIGN) -> np.ndarray:
     return raw[shift:shift + nbytes]
 
 
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+
+
+def prefault(buf: np.ndarray) -> bool:
+    """Map every page of ``buf`` now (madvise MADV_POPULATE_WRITE), without changing its content.
+
+    Called through ctypes, so the GIL is released: a thread can prefault an output buffer while
+    another fills it. Returns False where the kernel does not support it (then pages fault on use).
+    """
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.madvise(ctypes.c_void_p(buf.ctypes.data), ctypes.c_size_t(buf.nbytes),
+                            _MADV_POPULATE_WRITE) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def is_aligned(buf: np.ndarray, alignment: int = ALIGN) -> bool:
     """Whether ``buf``'s data starts on an ``alignment`` boundary (an empty array always does)."""
     return buf.size == 0 or buf.ctypes.data % alignment == 0
@@ -188,7 +206,9 @@ class AlignedReader:
         if self.direct and not is_aligned(out):
             raise ConfigError("read buffer is not 4096-aligned; allocate it with diskgnn.io.aligned_empty")
         view = memoryview(out).cast("B")
-        jobs = []
+        want_crc = checksums is not None
+        big, small = [], []   # big: one request of a long run; small: a list of short runs read by one worker
+        batch, batch_bytes = [], 0
         pos = 0
         for k, (offset, length) in enumerate(runs):
             offset, length = int(offset), int(length)
@@ -198,30 +218,54 @@ class AlignedReader:
             if pos + span > len(view):
                 raise ConfigError(f"read buffer of {len(view)} bytes is too small for {pos + span} bytes")
             must = length if need is None else int(need[k])
-            for lo in range(0, span, self.request_size):
-                size = min(self.request_size, span - lo)
-                want = min(size, max(must - lo, 0))
-                jobs.append((pos + lo, offset + lo, size, want, k, min(size, length - lo)))
+            if span > self.request_size:
+                for lo in range(0, span, self.request_size):
+                    size = min(self.request_size, span - lo)
+                    big.append((pos + lo, offset + lo, size, min(size, max(must - lo, 0)), k,
+                                min(size, length - lo)))
+            elif span:
+                batch.append((pos, offset, span, min(span, must), k, length))
+                batch_bytes += span
+                if batch_bytes >= self.request_size or len(batch) >= 256:
+                    small.append(batch)
+                    batch, batch_bytes = [], 0
             pos += span
-        total = 0
+        if batch:
+            small.append(batch)
         crcs = [0] * len(runs)
-        if len(jobs) == 1:
-            job = jobs[0]
+        total = 0
+        njobs = len(big) + len(small)
+        if njobs == 1 and big:
+            job = big[0]
             total = self._check(job, self._read_one(view[job[0]:job[0] + job[2]], job[1], job[3]))
-            if checksums is not None:
+            if want_crc:
                 crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]])
-        else:
-            futures = [(job, self._pool.submit(self._read_one, view[job[0]:job[0] + job[2]], job[1], job[3]))
-                       for job in jobs]
-            for job, fut in futures:
+        elif njobs == 1:
+            total = self._read_small(view, small[0], crcs if want_crc else None)
+        elif njobs:
+            small_futures = [self._pool.submit(self._read_small, view, b, crcs if want_crc else None) for b in small]
+            big_futures = [(job, self._pool.submit(self._read_one, view[job[0]:job[0] + job[2]], job[1], job[3]))
+                           for job in big]
+            for job, fut in big_futures:
                 total += self._check(job, fut.result())
-                if checksums is not None:  # in file order, overlapping the requests still in flight
+                if want_crc:  # in file order, overlapping the requests still in flight
                     crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]], crcs[job[4]])
-        if checksums is not None:
+            for fut in small_futures:
+                total += fut.result()
+        if want_crc:
             checksums[:] = crcs
         with self._lock:
             self.bytes_read += total
-            self.requests += len(jobs)
+            self.requests += len(big) + sum(len(b) for b in small)
+        return total
+
+    def _read_small(self, view: memoryview, jobs, crcs) -> int:
+        """Read a list of short runs one after the other (one pool task: little Python per request)."""
+        total = 0
+        for job in jobs:
+            total += self._check(job, self._read_one(view[job[0]:job[0] + job[2]], job[1], job[3]))
+            if crcs is not None:
+                crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]])
         return total
 
     def _check(self, job, got: int) -> int:

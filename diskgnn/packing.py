@@ -20,6 +20,7 @@ file) is written, last. See :mod:`diskgnn.store` for the format.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype, node_id_dtype
 from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
-from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_empty
+from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_empty, prefault
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
@@ -72,8 +73,9 @@ class PackConfig:
     """Compute the Belady (optimal offline) hit rate of the same cache size as a bound."""
     seed: int = 0
     """Seed of the MinHash functions of the disk-budget layout."""
-    gap_pages: int = 2
-    """Holes of at most this many pages inside a batch's page runs are read rather than skipped."""
+    gap_pages: int = 8
+    """Holes of at most this many pages inside a batch's page runs are read rather than skipped
+    (one more request costs about as much as 4-10 pages of sequential transfer on the disks here)."""
 
     def __post_init__(self):
         for name in ("device_cache", "pinned_cache", "host_cache"):
@@ -401,6 +403,12 @@ def belady_hit_rate(trace: np.ndarray, num_nodes: int, capacity: int) -> float:
     return belady_hits(trace, nxt, pos, int(capacity), used.astype(np.int64), preload_keys) / t
 
 
+def _timed_belady(trace: np.ndarray, num_nodes: int, capacity: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    rate = belady_hit_rate(trace, num_nodes, capacity)
+    return rate, time.perf_counter() - t0
+
+
 def footprint_bytes(plan: PackPlan) -> dict:
     """Bytes of every file a pack with ``plan`` writes."""
     tier = {t: plan.tier_rows[t] * plan.row_bytes for t in TIER_NAMES}
@@ -448,8 +456,16 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     check_free_space(out, need, "the packed features")
     try:
         files = _write_index(out, plan)
+        belady = None
+        if cfg.belady:  # a nogil kernel: it runs on the other core while packing waits on the disk
+            belady = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-belady")
+            belady_future = belady.submit(_timed_belady, plan.inputs, ds.num_nodes, sum(plan.tier_rows.values()))
         t_io = time.perf_counter()
-        io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
+        try:
+            io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
+        finally:
+            if belady is not None:
+                belady.shutdown(wait=True)
         io_seconds = time.perf_counter() - t_io
         files.update(io_stats.pop("files"))
         files["runs"] = _write_array(out, "runs", plan.runs)  # their checksums were filled while writing
@@ -458,10 +474,8 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         stats["io_seconds"] = io_seconds
         stats["write_GBps"] = io_stats["bytes_written"] / io_seconds / 1e9 if io_seconds > 0 else None
         stats["read_GBps"] = io_stats["bytes_read"] / io_seconds / 1e9 if io_seconds > 0 else None
-        if cfg.belady:
-            tb = time.perf_counter()
-            stats["belady_hit_rate"] = belady_hit_rate(plan.inputs, ds.num_nodes, sum(plan.tier_rows.values()))
-            stats["belady_seconds"] = time.perf_counter() - tb
+        if belady is not None:
+            stats["belady_hit_rate"], stats["belady_seconds"] = belady_future.result()
         total_bytes = sum(ArraySpec.from_json(f, "pack").nbytes for f in files.values())
         stats["footprint"] = total_bytes / ds.feature_bytes
         stats["footprint_bytes"] = total_bytes
@@ -534,6 +548,17 @@ def _run_checksums(plan: PackPlan, buf: np.ndarray, g_lo: int, g_hi: int) -> Non
             plan.runs[r, 2] = zlib.crc32(buf[a:a + int(plan.runs[r, 1]) * ALIGN])
 
 
+class _Both:
+    """Waits for a write handle and a future."""
+
+    def __init__(self, handle, future):
+        self.handle, self.future = handle, future
+
+    def wait(self) -> None:
+        self.handle.wait()
+        self.future.result()
+
+
 def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_bytes: int,
                 progress: ProgressFn) -> dict:
     """Stream features.bin once per group, scatter rows to the tier files and the group buffer, write."""
@@ -556,7 +581,15 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
     writer = AlignedWriter(out / "packed.bin")
     tier_writers = [AlignedWriter(out / f"tier_{t}.bin") for t in TIER_NAMES]
     bufs = [aligned_empty(group_bytes) if groups else None, aligned_empty(group_bytes) if len(groups) > 1 else None]
+    # fault the output buffers in on another core while the first chunks are read
+    faulting = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-prefault")
+    for b in bufs:
+        if b is not None and b.nbytes >= 32 << 20:
+            faulting.submit(prefault, b)
+    faulting.shutdown(wait=False)
     handles = [None, None]
+    run_crcs = [None, None]
+    crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-runcrc")
     bytes_read = 0
     total_read = passes * file_end
     try:
@@ -610,8 +643,13 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                     bytes_read += len(raw)
                     progress("pack", len(raw), total_read)
             if group is not None:
-                _run_checksums(plan, buf, g_lo, g_hi)
                 handles[gi % 2] = writer.write_aligned(buf[:g_hi - g_lo])
+                # run checksums off the critical path; the buffer is only reused after both finish
+                run_crcs[gi % 2] = crc_pool.submit(_run_checksums, plan, buf, g_lo, g_hi)
+                handles[gi % 2] = _Both(handles[gi % 2], run_crcs[gi % 2])
+        for fut in run_crcs:
+            if fut is not None:
+                fut.result()
         files = {}
         info = writer.close(keep_padding=True)
         files["packed"] = ArraySpec(path="packed.bin", dtype="|u1", shape=(info["bytes"],),
@@ -627,6 +665,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
             w.abort()
         raise
     finally:
+        crc_pool.shutdown(wait=True)
         reader.close()
     return {"files": files, "passes": passes, "bytes_read": bytes_read, "bytes_written": written,
             "group_bytes": group_bytes, "chunk_bytes": chunk_bytes}

@@ -157,3 +157,21 @@ def test_disk_probes_return_rates(tmp_path):
     assert limits.seq_read_GBps > 0 and limits.rand4k_iops_qd64 > 0 and limits.file_bytes == 1 << 20
     assert not (tmp_path / "d" / ".diskgnn-io-probe.bin").exists()
     assert set(limits.to_json()) >= {"seq_read_GBps", "seq_write_GBps", "rand4k_iops_qd1", "rand4k_iops_qd64"}
+
+
+def test_many_small_runs_and_checksums(tmp_path):
+    """Short runs are batched per worker, long ones split into requests; data and crc32 per run are exact."""
+    path, data = _file(tmp_path, 700 * 4096 + 10)
+    rng = np.random.default_rng(4)
+    pages = np.sort(rng.choice(600, 300, replace=False))
+    runs = [(int(p) * 4096, int(rng.integers(1, 4097))) for p in pages] + [(600 * 4096, 100 * 4096 + 10)]
+    runs = [r for r in runs if r[0] + r[1] <= data.size]
+    out = aligned_empty(sum(align_up(n) for _, n in runs))
+    crcs = []
+    with AlignedReader(path, request_size=16384, depth=4) as r:
+        r.read_runs(runs, out, checksums=crcs)
+    pos = 0
+    for (off, n), crc in zip(runs, crcs):
+        assert np.array_equal(out[pos:pos + n], data[off:off + n])
+        assert crc == zlib.crc32(data[off:off + n].tobytes())
+        pos += align_up(n)
