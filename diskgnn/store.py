@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diskgnn.dataset import ArraySpec, Dataset, bf16_bits_to_float32, feature_dtype, open_array
+from diskgnn.dataset import ArraySpec, Dataset, array_crc32, bf16_bits_to_float32, feature_dtype, open_array
 from diskgnn.errors import ConfigError, IntegrityError, ManifestError, MemoryBudgetError, MismatchError
 from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_empty
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
@@ -253,8 +253,11 @@ class Packed:
             self._parts = [(str(p["name"]), int(p["first_batch"]), int(p["num_batches"])) for p in manifest["parts"]]
             self.specs = {name: ArraySpec.from_json(obj, str(where)) for name, obj in manifest["files"].items()}
             self.stats = dict(manifest.get("stats", {}))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"{where} lacks a valid field ({exc}); re-run diskgnn pack") from None
+        if sorted(self.tier_rows) != sorted(TIER_NAMES) or min(self.tier_rows.values()) < 0:
+            raise IntegrityError(f"{where}: tiers {self.tier_rows} must be {', '.join(TIER_NAMES)} with row counts "
+                                 f">= 0; re-run diskgnn pack")
         if self.store_dtype not in ("fp32", "fp16", "bf16"):
             raise IntegrityError(f"{where}: unknown store dtype {self.store_dtype!r}")
         if self.row_bytes != self.feat_dim * feature_dtype(self.store_dtype).itemsize:
@@ -286,6 +289,10 @@ class Packed:
 
     def _resolve(self, key: str) -> Path:
         rec = self.manifest.get(key, {})
+        if not isinstance(rec, dict) or not isinstance(rec.get("path", ""), str) \
+                or not isinstance(rec.get("relpath") or "", str):
+            raise IntegrityError(f"{self.path}/manifest.json: the {key} entry {rec!r} is not a path record; "
+                                 f"re-run diskgnn pack")
         candidates = [Path(rec.get("path", ""))]
         if rec.get("relpath"):
             candidates.append((self.path / rec["relpath"]).resolve())
@@ -424,6 +431,10 @@ class FeatureStore:
         self.batches = np.array(p.array("batches"))
         self.runs = np.array(p.array("runs"))
         self.maps = p.array("maps")
+        if check_crc:  # the index decides which bytes are read and where rows go: it must be intact
+            for name, arr in (("batches", self.batches), ("runs", self.runs), ("maps", self.maps),
+                              ("cache_nodes", p.array("cache_nodes"))):
+                self._check_crc(name, arr)
         runs_pages = np.zeros(len(self.batches) + 1, dtype=np.int64)
         if len(self.runs):
             cum = np.concatenate([[0], np.cumsum(self.runs[:, 1])])
@@ -475,7 +486,15 @@ class FeatureStore:
             return p.array(f"tier_{tier}")
         with AlignedReader(p.path / spec.path) as r:
             data = r.read_file(spec.nbytes)
+        if self.check_crc:
+            self._check_crc(f"tier_{tier}", data[:spec.nbytes])
         return data.view(self._dtype).reshape(shape)
+
+    def _check_crc(self, name: str, array: np.ndarray) -> None:
+        spec = self.packed.specs[name]
+        if spec.crc32 is not None and array_crc32(np.asarray(array)) != spec.crc32:
+            raise IntegrityError(f"{self.packed.path / spec.path}: checksum mismatch (the manifest says crc32 "
+                                 f"{spec.crc32:08x}); the file is corrupt, re-run diskgnn pack")
 
     # -- stats --
     def reset_stats(self) -> None:
