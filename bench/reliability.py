@@ -804,6 +804,115 @@ def run_fuzz(fx: Fixtures, n: int, work: Path, *, seed: int = 0, case_timeout: f
             "max_case_seconds": max(seconds, default=0), "by_command": by_command, "failures": bad[:40]}
 
 
+# --- bounded memory at scale -----------------------------------------------------------------------
+
+def write_raw_input_streaming(ds, out: Path, chunk_rows: int = 1 << 20) -> Path:
+    """Like :func:`write_raw_input` but for datasets larger than memory: .npy files written in chunks."""
+    from numpy.lib.format import open_memmap
+    out.mkdir(parents=True, exist_ok=True)
+    n, e = ds.num_nodes, ds.num_edges
+    edges = open_memmap(out / "edge_index.npy", mode="w+", dtype=np.int64, shape=(2, e))
+    indptr = np.asarray(ds.indptr)
+    for lo in range(0, n, chunk_rows):
+        hi = min(n, lo + chunk_rows)
+        a, b = int(indptr[lo]), int(indptr[hi])
+        edges[0, a:b] = ds.indices[a:b]
+        edges[1, a:b] = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(indptr[lo:hi + 1]))
+    edges.flush()
+    del edges
+    feats = open_memmap(out / "feat.npy", mode="w+", dtype=ds.features.dtype, shape=ds.features.shape)
+    for lo in range(0, n, chunk_rows):
+        feats[lo:lo + chunk_rows] = ds.features[lo:lo + chunk_rows]
+    feats.flush()
+    del feats
+    np.save(out / "label.npy", np.asarray(ds.labels))
+    for s in ("train", "val", "test"):
+        np.save(out / f"{s}_idx.npy", np.asarray(ds.split(s)))
+    return out
+
+
+def rss_wrapped(*cli_args: str) -> list[str]:
+    """A command that runs ``diskgnn CLI_ARGS`` and prints its own peak RSS as a JSON line on stderr."""
+    return [sys.executable, "-m", "diskgnn.bench.reliability", "--rss-wrap", *map(str, cli_args)]
+
+
+def _rss_wrap(argv: list[str]) -> int:
+    import resource
+    from diskgnn.tools.cli import main as cli_main
+    rc = cli_main(argv)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_rss_bytes": peak, "rc": rc}), file=sys.stderr)
+    return rc
+
+
+def measure_memory(dataset: Path, work: Path, *, cap: int = 2 << 30, samples: Path | None = None,
+                   packed: Path | None = None, budgets=(None, "2G"), epochs: int = 1,
+                   steps=("prepare", "sample", "pack", "train"), timeout: float = 3600) -> dict:
+    """Peak RSS of each step on ``dataset`` under a ``cap``-byte memory cgroup, per memory budget.
+
+    ``budgets``: None runs without ``--memory-budget`` (the default from the memory the cgroup
+    leaves), a size passes it. Existing ``samples``/``packed`` directories are reused as inputs of
+    the later steps when given; outputs go to ``work`` and are deleted after each step.
+    """
+    from diskgnn.cgroup import run_capped
+    from diskgnn.dataset import Dataset
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    ds = Dataset.open(dataset)
+    out: dict = {"dataset": str(dataset), "nodes": ds.num_nodes, "edges": ds.num_edges,
+                 "feature_bytes": ds.feature_bytes, "cap_bytes": cap, "runs": []}
+    raw = None
+    if "prepare" in steps:
+        t0 = time.perf_counter()
+        raw = write_raw_input_streaming(ds, work / "raw")
+        out["raw_input_seconds"] = round(time.perf_counter() - t0, 1)
+    if samples is None and ("pack" in steps or "train" in steps):
+        samples = work / "samples_input"
+        r = run_capped(cli_argv("sample", dataset, "--out", samples, "--fanouts", "10,15", "--batch-size", "1024"),
+                       None, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"sampling the input failed: {r.stderr[-2000:]}")
+    if packed is None and "train" in steps:
+        packed = work / "packed_input"
+        r = run_capped(cli_argv("pack", samples, "--out", packed, "--host-cache", "10%"), None, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"packing the input failed: {r.stderr[-2000:]}")
+    for step in steps:
+        for budget in budgets:
+            target = work / f"{step}_out"
+            flag = [] if budget is None else ["--memory-budget", str(budget)]
+            if step == "prepare":
+                args = ["prepare", "--format", "npz", raw, "--out", target, *flag]
+            elif step == "sample":
+                args = ["sample", dataset, "--out", target, "--fanouts", "10,15", "--batch-size", "1024", *flag]
+            elif step == "pack":
+                args = ["pack", samples, "--out", target, "--host-cache", "10%", *flag]
+            else:
+                args = ["train", packed, "--model", "sage", "--epochs", str(epochs), "--device", "cpu",
+                        "--checkpoint", target, *flag]
+            r = run_capped(rss_wrapped(*args, "-q"), cap, timeout=timeout)
+            rss = None
+            for line in r.stderr.splitlines():
+                if line.startswith("{") and "peak_rss_bytes" in line:
+                    rss = json.loads(line)["peak_rss_bytes"]
+            limit = parse_budget(budget, cap)
+            row = {"step": step, "memory_budget": budget or "default", "budget_bytes": limit,
+                   "returncode": r.returncode, "oom_killed": r.oom_killed, "cgroup": r.cgroup,
+                   "peak_rss_bytes": rss, "cgroup_peak_bytes": r.peak_bytes, "wall_s": round(r.wall_s, 1),
+                   "within_budget_plus_10pct": rss is not None and r.returncode == 0 and rss <= 1.1 * limit,
+                   "stderr_tail": r.stderr[-600:] if r.returncode != 0 else ""}
+            log.info("memory %s", {k: v for k, v in row.items() if k != "stderr_tail"})
+            out["runs"].append(row)
+            shutil.rmtree(target, ignore_errors=True)
+    return out
+
+
+def parse_budget(budget, cap: int) -> int:
+    """The bytes a run may use: the explicit budget, else the cgroup cap (what the default resolves to)."""
+    from diskgnn.sizes import parse_size
+    return cap if budget is None else min(parse_size(budget), cap)
+
+
 # --- command line -----------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -816,8 +925,36 @@ def main(argv=None) -> int:
     p.add_argument("--big", action="store_true", help="larger kill-trial inputs (longer steps)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--out", default=None, help="also write the JSON result here")
+    p.add_argument("--memory", default=None, metavar="DATASET",
+                   help="instead: measure peak RSS of prepare/sample/pack/train on DATASET under --cap")
+    p.add_argument("--cap", default="2G", help="memory cgroup limit for --memory (default 2G)")
+    p.add_argument("--samples", default=None, help="--memory: an existing samples dir of DATASET to pack from")
+    p.add_argument("--packed", default=None, help="--memory: an existing packed dir to train from")
+    p.add_argument("--steps", default="prepare,sample,pack,train", help="--memory: steps to measure")
     p.add_argument("--fuzz-worker", nargs=3, metavar=("SPEC", "RESULTS", "START"), help=argparse.SUPPRESS)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--rss-wrap"]:
+        return _rss_wrap(list(argv[1:]))
     args = p.parse_args(argv)
+    if args.memory:
+        from diskgnn.sizes import parse_size
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        work = Path(args.workdir)
+        try:
+            result = measure_memory(Path(args.memory), work, cap=parse_size(args.cap),
+                                    samples=Path(args.samples) if args.samples else None,
+                                    packed=Path(args.packed) if args.packed else None,
+                                    steps=tuple(args.steps.split(",")))
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        text = json.dumps(result, indent=2, default=str)
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+        return 0 if all(r["within_budget_plus_10pct"] for r in result["runs"]) else 1
     if args.fuzz_worker:
         fuzz_worker(Path(args.fuzz_worker[0]), Path(args.fuzz_worker[1]), int(args.fuzz_worker[2]))
         return 0

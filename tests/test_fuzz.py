@@ -136,3 +136,31 @@ def test_truncated_extent_stops_training(fx, tmp_path):
     rc, err = run_cli("train", d, *fx.train_args, "--epochs", "1")
     assert rc == 2, err
     assert "packed.bin" in err
+
+
+@pytest.mark.parametrize("edit", ["dataset_not_a_record", "tier_renamed"])
+def test_mangled_packed_manifest(fx, tmp_path, edit):
+    if fx.checkpoint is None:
+        pytest.skip("the trainer is not available in this checkout")
+    d = corrupt_copy(fx.packed, tmp_path / "packed")
+    m = json.loads((d / "manifest.json").read_text())
+    if edit == "dataset_not_a_record":
+        m["dataset"] = 1.5
+    else:
+        m["tiers"][0]["name"] = "gpu"
+    (d / "manifest.json").write_text(json.dumps(m))
+    for cmd in (("verify", d), ("train", d, *fx.train_args, "--epochs", "1")):
+        rc, err = run_cli(*cmd)
+        assert rc == 2 and "manifest.json" in err, (cmd, err)
+
+
+@pytest.mark.parametrize("target", ["batches.bin", "runs.bin", "maps.bin", "tier_host.bin"])
+def test_training_checks_the_index_and_tiers_it_loads(fx, tmp_path, target):
+    if fx.checkpoint is None:
+        pytest.skip("the trainer is not available in this checkout")
+    d = corrupt_copy(fx.packed, tmp_path / "packed")
+    data = bytearray((d / target).read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (d / target).write_bytes(bytes(data))
+    rc, err = run_cli("train", d, *fx.train_args, "--epochs", "1")
+    assert rc == 2 and target in err and "checksum" in err, err
