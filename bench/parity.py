@@ -50,7 +50,7 @@ def dgl_online(ds, *, fanouts, batch_size, epochs, seed, model, hidden, lr, feat
     """Train with DGL's online NeighborSampler; returns best-val test accuracy and epoch times."""
     import dgl
     from diskgnn.models import build_model
-    indptr = torch.from_numpy(np.asarray(ds.indptr, dtype=np.int64))
+    indptr = torch.from_numpy(np.array(ds.indptr, dtype=np.int64))
     indices = torch.from_numpy(np.asarray(ds.indices).astype(np.int64))
     graph = dgl.graph(("csc", (indptr, indices, torch.empty(0, dtype=torch.int64))), num_nodes=ds.num_nodes,
                       idtype=torch.int64)
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     logging.getLogger("diskgnn.packing").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Import every stage now: a long run should not pick up half-edited sources later.
+    import diskgnn.packing, diskgnn.sampling, diskgnn.store, diskgnn.train, diskgnn.models  # noqa: F401,E401
 
     from diskgnn.dataset import Dataset, bf16_bits_to_float32
     if not (Path(args.dataset) / "manifest.json").exists():
@@ -184,6 +186,20 @@ def main(argv=None) -> int:
                   hidden=args.hidden, lr=args.lr)
     t_start = time.time()
     systems = {}
+    parity_k = None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> Path:  # after every system, so a crash keeps what was measured
+        result = {"bench": "parity", "dataset": str(ds.path), "fingerprint": ds.fingerprint,
+                  "config": {**common, "seeds": seeds, "ks": ks, "tolerance_points": args.tolerance,
+                             "features": args.features},
+                  "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                  "seconds": round(time.time() - t_start, 1), "systems": systems, "parity_k": parity_k}
+        tmp = out.with_name(out.name + ".partial")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)
+        return out
 
     feats = np.array(ds.features)
     features = torch.from_numpy(bf16_bits_to_float32(feats) if ds.feat_dtype == "bf16" else feats.astype(np.float32))
@@ -196,9 +212,9 @@ def main(argv=None) -> int:
         runs.append(r)
     del features, feats
     systems["dgl-online"] = summarize(runs)
+    save()
     reference = systems["dgl-online"]["test_acc_mean"]
 
-    parity_k = None
     for k in ks:
         runs = []
         for seed in seeds:
@@ -209,6 +225,7 @@ def main(argv=None) -> int:
             runs.append(r)
         systems[f"diskgnn-K{k}"] = s = summarize(runs)
         s["gap_points"] = 100 * (s["test_acc_mean"] - reference)
+        save()
         if parity_k is None and abs(s["gap_points"]) <= args.tolerance:
             parity_k = k
             if not args.all_ks:
@@ -222,14 +239,7 @@ def main(argv=None) -> int:
         systems["mlp"] = s = summarize(runs)
         s["gap_points"] = 100 * (s["test_acc_mean"] - reference)
 
-    result = {"bench": "parity", "dataset": str(ds.path), "fingerprint": ds.fingerprint,
-              "config": {**common, "seeds": seeds, "ks": ks, "tolerance_points": args.tolerance,
-                         "features": args.features},
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "seconds": round(time.time() - t_start, 1), "systems": systems, "parity_k": parity_k}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = save()
     print(f"accuracy parity on {ds.path} ({args.epochs} epochs, seeds {seeds}); best-val epoch's test accuracy:")
     print("| system | mean | std | min | max | gap to dgl (points) | s/epoch |")
     print("|---|---|---|---|---|---|---|")
