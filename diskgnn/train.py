@@ -28,6 +28,7 @@ import os
 import resource
 import statistics
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -341,7 +342,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(_seal(state), buf)
         with open(tmp, "wb") as f:
             f.write(buf.getbuffer())
             f.flush()
@@ -358,6 +359,34 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+def _seal(state: dict) -> dict:
+    """Wrap the serialized ``state`` with its crc32, so a damaged checkpoint is refused rather than resumed."""
+    inner = io.BytesIO()
+    torch.save(state, inner)
+    payload = inner.getvalue()
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "sealed": True,
+            "crc32": zlib.crc32(payload), "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+
+
+def _unseal(state, path: Path):
+    """The state inside a sealed checkpoint after checking its crc32 (unsealed ones pass through)."""
+    if not isinstance(state, dict) or not state.get("sealed"):
+        return state
+    payload = state.get("payload")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or not isinstance(state.get("crc32"), int):
+        raise CheckpointError(f"{path} is damaged (its payload or checksum is missing); delete it and start again "
+                              f"without --resume")
+    data = payload.numpy().tobytes()
+    if zlib.crc32(data) != state["crc32"]:
+        raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt; delete it and start again "
+                              f"without --resume (or restore a good copy)")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign payload
+        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the checkpoint is "
+                              f"corrupt: delete it and start again without --resume") from None
+
+
 def load_checkpoint(directory: str | os.PathLike) -> dict:
     """Read and check ``directory/checkpoint.pt``; :class:`CheckpointError` when missing or corrupt."""
     directory = Path(directory)
@@ -371,6 +400,7 @@ def load_checkpoint(directory: str | os.PathLike) -> dict:
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the checkpoint is "
                               f"corrupt: delete it and start again without --resume") from None
+    state = _unseal(state, path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a diskgnn checkpoint; pass the --checkpoint directory that "
                               f"diskgnn train wrote")

@@ -186,4 +186,20 @@ def test_checkpoint_of_another_model_or_data(tiny_samples, tiny_dataset, tmp_pat
 def test_save_checkpoint_is_atomic(tmp_path):
     save_checkpoint(tmp_path, {"a": torch.ones(3)})
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
-    assert torch.equal(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["a"], torch.ones(3))
+    from diskgnn.train import _unseal  # the file holds the state sealed with its crc32
+    state = _unseal(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True), tmp_path / CHECKPOINT_NAME)
+    assert torch.equal(state["a"], torch.ones(3))
+
+
+def test_damaged_checkpoint_is_refused_not_resumed(tiny_samples, tiny_dataset, tmp_path):
+    ck = tmp_path / "ck"
+    make_trainer(tiny_samples, tiny_dataset, epochs=1, checkpoint=str(ck)).fit()
+    data = bytearray((ck / CHECKPOINT_NAME).read_bytes())
+    state = torch.load(ck / CHECKPOINT_NAME, weights_only=True)
+    payload = state["payload"].numpy().tobytes()
+    at = bytes(data).find(payload[200:264])  # a byte inside the serialized weights
+    assert at > 0
+    data[at + 5] ^= 0x10
+    (ck / CHECKPOINT_NAME).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(ck)
