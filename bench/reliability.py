@@ -161,8 +161,8 @@ def snapshot_dir(directory: Path) -> dict:
 def snapshot_checkpoint(directory: Path) -> dict:
     """The checkpoint's epoch, tensors (by crc32 of their bytes) and per-epoch losses and accuracies."""
     import torch
-    path = Path(directory) / "checkpoint.pt"
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from diskgnn.train import load_checkpoint
+    state = load_checkpoint(directory)
 
     def digest(obj):
         if isinstance(obj, torch.Tensor):
@@ -846,7 +846,7 @@ def _rss_wrap(argv: list[str]) -> int:
 
 
 def measure_memory(dataset: Path, work: Path, *, cap: int = 2 << 30, samples: Path | None = None,
-                   packed: Path | None = None, budgets=(None, "2G"), epochs: int = 1,
+                   packed: Path | None = None, budgets=(None, "1G"), epochs: int = 1,
                    steps=("prepare", "sample", "pack", "train"), timeout: float = 3600) -> dict:
     """Peak RSS of each step on ``dataset`` under a ``cap``-byte memory cgroup, per memory budget.
 
