@@ -35,7 +35,7 @@ from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype,
 from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
 from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_empty, prefault
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
-from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
 from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, write_manifest)
@@ -271,17 +271,16 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
 
     nsel = len(offsets) - 1
     uncached = np.zeros(nsel, dtype=np.int64)
-    count_uncached(inputs, offsets, slot_of_node, uncached)
+    maps = np.empty(inputs.size, dtype=map_dtype)
+    row_nodes = np.empty(inputs.size, dtype=np.int64)
+    rows = plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, uncached)
+    row_nodes = row_nodes[:rows]
     plain_bytes = int(sum(align_up(int(c) * rb) for c in uncached))
     budget = None if cfg.disk_budget is None else int(parse_factor(cfg.disk_budget, name="--disk-budget")
                                                       * ds.feature_bytes)
-    maps = np.empty(inputs.size, dtype=map_dtype)
     batch_runs: list[np.ndarray] = []
     if budget is None or plain_bytes <= budget:
         layout, seg_batches = "plain", None
-        row_offsets = np.concatenate([[0], np.cumsum(uncached)]).astype(np.int64)
-        row_nodes = np.empty(int(row_offsets[-1]), dtype=np.int64)
-        plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, row_offsets)
         extent_rows = uncached
         extent_bytes = np.array([align_up(int(c) * rb) for c in uncached], dtype=np.int64)
         extent_of_batch = np.arange(nsel, dtype=np.int64)
@@ -290,6 +289,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
                               else np.zeros((0, 3), dtype=np.int64))
     else:
         layout = "segments"
+        del row_nodes
         marker = np.empty(n, dtype=np.int64)
 
         def seg_bytes(s: int) -> int:
@@ -589,6 +589,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
     faulting.shutdown(wait=False)
     handles = [None, None]
     run_crcs = [None, None]
+    phase = {"read_wait_s": 0.0, "convert_and_tiers_s": 0.0, "scatter_s": 0.0, "group_setup_s": 0.0}
     crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-runcrc")
     bytes_read = 0
     total_read = passes * file_end
@@ -596,6 +597,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
         for gi in range(passes):
             need_tiers = gi == 0 and plan.cache_nodes.size > 0
             group = groups[gi] if gi < len(groups) else None
+            t_setup = time.perf_counter()
             c_first, c_last = nchunks, -1
             if need_tiers:
                 c_first, c_last = 0, nchunks - 1
@@ -617,9 +619,17 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                     c_first, c_last = min(c_first, int(nonempty[0])), max(c_last, int(nonempty[-1]))
                 view = buf[:g_hi - g_lo]
                 dst = view.view(np.uint64) if words else view
+            phase["group_setup_s"] += time.perf_counter() - t_setup
             if c_last >= c_first:
-                for off, raw in reader.stream(chunk_bytes, c_first * chunk_bytes,
-                                              min((c_last + 1) * chunk_bytes, file_end)):
+                chunks = reader.stream(chunk_bytes, c_first * chunk_bytes, min((c_last + 1) * chunk_bytes, file_end))
+                while True:
+                    t_wait = time.perf_counter()
+                    item = next(chunks, None)
+                    t_got = time.perf_counter()
+                    phase["read_wait_s"] += t_got - t_wait
+                    if item is None:
+                        break
+                    off, raw = item
                     c = off // chunk_bytes
                     lo_node = off // src_rb
                     rows = raw.view(src_dtype).reshape(-1, f)
@@ -633,6 +643,8 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                                 picked = np.empty((b - a, rb), dtype=np.uint8)
                                 gather_rows(conv_bytes, tn[a:b] - lo_node, np.arange(b - a, dtype=np.int64), picked)
                                 tier_writers[k].write(picked)
+                    t_scatter = time.perf_counter()
+                    phase["convert_and_tiers_s"] += t_scatter - t_got
                     if group is not None and starts[c + 1] > starts[c]:
                         s, e = int(starts[c]), int(starts[c + 1])
                         if words and conv.ctypes.data % 8 == 0:
@@ -640,6 +652,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                                           dests[s:e] // 8)
                         else:
                             scatter_bytes(conv_bytes, local[s:e], view, dests[s:e])
+                    phase["scatter_s"] += time.perf_counter() - t_scatter
                     bytes_read += len(raw)
                     progress("pack", len(raw), total_read)
             if group is not None:
@@ -647,11 +660,13 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                 # run checksums off the critical path; the buffer is only reused after both finish
                 run_crcs[gi % 2] = crc_pool.submit(_run_checksums, plan, buf, g_lo, g_hi)
                 handles[gi % 2] = _Both(handles[gi % 2], run_crcs[gi % 2])
+        t_tail = time.perf_counter()
         for fut in run_crcs:
             if fut is not None:
                 fut.result()
         files = {}
         info = writer.close(keep_padding=True)
+        phase["write_tail_s"] = time.perf_counter() - t_tail
         files["packed"] = ArraySpec(path="packed.bin", dtype="|u1", shape=(info["bytes"],),
                                     crc32=info["crc32"]).to_json()
         written = info["bytes"]
@@ -668,4 +683,4 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
         crc_pool.shutdown(wait=True)
         reader.close()
     return {"files": files, "passes": passes, "bytes_read": bytes_read, "bytes_written": written,
-            "group_bytes": group_bytes, "chunk_bytes": chunk_bytes}
+            "group_bytes": group_bytes, "chunk_bytes": chunk_bytes, "phases": phase}

@@ -24,16 +24,17 @@ def count_uncached(inputs, offsets, slot_of_node, counts):
 
 
 @numba.njit(cache=True, nogil=True)
-def plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, row_offsets):
+def plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, counts):
     """Maps of the plain layout: each batch's uncached rows in input order, in its own extent.
 
     maps: [T] (int32 or int64): the cache slot, or n_cached + k for the k-th
-    uncached input of the batch. row_nodes: [sum of uncached] node of each
-    packed row; batch b's rows start at row_offsets[b].
+    uncached input of the batch. row_nodes: [>= rows] receives the node of
+    each packed row, batch after batch; counts: int64 [nb] uncached inputs per
+    batch. Returns the number of packed rows.
     """
+    j = 0
     for b in range(offsets.shape[0] - 1):
         k = 0
-        base = row_offsets[b]
         for e in range(offsets[b], offsets[b + 1]):
             v = inputs[e]
             s = slot_of_node[v]
@@ -41,8 +42,11 @@ def plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, row_off
                 maps[e] = s
             else:
                 maps[e] = n_cached + k
-                row_nodes[base + k] = v
+                row_nodes[j] = v
+                j += 1
                 k += 1
+        counts[b] = k
+    return j
 
 
 @numba.njit(cache=True, nogil=True)

@@ -85,8 +85,10 @@ def test_plan_kernels_match_numpy():
     assert counts.tolist() == twin
     row_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     maps = np.empty(inputs.size, dtype=np.int32)
-    row_nodes = np.empty(row_off[-1], dtype=np.int64)
-    plain_maps(inputs, offsets, slot, 12, maps, row_nodes, row_off)
+    row_nodes = np.full(inputs.size, -1, dtype=np.int64)
+    counts2 = np.zeros(nb, dtype=np.int64)
+    assert plain_maps(inputs, offsets, slot, 12, maps, row_nodes, counts2) == row_off[-1]
+    assert np.array_equal(counts2, counts)
     for b in range(nb):
         x = inputs[offsets[b]:offsets[b + 1]]
         unc = x[slot[x] < 0]
