@@ -344,7 +344,18 @@ class Packed:
         first, nb = self._part(part)
         if not 0 <= int(index) < nb:
             raise ConfigError(f"batch {index} of {part!r} does not exist: it has {nb} batches")
+        if not self.holds(part, index):
+            shards = self.manifest["shard"]["num_shards"]
+            raise ConfigError(f"batch {index} of {part!r} belongs to shard {int(index) % shards} of {shards}, but "
+                              f"{self.path} was packed for shard {self.manifest['shard']['shard']}; use that "
+                              f"shard's packed directory")
         return first + int(index)
+
+    def holds(self, part: str, index: int) -> bool:
+        """Whether this directory packed batch ``index`` of ``part`` (``pack --num-shards`` packs every S-th)."""
+        shard = self.manifest.get("shard") or {}
+        shards = int(shard.get("num_shards", 1))
+        return shards == 1 or int(index) % shards == int(shard.get("shard", 0))
 
     def array(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -741,9 +752,8 @@ def _check_rows(p: Packed) -> None:
         for part in p.parts:
             nb = p.num_batches(part)
             for i in sorted({0, nb - 1} if nb else set()):
-                g = p.batch_id(part, i)
-                if store.batches[g, 0] == store.batches[g, 1] and samples.input_nodes(part, i).size:
-                    continue  # a batch of another shard
+                if not p.holds(part, i):
+                    continue
                 got = store.assemble(part, i).numpy()
                 nodes = np.asarray(samples.input_nodes(part, i))
                 want = to_float32(convert_rows(np.asarray(ds.features[nodes]), ds.feat_dtype, p.store_dtype),

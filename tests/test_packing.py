@@ -355,6 +355,22 @@ def test_repeated_nodes_inside_a_batch(samples, tiny_dataset, tmp_path):
         _check_all_batches(packed, fake, tiny_dataset)
 
 
+def test_sharded_pack_holds_its_share(samples, tiny_dataset, tmp_path):
+    packed = pack(samples.path, tmp_path / "s1", PackConfig(host_cache="5%"), num_shards=2, shard=1)
+    verify_packed(packed)
+    with FeatureStore(packed, "cpu") as store:
+        for part in samples.parts:
+            for i in range(samples.num_batches(part)):
+                if i % 2 == 1:
+                    want = _reference(tiny_dataset, samples.input_nodes(part, i), "fp32")
+                    assert np.array_equal(store.assemble(part, i).numpy(), want)
+                else:
+                    with pytest.raises(ConfigError, match="belongs to shard 0 of 2"):
+                        store.read(part, i)
+    whole = pack(samples.path, tmp_path / "all", PackConfig(host_cache="5%"))
+    assert packed.stats["packed_bytes"] < whole.stats["packed_bytes"]
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 def test_cache_over_free_memory(samples, tmp_path, monkeypatch):
