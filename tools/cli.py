@@ -91,6 +91,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint directory's last epoch")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     g.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (default 1)")
+    g.add_argument("--memory-budget", default=None,
+                   help="memory this machine may use for feature tiers and buffers, e.g. 8G, divided among its "
+                        "--nproc processes (default: available memory)")
     g.add_argument("--threads", type=int, default=None, help="torch/numba threads per process (default: all cores)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
 
@@ -249,16 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank() -> int | None:
+    """This process's rank when it is one of several (torchrun sets RANK and WORLD_SIZE), else None."""
+    import os
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    except (KeyError, ValueError):
+        return None
+
+
 def _setup_logging(args) -> None:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    rank = _rank()
+    if rank:  # only rank 0 of a multi-process run narrates; the others report problems
+        level = max(level, logging.WARNING) if not args.verbose else level
+    where = "" if rank is None else f"[rank {rank}] "
+    logging.basicConfig(level=level, format=f"%(levelname)s {where}%(name)s: %(message)s", stream=sys.stderr)
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_args(build_parser().parse_args(argv))
+
+
+def run_args(args) -> int:
+    """Run the parsed command ``args`` (with ``func`` and ``command``): logging, progress, error paragraphs."""
     _setup_logging(args)
-    progress = TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
+    progress = TqdmProgress(enabled=not args.quiet and sys.stderr.isatty() and not _rank())
     try:
         return int(args.func(args, progress) or 0)
     except DiskGNNError as exc:
