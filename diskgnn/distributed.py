@@ -40,6 +40,8 @@ reports the first cause.
 from __future__ import annotations
 
 import datetime
+import faulthandler
+import gc
 import logging
 import math
 import os
@@ -56,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diskgnn.errors import ConfigError, DiskGNNError, DistributedError, InputNotFoundError
+from diskgnn.errors import ConfigError, DiskGNNError, DistributedError, InputNotFoundError, MismatchError
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.train import Trainer, TrainConfig, epoch_permutation, resolve_device
 
@@ -189,12 +191,20 @@ def shard_layout(samples, packed_manifest: dict | None = None) -> ShardLayout:
     return ShardLayout(1, 0, False)
 
 
-def global_num_batches(samples, part: str) -> int:
-    """Batches of ``part`` over all shards (equal to ``samples.num_batches`` when unsharded)."""
+def global_num_batches(samples, part: str, dataset=None) -> int:
+    """Batches of ``part`` over all shards (``samples.num_batches`` when unsharded; else from the dataset's split)."""
     if getattr(samples, "num_shards", 1) == 1:
         return samples.num_batches(part)
-    seeds = int(samples.manifest["parts"][part]["num_seeds"])
-    return -(-seeds // samples.config.batch_size)
+    from diskgnn.sampling import num_batches_of
+    dataset = dataset if dataset is not None else samples.open_dataset()
+    seeds = int(dataset.split("train" if part.startswith("train/") else part).shape[0])
+    total = num_batches_of(seeds, samples.config.batch_size)
+    if num_batches_of(seeds, samples.config.batch_size, samples.num_shards, samples.shard) != samples.num_batches(part):
+        raise MismatchError(f"{samples.path}: part {part} holds {samples.num_batches(part)} batches, but shard "
+                            f"{samples.shard} of {samples.num_shards} of {total} batches should hold "
+                            f"{num_batches_of(seeds, samples.config.batch_size, samples.num_shards, samples.shard)}; "
+                            f"the shard does not belong to dataset {dataset.path}: sample it again")
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,17 +309,18 @@ class DistributedTrainer(Trainer):
         self.train_module = DistributedDataParallel(
             self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         self._rng_states: list | None = None
+        self._num_batches = {p: global_num_batches(samples, p, dataset) for p in samples.parts}
 
     # --- batches -------------------------------------------------------------------------------
 
     def epoch_order(self, epoch: int) -> tuple[str, np.ndarray]:
         """The part of epoch ``epoch`` and *this rank's* local batch numbers, in step order."""
         part = self.train_parts[epoch % len(self.train_parts)]
-        order = epoch_permutation(self.cfg.seed, epoch, global_num_batches(self.samples, part))
+        order = epoch_permutation(self.cfg.seed, epoch, self._num_batches[part])
         return part, self.share.train_order(order, part)
 
     def eval_keys(self, parts) -> list[tuple[str, int]]:
-        return [(p, i) for p in parts for i in self.share.eval_batches(global_num_batches(self.samples, p))]
+        return [(p, i) for p in parts for i in self.share.eval_batches(self._num_batches[p])]
 
     # --- passes --------------------------------------------------------------------------------
 
@@ -503,6 +514,10 @@ def run_rank(path, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memo
                                      progress=progress if info.is_main else no_progress, data_id=data_id)
         report = trainer.fit()
         dist.barrier()
+        # drop the DDP reducer while the group still exists: destroying it afterwards was seen to hang
+        trainer.train_module = None
+        del trainer
+        gc.collect()
         close = getattr(source, "close", None)
         if close is not None:
             close()
@@ -546,6 +561,7 @@ def _spawned_rank(rank: int, nproc: int, port: int, parent: int, path: str, cfg:
                   features: str, log_level: int, results) -> None:
     """Body of one child of :func:`launch_local`."""
     _watch_parent(parent)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid> prints where a rank hangs
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
                        "GROUP_RANK": "0"})
@@ -556,6 +572,12 @@ def _spawned_rank(rank: int, nproc: int, port: int, parent: int, path: str, cfg:
         report = run_rank(path, cfg, memory_budget=memory_budget, features=features)
         if rank == 0:
             results.put(("report", rank, report))
+        results.close()
+        results.join_thread()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # the report is delivered; skip interpreter teardown (C++ destructors of a finished group)
     except PeerLostError as exc:
         results.put(("error", rank, "peer", str(exc)))
         sys.exit(2)
