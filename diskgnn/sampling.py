@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 import zlib
@@ -42,7 +43,7 @@ from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
 from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
-                              read_manifest, write_manifest)
+                              read_manifest, write_json_atomic, write_manifest)
 from diskgnn.progress import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -420,8 +421,59 @@ class _PartWriter:
             w.__exit__(None, None, None)
 
 
-def _close_part(pw: _PartWriter, out: Path, parts: dict) -> None:
+def _close_part(pw: _PartWriter, out: Path, parts: dict, journal: dict | None = None) -> None:
     parts[pw.part] = pw.close(out)
+    if journal is not None:  # the part is on disk: a killed run can resume after it
+        journal["parts"][pw.part] = parts[pw.part]
+        write_json_atomic(out / RESUME_JOURNAL, journal)
+
+
+RESUME_JOURNAL = "resume.json"
+
+
+def _resume_key(ds: Dataset, cfg: SampleConfig, num_shards: int, shard: int) -> dict:
+    return {"format": FORMAT, "version": VERSION, "config": cfg.to_json(), "dataset": ds.fingerprint,
+            "num_nodes": ds.num_nodes, "shard": [num_shards, shard]}
+
+
+def _finished_parts(out: Path, key: dict) -> dict:
+    """Parts that an interrupted run of the same command finished (files checked), or {} to start afresh.
+
+    Only an unfinished directory (marked partial, no manifest) whose journal was
+    written for the same dataset, config and shard is resumed; every file of a
+    finished part must still have its recorded size and crc32.
+    """
+    from diskgnn.manifest import MANIFEST_NAME, file_crc32
+    journal_path = out / RESUME_JOURNAL
+    if not (out / ".diskgnn-partial").exists() or (out / MANIFEST_NAME).exists() or not journal_path.exists():
+        return {}
+    try:
+        journal = json.loads(journal_path.read_text())
+        if journal.get("key") != key:
+            return {}
+        done = {}
+        for part, rec in journal["parts"].items():
+            for spec in rec["files"].values():
+                path = out / spec["path"]
+                if not path.is_file() or path.stat().st_size != spec["bytes"] or file_crc32(path) != spec["crc32"]:
+                    return {}
+            done[part] = rec
+        return done
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _prepare_resumable(out: Path, key: dict, overwrite: bool) -> tuple[Path, dict]:
+    """Clear ``out`` for a new run, keeping the finished parts of an interrupted run of the same command."""
+    done = {} if overwrite else _finished_parts(out, key)
+    if not done:
+        return prepare_output_dir(out, overwrite=overwrite), {}
+    keep = {".diskgnn-partial", RESUME_JOURNAL} | {f["path"] for rec in done.values() for f in rec["files"].values()}
+    for entry in out.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    log.info("resuming %s: %d finished parts kept (%s)", out, len(done), ", ".join(done))
+    return out, done
 
 
 class _BackgroundWriter:
@@ -497,14 +549,17 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
         sampler = Sampler(ds, cfg.fanouts, mmap_topology=mmap_topology, memory_budget=memory_budget)
         load_seconds = time.perf_counter() - t0
         log.info("%r loaded in %.2f s", sampler, load_seconds)
-        out = prepare_output_dir(out, overwrite=overwrite)
+        key = _resume_key(ds, cfg, num_shards, shard)
+        out, done = _prepare_resumable(out, key, overwrite)
         try:
-            manifest = _presample_into(ds, out, cfg, sampler, progress, num_shards, shard)
+            manifest = _presample_into(ds, out, cfg, sampler, progress, num_shards, shard,
+                                       journal={"key": key, "parts": dict(done)})
             seconds = time.perf_counter() - t_start
             stats = manifest["stats"]
             stats.update({"seconds": round(seconds, 3), "topology_load_seconds": round(load_seconds, 3),
                           "mmap_topology": sampler.mmapped, "threads": used_threads})
             stats["edges_per_second"] = round(stats["sampled_edges"] / max(stats["sample_seconds"], 1e-9), 1)
+            (out / RESUME_JOURNAL).unlink(missing_ok=True)  # the output is the same as an uninterrupted run's
             write_manifest(out, FORMAT, VERSION, manifest)
             finish_output_dir(out)
         except BaseException:
@@ -522,8 +577,9 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
 
 
 def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler, progress: ProgressFn,
-                    num_shards: int, shard: int) -> dict:
+                    num_shards: int, shard: int, journal: dict | None = None) -> dict:
     counts = np.zeros(ds.num_nodes, dtype=np.int64)
+    done = dict(journal["parts"]) if journal else {}
     parts = {}
     sampled_edges = 0
     sample_seconds = 0.0
@@ -538,6 +594,14 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     part_writers: list[_PartWriter] = []
     try:
         for part in part_names(cfg.epochs):
+            if part in done:  # finished by an interrupted run: count its input nodes, keep its files
+                writer.submit(parts.__setitem__, part, done[part])
+                spec = ArraySpec.from_json(done[part]["files"]["input_nodes"], str(out))
+                nodes = open_array(out, spec)
+                for lo in range(0, nodes.shape[0], 1 << 24):
+                    counts += np.bincount(np.asarray(nodes[lo:lo + (1 << 24)]), minlength=ds.num_nodes)
+                sampled_edges += int(done[part]["num_edges"])
+                continue
             seeds = part_seeds(ds, cfg, part)
             nb = num_batches_of(seeds.shape[0], cfg.batch_size, num_shards, shard)
             pw = _PartWriter(out, part, cfg.num_layers)
@@ -555,7 +619,7 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
                     + 4 * block_indices.shape[0]
                 progress(f"sample {part}", 1, nb)
             sample_seconds += time.perf_counter() - t0
-            writer.submit(_close_part, pw, out, parts)
+            writer.submit(_close_part, pw, out, parts, journal)
         writer.close()
     except BaseException:
         try:
