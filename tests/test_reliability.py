@@ -49,10 +49,11 @@ def test_kill_and_rerun_gives_the_uninterrupted_output(fx, tmp_path, name):
         pytest.skip(f"{name} is not available in this checkout")
     step = steps[name]
     ref = reference_run(step)
-    assert ref.snapshot["files"] if name != "train" else ref.snapshot["epoch"] == 4
+    assert ref.snapshot["files"] if name != "train" else ref.snapshot["epoch"] == 3
     rng = random.Random(f"kill-{name}")
     results = []
-    while sum(r.killed for r in results) < 2 and len(results) < 5:  # a trial can end before its kill lands
+    wanted = 1 if name == "train" else 2  # ~9 kill points in all; train is the slowest to start
+    while sum(r.killed for r in results) < wanted and len(results) < 4:  # a trial can end before its kill lands
         results.append(kill_trial(step, ref, rng))
     for r in results:
         assert r.outcome in ("identical", "already_complete"), (r.state_after_kill, r.detail)
