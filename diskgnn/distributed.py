@@ -548,7 +548,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the launcher is gone (so a killed launcher leaves no orphan ranks)."""
+    """Exit when the launcher is gone (so a killed launcher leaves no orphan ranks).
+
+    The kernel's parent-death signal works even when the rank is stuck in C
+    code holding the GIL; the polling thread covers systems without prctl.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before the signal was armed
+            os._exit(3)
+    except (OSError, AttributeError):
+        pass
+
     def watch():
         while True:
             time.sleep(1.0)

@@ -12,6 +12,7 @@ prints the report. Without torchrun it behaves like ``diskgnn train``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from diskgnn.tools.cli import _common, _train_args, cmd_train, run_args
@@ -35,4 +36,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        # skip interpreter teardown: destroying torch's gloo group at exit can deadlock on the GIL
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
