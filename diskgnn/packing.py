@@ -417,6 +417,12 @@ def footprint_bytes(plan: PackPlan) -> dict:
             "total": plan.packed_bytes + sum(tier.values()) + int(index)}
 
 
+def belady_memory(trace_len: int, num_nodes: int, capacity: int) -> int:
+    """Bytes :func:`belady_hit_rate` allocates for a trace of ``trace_len`` accesses."""
+    idx = 4 if trace_len < 2**31 - 1 else 8
+    return trace_len * idx + num_nodes * (idx + 8) + capacity * 16
+
+
 def pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig) -> tuple[int, int, int]:
     """(chunk bytes, memory used besides the output buffers, largest extent) of packing ``plan``.
 
@@ -429,6 +435,8 @@ def pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig) -> tuple[int, int,
     # indexes, two chunk buffers and a converted copy, the per-group bucketed rows
     fixed = (plan.inputs.nbytes + plan.maps.nbytes + plan.row_nodes.nbytes + 3 * 8 * ds.num_nodes
              + 3 * chunk_bytes + 16 * plan.row_nodes.size // 4)
+    if cfg.belady:  # the Belady bound runs beside the writes: its arrays share the budget
+        fixed += belady_memory(int(plan.inputs.size), ds.num_nodes, sum(plan.tier_rows.values()))
     max_extent = int(align_up(int(plan.extent_rows.max(initial=0)) * plan.row_bytes))
     return chunk_bytes, fixed, max_extent
 
