@@ -108,9 +108,15 @@ class ArraySpec:
     @classmethod
     def from_json(cls, obj: dict, where: str) -> "ArraySpec":
         try:
-            return cls(path=str(obj["path"]), dtype=str(np.dtype(obj["dtype"]).str),
-                       shape=tuple(int(s) for s in obj["shape"]), crc32=obj.get("crc32"))
-        except (KeyError, TypeError, ValueError) as exc:
+            crc = obj.get("crc32")
+            if crc is not None and (isinstance(crc, bool) or not isinstance(crc, int) or not 0 <= crc < 2**32):
+                raise ValueError(f"crc32 {crc!r} is not a 32-bit checksum")
+            spec = cls(path=str(obj["path"]), dtype=str(np.dtype(obj["dtype"]).str),
+                       shape=tuple(int(s) for s in obj["shape"]), crc32=crc)
+            if any(d < 0 for d in spec.shape) or np.dtype(spec.dtype).hasobject:
+                raise ValueError("negative dimension or object dtype")
+            return spec
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"{where}: malformed file entry {obj!r} ({exc}); re-create the directory") from None
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import time
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -160,7 +161,7 @@ def _read_npy_header(f, where: str):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:  # numpy parses the header text
         raise InputFormatError(f"{where} is not a valid .npy array ({exc}); save it with numpy.save") from None
     if dtype.hasobject:
         raise InputFormatError(f"{where} holds Python objects ({dtype}); save a plain numeric array")
@@ -283,7 +284,7 @@ class _NpzArrays:
         with zipfile.ZipFile(self.path) as zf, zf.open(f"{name}.npy") as f:
             try:
                 return np.lib.format.read_array(f, allow_pickle=False)
-            except (ValueError, EOFError, OSError) as exc:
+            except (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError) as exc:
                 raise InputFormatError(f"{self.where(name)} cannot be read ({exc}); save the file again") from None
 
     def needs_scratch(self, *names: str) -> bool:

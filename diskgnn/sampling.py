@@ -672,7 +672,7 @@ class Samples:
             self._specs = {part: {name: ArraySpec.from_json(obj, str(where))
                                   for name, obj in parts[part]["files"].items()} for part in parts}
             self._counts_spec = ArraySpec.from_json(manifest["files"]["access_counts"], str(where))
-        except (KeyError, TypeError, ValueError, DiskGNNError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, DiskGNNError) as exc:
             raise IntegrityError(f"{where} lacks a valid field ({exc}); re-create {self.path} with diskgnn sample") \
                 from None
         expected = part_names(self.config.epochs)

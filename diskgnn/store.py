@@ -255,7 +255,7 @@ class Packed:
             self.stats = dict(manifest.get("stats", {}))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"{where} lacks a valid field ({exc}); re-run diskgnn pack") from None
-        if sorted(self.tier_rows) != sorted(TIER_NAMES) or min(self.tier_rows.values()) < 0:
+        if set(self.tier_rows) != set(TIER_NAMES) or min(self.tier_rows.values()) < 0:
             raise IntegrityError(f"{where}: tiers {self.tier_rows} must be {', '.join(TIER_NAMES)} with row counts "
                                  f">= 0; re-run diskgnn pack")
         if self.store_dtype not in ("fp32", "fp16", "bf16"):
@@ -266,6 +266,19 @@ class Packed:
         for name in ("packed", "maps", "batches", "runs", "cache_nodes", *(f"tier_{t}" for t in TIER_NAMES)):
             if name not in self.specs:
                 raise IntegrityError(f"{where} does not list the {name} file; re-run diskgnn pack")
+        # The kernels index with these arrays: a float or odd-shaped one must stop here.
+        store = feature_dtype(self.store_dtype).newbyteorder("<").str
+        expected = {"packed": (("|u1",), 1), "maps": (("<i4", "<i8"), 1), "batches": (("<i8",), 2),
+                    "runs": (("<i8",), 2), "cache_nodes": (("<i8",), 1),
+                    **{f"tier_{t}": ((store,), 2) for t in TIER_NAMES}}
+        for name, (dtypes, ndim) in expected.items():
+            spec = self.specs[name]
+            if spec.dtype not in dtypes or len(spec.shape) != ndim:
+                raise IntegrityError(f"{where}: {name} is described as {spec.dtype} {list(spec.shape)}, expected "
+                                     f"{' or '.join(dtypes)} with {ndim} dimension(s); re-run diskgnn pack")
+        if self.specs["batches"].shape[1] != 5 or self.specs["runs"].shape[1] not in (2, 3) or any(
+                self.specs[f"tier_{t}"].shape != (self.tier_rows[t], self.feat_dim) for t in TIER_NAMES):
+            raise IntegrityError(f"{where}: the batches, runs or tier files have the wrong shape; re-run diskgnn pack")
         for spec in self.specs.values():
             path = self.path / spec.path
             if not path.exists():
