@@ -164,3 +164,36 @@ def test_training_checks_the_index_and_tiers_it_loads(fx, tmp_path, target):
     (d / target).write_bytes(bytes(data))
     rc, err = run_cli("train", d, *fx.train_args, "--epochs", "1")
     assert rc == 2 and target in err and "checksum" in err, err
+
+
+def _edit_manifest(d, fn):
+    m = json.loads((d / "manifest.json").read_text())
+    fn(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("kind,edit,commands", [
+    ("packed", lambda m: m["files"]["maps"].update(dtype="<f4"), ("verify", "train")),   # was a segfault
+    ("packed", lambda m: m["tiers"][1].update(name=7), ("verify", "info")),              # was a TypeError
+    ("packed", lambda m: m["files"]["runs"].update(crc32=[1, 2]), ("verify",)),           # was a TypeError
+    ("samples", lambda m: m["parts"]["val"].update(files=None), ("info", "verify")),     # was an AttributeError
+    ("dataset", lambda m: m["files"]["labels"].update(shape=[-3]), ("info", "verify")),
+])
+def test_mangled_manifests_found_by_fuzzing(fx, tmp_path, kind, edit, commands):
+    if getattr(fx, kind) is None:
+        pytest.skip(f"no {kind} fixture in this checkout")
+    d = corrupt_copy(getattr(fx, kind), tmp_path / kind)
+    _edit_manifest(d, edit)
+    for cmd in commands:
+        argv = [cmd, d] if cmd != "train" else ["train", d, *fx.train_args, "--epochs", "1"]
+        rc, err = run_cli(*argv)
+        assert rc == 2 and "manifest.json" in err, (cmd, err)
+
+
+def test_npy_with_a_zeroed_header_is_an_input_error(fx, tmp_path):
+    raw = corrupt_copy(fx.raw, tmp_path / "raw")
+    data = bytearray((raw / "test_idx.npy").read_bytes())
+    data[20:60] = bytes(40)  # inside the header's dict text (numpy tokenizes it)
+    (raw / "test_idx.npy").write_bytes(bytes(data))
+    rc, err = run_cli("prepare", "--format", "npz", raw, "--out", tmp_path / "out")
+    assert rc == 2 and "test_idx" in err, err
