@@ -276,7 +276,10 @@ class Packed:
             if spec.dtype not in dtypes or len(spec.shape) != ndim:
                 raise IntegrityError(f"{where}: {name} is described as {spec.dtype} {list(spec.shape)}, expected "
                                      f"{' or '.join(dtypes)} with {ndim} dimension(s); re-run diskgnn pack")
-        if self.specs["batches"].shape[1] != 5 or self.specs["runs"].shape[1] not in (2, 3) or any(
+        if self.specs["runs"].shape[1] == 2:
+            raise IntegrityError(f"{self.path} was packed by an older diskgnn (no per-run checksums in runs.bin); "
+                                 f"re-run diskgnn pack to make it again")
+        if self.specs["batches"].shape[1] != 5 or self.specs["runs"].shape[1] != 3 or any(
                 self.specs[f"tier_{t}"].shape != (self.tier_rows[t], self.feat_dim) for t in TIER_NAMES):
             raise IntegrityError(f"{where}: the batches, runs or tier files have the wrong shape; re-run diskgnn pack")
         for spec in self.specs.values():
