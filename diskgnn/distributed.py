@@ -627,7 +627,6 @@ def launch_local(path, cfg: TrainConfig, *, memory_budget=None, features: str = 
     killed; raises :class:`DistributedError` naming the first cause.
     """
     import multiprocessing as mp
-    import queue as queue_mod
     nproc = cfg.nproc
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -642,13 +641,13 @@ def launch_local(path, cfg: TrainConfig, *, memory_budget=None, features: str = 
             p.start()
             procs.append(p)
             log.info("started rank %d of %d (pid %d)", rank, nproc, p.pid)
-        report, errors, failed = _monitor(procs, results, grace_s, timeout_s())
+        report, errors, failed, released = _monitor(procs, results, grace_s, timeout_s())
     except BaseException:
         _stop(procs, grace_s=1.0)
         raise
     finally:
         results.close()
-    codes = [p.exitcode for p in procs]
+    codes = [0 if r in released else p.exitcode for r, p in enumerate(procs)]
     if failed or any(c != 0 for c in codes):
         raise DistributedError(_failure_message(procs, codes, errors, failed, cfg))
     if report is None:
@@ -656,16 +655,19 @@ def launch_local(path, cfg: TrainConfig, *, memory_budget=None, features: str = 
     return report
 
 
-def _monitor(procs, results, grace_s: float, stuck_s: float):
+def _monitor(procs, results, grace_s: float, stuck_s: float, linger_s: float = 10.0):
+    """Wait for the ranks; returns (rank 0's report, errors by rank, failed ranks in order seen, ranks stopped
+    after the job had finished)."""
     import queue as queue_mod
     report = None
     errors: dict[int, tuple[str, str]] = {}
     failed: list[int] = []          # ranks in the order their failure was seen
-    first_failure = first_exit = None
+    released: set[int] = set()      # stopped after training had finished (stuck in teardown): not a failure
+    first_failure = first_exit = report_at = None
     stopped = False
 
     def drain():
-        nonlocal report
+        nonlocal report, report_at
         while True:
             try:
                 kind, rank, *rest = results.get_nowait()
@@ -674,7 +676,7 @@ def _monitor(procs, results, grace_s: float, stuck_s: float):
             except (EOFError, OSError):
                 return
             if kind == "report":
-                report = rest[0]
+                report, report_at = rest[0], time.monotonic()
             else:
                 errors.setdefault(rank, (rest[0], rest[1]))
 
@@ -689,6 +691,12 @@ def _monitor(procs, results, grace_s: float, stuck_s: float):
                     first_failure = first_failure or now
         if all(p.exitcode is not None for p in procs):
             break
+        if not stopped and not first_failure and report_at and now - report_at > linger_s:
+            # rank 0 reports after the final barrier, so every rank has finished training
+            released = {r for r, p in enumerate(procs) if p.exitcode is None}
+            log.warning("ranks %s did not exit after training finished; stopping them", sorted(released))
+            _stop(procs, grace_s=2.0)
+            stopped = True
         if not stopped and ((first_failure and now - first_failure > grace_s) or
                             (first_exit and now - first_exit > stuck_s)):
             stuck = [r for r, p in enumerate(procs) if p.exitcode is None]
@@ -700,7 +708,7 @@ def _monitor(procs, results, grace_s: float, stuck_s: float):
         time.sleep(0.05)
     time.sleep(0.05)
     drain()
-    return report, errors, failed
+    return report, errors, [r for r in failed if r not in released], released
 
 
 def _stop(procs, grace_s: float) -> None:

@@ -266,3 +266,55 @@ def test_tools_train_parses_the_flags_of_diskgnn_train():
     ours = vars(rank_parser().parse_args(argv))
     theirs = vars(build_parser().parse_args(["train", *argv]))
     assert ours == theirs
+
+
+# --- the launcher's bookkeeping (fake processes, no spawning) ----------------------------------------------
+
+class _FakeProc:
+    def __init__(self, pid, exitcode=None):
+        self.pid, self.exitcode = pid, exitcode
+
+    def terminate(self):
+        self.exitcode = -signal.SIGTERM
+
+    def kill(self):
+        self.exitcode = -signal.SIGKILL
+
+    def join(self, timeout=None):
+        pass
+
+
+class _FakeQueue:
+    def __init__(self, items):
+        self.items = list(items)
+
+    def get_nowait(self):
+        import queue
+        if not self.items:
+            raise queue.Empty
+        return self.items.pop(0)
+
+
+def test_monitor_names_the_root_cause_not_the_ranks_that_noticed_it():
+    from diskgnn.distributed import _failure_message, _monitor
+    # rank 1 was SIGKILLed (no message); rank 0 hangs on and is stopped after the grace period
+    procs = [_FakeProc(10), _FakeProc(11, -signal.SIGKILL)]
+    report, errors, failed, released = _monitor(procs, _FakeQueue([]), grace_s=0.1, stuck_s=60)
+    assert report is None and failed == [1, 0] and not released
+    msg = _failure_message(procs, [p.exitcode for p in procs], errors, failed, TrainConfig(nproc=2))
+    assert msg.startswith("data-parallel training failed: rank 1 of 2 (pid 11) was killed by SIGKILL")
+    assert "rank 0 was killed by SIGTERM" in msg and "--checkpoint" in msg
+    # rank 0 noticed first (a peer error), rank 1 had the real problem
+    procs = [_FakeProc(10, 2), _FakeProc(11, 2)]
+    q = _FakeQueue([("error", 0, "peer", "rank 0 lost contact"), ("error", 1, "user", "bad shard")])
+    _, errors, failed, _ = _monitor(procs, q, grace_s=0.1, stuck_s=60)
+    msg = _failure_message(procs, [2, 2], errors, failed, TrainConfig(nproc=2, checkpoint="ck"))
+    assert "rank 1 of 2 (pid 11) exited with code 2: bad shard" in msg and "--resume" in msg
+
+
+def test_monitor_releases_ranks_stuck_after_the_job_finished():
+    from diskgnn.distributed import _monitor
+    procs = [_FakeProc(10, 0), _FakeProc(11)]
+    report, _, failed, released = _monitor(procs, _FakeQueue([("report", 0, {"epochs": 1})]), grace_s=0.1,
+                                           stuck_s=60, linger_s=0.2)
+    assert report == {"epochs": 1} and failed == [] and released == {1}
