@@ -80,19 +80,25 @@ def aligned_empty(nbytes: int, alignment: int = ALIGN) -> np.ndarray:
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+
 
 
-def prefault(buf: np.ndarray) -> bool:
+def prefault(buf: np.ndarray, step: int = 64 << 20) -> bool:
     """Map every page of ``buf`` now (madvise MADV_POPULATE_WRITE), without changing its content.
 
     Called through ctypes, so the GIL is released: a thread can prefault an output buffer while
-    another fills it. Returns False where the kernel does not support it (then pages fault on use).
+    another fills it. Done ``step`` bytes at a time: populating holds the process's mmap lock, and
+    one call over gigabytes stalled every allocation of the other threads for seconds. Returns
+    False where the kernel does not support it (then pages fault on use).
     """
     import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.madvise(ctypes.c_void_p(buf.ctypes.data), ctypes.c_size_t(buf.nbytes),
-                            _MADV_POPULATE_WRITE) == 0
-    except (OSError, AttributeError):
+    except OSError:
         return False
+    base, total = buf.ctypes.data, buf.nbytes
+    for lo in range(0, total, step):
+        if libc.madvise(ctypes.c_void_p(base + lo), ctypes.c_size_t(min(step, total - lo)),
+                        _MADV_POPULATE_WRITE) != 0:
+            return False
+    return True
 
 
 def is_aligned(buf: np.ndarray, alignment: int = ALIGN) -> bool:
