@@ -310,6 +310,11 @@ class DistributedTrainer(Trainer):
             self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         self._rng_states: list | None = None
         self._num_batches = {p: global_num_batches(samples, p, dataset) for p in samples.parts}
+        for part in self.train_parts:  # every rank refuses alike, before the first collective
+            if self._num_batches[part] < info.world_size:
+                raise ConfigError(f"part {part} has {self._num_batches[part]} batches, fewer than the "
+                                  f"{info.world_size} processes, so some would have nothing to train on; use fewer "
+                                  f"processes or sample with a smaller --batch-size")
 
     # --- batches -------------------------------------------------------------------------------
 
@@ -726,9 +731,15 @@ def _stop(procs, grace_s: float) -> None:
 
 def _failure_message(procs, codes, errors, failed, cfg: TrainConfig) -> str:
     bad = [r for r in range(len(procs)) if codes[r] != 0] or failed
-    # the cause is the first failure that is not just a rank noticing that a peer died
-    causes = [r for r in failed if errors.get(r, ("", ""))[0] != "peer"] or failed or bad
-    cause = causes[0]
+    # the cause: the first rank that reported its own error or was killed, before ranks that exited without a
+    # word, before ranks that only noticed that a peer died
+    def rank_of_evidence(r: int) -> int:
+        kind = errors.get(r, ("", ""))[0]
+        if kind in ("user", "crash") or (codes[r] is not None and codes[r] < 0):
+            return 0
+        return 2 if kind == "peer" else 1
+    candidates = failed or bad
+    cause = min(candidates, key=lambda r: (rank_of_evidence(r), candidates.index(r)))
     what = f"rank {cause} of {len(procs)} (pid {procs[cause].pid}) {_describe_exit(codes[cause])}"
     if cause in errors:
         what += f": {errors[cause][1].strip()}"
@@ -736,8 +747,11 @@ def _failure_message(procs, codes, errors, failed, cfg: TrainConfig) -> str:
     tail = ""
     if others:
         tail = f" The other ranks were stopped ({', '.join(f'rank {r} {_describe_exit(codes[r])}' for r in others)})."
-    fix = (" Re-run with --resume to continue from the last finished epoch." if cfg.checkpoint
-           else " Pass --checkpoint DIR to be able to resume after a failure.")
+    if errors.get(cause, ("", ""))[0] == "user":
+        fix = ""  # the rank's own message says what to change
+    else:
+        fix = (" Re-run with --resume to continue from the last finished epoch." if cfg.checkpoint
+               else " Pass --checkpoint DIR to be able to resume after a failure.")
     return f"data-parallel training failed: {what}.{tail}{fix}"
 
 

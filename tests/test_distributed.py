@@ -309,7 +309,12 @@ def test_monitor_names_the_root_cause_not_the_ranks_that_noticed_it():
     q = _FakeQueue([("error", 0, "peer", "rank 0 lost contact"), ("error", 1, "user", "bad shard")])
     _, errors, failed, _ = _monitor(procs, q, grace_s=0.1, stuck_s=60)
     msg = _failure_message(procs, [2, 2], errors, failed, TrainConfig(nproc=2, checkpoint="ck"))
-    assert "rank 1 of 2 (pid 11) exited with code 2: bad shard" in msg and "--resume" in msg
+    assert "rank 1 of 2 (pid 11) exited with code 2: bad shard" in msg and "--resume" not in msg
+    q = _FakeQueue([("error", 1, "crash", "MemoryError")])
+    procs = [_FakeProc(10, 2), _FakeProc(11, 1)]
+    _, errors, failed, _ = _monitor(procs, q, grace_s=0.1, stuck_s=60)
+    msg = _failure_message(procs, [2, 1], errors, failed, TrainConfig(nproc=2, checkpoint="ck"))
+    assert "rank 1 of 2 (pid 11) exited with code 1: MemoryError" in msg and "--resume" in msg
 
 
 def test_monitor_releases_ranks_stuck_after_the_job_finished():
