@@ -672,6 +672,9 @@ class Samples:
             self._specs = {part: {name: ArraySpec.from_json(obj, str(where))
                                   for name, obj in parts[part]["files"].items()} for part in parts}
             self._counts_spec = ArraySpec.from_json(manifest["files"]["access_counts"], str(where))
+            self._part_stats = {part: {k: int(parts[part][k]) for k in
+                                       ("num_batches", "num_seeds", "num_edges", "num_input_nodes")}
+                                for part in parts}
         except (KeyError, TypeError, ValueError, AttributeError, DiskGNNError) as exc:
             raise IntegrityError(f"{where} lacks a valid field ({exc}); re-create {self.path} with diskgnn sample") \
                 from None
@@ -681,14 +684,23 @@ class Samples:
         self.parts = expected
         self.train_parts = [p for p in expected if p.startswith("train/")]
         width = _INDEX_FIXED + self.config.num_layers + 1
+        layout = {"input_nodes": ("<i8", 1), "block_indptr": ("<i8", 1), "block_indices": ("<i4", 1),
+                  "index": ("<i8", 2)}
         for part, specs in self._specs.items():
-            for name in ("input_nodes", "block_indptr", "block_indices", "index"):
+            for name, (dtype, ndim) in layout.items():
                 if name not in specs:
                     raise IntegrityError(f"{where}: part {part} does not list its {name} file")
+                if specs[name].dtype != dtype or len(specs[name].shape) != ndim:
+                    raise IntegrityError(f"{where}: part {part} describes {name} as {specs[name].dtype} "
+                                         f"{list(specs[name].shape)}, expected {dtype} with {ndim} dimension(s)")
             shape = specs["index"].shape
-            if len(shape) != 2 or shape[1] != width or shape[0] != parts[part]["num_batches"] + 1:
+            nb = self._part_stats[part]["num_batches"]
+            if len(shape) != 2 or shape[1] != width or shape[0] != nb + 1:
                 raise IntegrityError(f"{where}: part {part} index has shape {list(shape)}, expected "
-                                     f"[{parts[part]['num_batches'] + 1}, {width}]")
+                                     f"[{nb + 1}, {width}]")
+        if self._counts_spec.dtype != "<i8" or self._counts_spec.shape != (self.num_nodes,):
+            raise IntegrityError(f"{where}: access_counts must be <i8 [{self.num_nodes}], the manifest says "
+                                 f"{self._counts_spec.dtype} {list(self._counts_spec.shape)}")
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
         self._index: dict[str, np.ndarray] = {}
 
@@ -827,19 +839,25 @@ class Samples:
         return [s for specs in self._specs.values() for s in specs.values()] + [self._counts_spec]
 
     def summary(self) -> dict:
-        parts = self.manifest["parts"]
-        stats = self.manifest.get("stats", {})
+        parts = self._part_stats
+        stats = self.manifest.get("stats")
+        stats = stats if isinstance(stats, dict) else {}  # timings only: a damaged one is not worth an error
+
+        def number(key, default):
+            value = stats.get(key, default)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
         return {
             "path": str(self.path), "format_version": self.manifest.get("version"),
             "fingerprint": self.fingerprint,
             "dataset": str(self.dataset_path), "dataset_fingerprint": self.dataset_fingerprint,
             "config": self.config.to_json(),
             "shard": f"{self.shard} of {self.num_shards}",
-            "batches": {p: int(parts[p]["num_batches"]) for p in self.parts},
-            "seeds": {p: int(parts[p]["num_seeds"]) for p in self.parts},
-            "sampled_edges": int(stats.get("sampled_edges", sum(int(parts[p]["num_edges"]) for p in self.parts))),
-            "input_nodes": sum(int(parts[p]["num_input_nodes"]) for p in self.parts),
-            "disk_bytes": int(stats.get("disk_bytes", sum(s.nbytes for s in self.files()))),
+            "batches": {p: parts[p]["num_batches"] for p in self.parts},
+            "seeds": {p: parts[p]["num_seeds"] for p in self.parts},
+            "sampled_edges": int(number("sampled_edges", sum(parts[p]["num_edges"] for p in self.parts))),
+            "input_nodes": sum(parts[p]["num_input_nodes"] for p in self.parts),
+            "disk_bytes": int(number("disk_bytes", sum(s.nbytes for s in self.files()))),
             "footprint_of_features": stats.get("footprint_of_features"),
             "seconds": stats.get("seconds"),
             "edges_per_second": stats.get("edges_per_second"),

@@ -276,6 +276,17 @@ class Packed:
             if spec.dtype not in dtypes or len(spec.shape) != ndim:
                 raise IntegrityError(f"{where}: {name} is described as {spec.dtype} {list(spec.shape)}, expected "
                                      f"{' or '.join(dtypes)} with {ndim} dimension(s); re-run diskgnn pack")
+        first = 0
+        for name, fb, nb in self._parts:  # parts tile batches.bin in order
+            raw = next(p for p in manifest["parts"] if str(p["name"]) == name)
+            if not all(isinstance(raw[k], int) and not isinstance(raw[k], bool) for k in ("first_batch", "num_batches")) \
+                    or fb != first or nb < 0:
+                raise IntegrityError(f"{where}: part {name} claims batches {raw['first_batch']!r} + "
+                                     f"{raw['num_batches']!r}, expected to start at {first}; re-run diskgnn pack")
+            first += nb
+        if first != self.specs["batches"].shape[0]:
+            raise IntegrityError(f"{where}: the parts hold {first} batches, batches.bin has "
+                                 f"{self.specs['batches'].shape[0]}; re-run diskgnn pack")
         if self.specs["runs"].shape[1] == 2:
             raise IntegrityError(f"{self.path} was packed by an older diskgnn (no per-run checksums in runs.bin); "
                                  f"re-run diskgnn pack to make it again")
@@ -326,6 +337,11 @@ class Packed:
             self._samples = Samples.open(self._resolve("samples"))
         want = self.manifest.get("samples", {}).get("fingerprint")
         got = samples_fingerprint(self._samples)
+        if want == got:
+            for name, _, nb in self._parts:
+                if name not in self._samples.parts or self._samples.num_batches(name) != nb:
+                    raise IntegrityError(f"{self.path}/manifest.json: part {name} has {nb} batches, the samples "
+                                         f"{self._samples.path} do not match; re-run diskgnn pack")
         if want != got:
             raise MismatchError(f"{self.path} was packed from samples with fingerprint {want}, but "
                                 f"{getattr(self._samples, 'path', 'the samples given')} has {got}: they were "
