@@ -178,6 +178,10 @@ def _edit_manifest(d, fn):
     ("packed", lambda m: m["files"]["runs"].update(crc32=[1, 2]), ("verify",)),           # was a TypeError
     ("samples", lambda m: m["parts"]["val"].update(files=None), ("info", "verify")),     # was an AttributeError
     ("dataset", lambda m: m["files"]["labels"].update(shape=[-3]), ("info", "verify")),
+    ("samples", lambda m: m["parts"]["val"]["files"]["block_indices"].update(dtype="<f4"), ("verify",)),  # numba
+    ("samples", lambda m: m["parts"]["test"]["files"]["index"].update(shape=[5]), ("pack",)),            # IndexError
+    ("samples", lambda m: m["parts"]["train/0"].pop("num_edges"), ("info",)),                            # KeyError
+    ("packed", lambda m: m["parts"][2].update(first_batch=1.5), ("train",)),                             # torch
 ])
 def test_mangled_manifests_found_by_fuzzing(fx, tmp_path, kind, edit, commands):
     if getattr(fx, kind) is None:
@@ -185,7 +189,8 @@ def test_mangled_manifests_found_by_fuzzing(fx, tmp_path, kind, edit, commands):
     d = corrupt_copy(getattr(fx, kind), tmp_path / kind)
     _edit_manifest(d, edit)
     for cmd in commands:
-        argv = [cmd, d] if cmd != "train" else ["train", d, *fx.train_args, "--epochs", "1"]
+        argv = {"train": ["train", d, *fx.train_args, "--epochs", "1"],
+                "pack": ["pack", d, "--out", tmp_path / "out"]}.get(cmd, [cmd, d])
         rc, err = run_cli(*argv)
         assert rc == 2 and "manifest.json" in err, (cmd, err)
 
