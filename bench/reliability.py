@@ -393,7 +393,13 @@ def run_kill_trials(steps: list[Step], kills: int, *, seed: int = 0, max_attempt
     rng = random.Random(seed)
     refs = {}
     for step in steps:
-        refs[step.name] = reference_run(step)
+        # Two uninterrupted runs: they must agree (determinism), and the faster one times the kill window.
+        first, second = reference_run(step), reference_run(step)
+        d = diff_snapshots(first.snapshot, second.snapshot)
+        if d:
+            raise RuntimeError(f"two uninterrupted {step.name} runs differ ({d}); the step is not deterministic")
+        refs[step.name] = Reference(first.snapshot, min(first.work_s, second.work_s),
+                                    min(first.total_s, second.total_s))
         log.info("reference %s: %.2f s work, %.2f s total", step.name, refs[step.name].work_s,
                  refs[step.name].total_s)
     results: list[KillResult] = []
