@@ -842,12 +842,40 @@ def rss_wrapped(*cli_args: str) -> list[str]:
     return [sys.executable, "-m", "diskgnn.bench.reliability", "--rss-wrap", *map(str, cli_args)]
 
 
+def _rss_parts() -> dict:
+    """This process's resident bytes by kind (anonymous = its own allocations; file = mapped file pages)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
 def _rss_wrap(argv: list[str]) -> int:
     import resource
+    import threading
     from diskgnn.tools.cli import main as cli_main
-    rc = cli_main(argv)
+    peaks: dict = {}
+    stop = threading.Event()
+
+    def sample() -> None:  # ru_maxrss has no breakdown: sample the kinds every 20 ms
+        while not stop.is_set():
+            for k, v in _rss_parts().items():
+                peaks[k] = max(peaks.get(k, 0), v)
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        rc = cli_main(argv)
+    finally:
+        stop.set()
+        watcher.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_rss_bytes": peak, "rc": rc}), file=sys.stderr)
+    print(json.dumps({"peak_rss_bytes": peak, "peak_anon_bytes": peaks.get("RssAnon"),
+                      "peak_file_bytes": peaks.get("RssFile"), "rc": rc}), file=sys.stderr)
     return rc
 
 
@@ -899,14 +927,16 @@ def measure_memory(dataset: Path, work: Path, *, cap: int = 2 << 30, samples: Pa
                 args = ["train", packed, "--model", "sage", "--epochs", str(epochs), "--device", "cpu",
                         "--checkpoint", target, *flag]
             r = run_capped(rss_wrapped(*args, "-q"), cap, timeout=timeout)
-            rss = None
+            rss = anon = file_pages = None
             for line in r.stderr.splitlines():
                 if line.startswith("{") and "peak_rss_bytes" in line:
-                    rss = json.loads(line)["peak_rss_bytes"]
+                    rec = json.loads(line)
+                    rss, anon, file_pages = rec["peak_rss_bytes"], rec.get("peak_anon_bytes"), rec.get("peak_file_bytes")
             limit = parse_budget(budget, cap)
             row = {"step": step, "memory_budget": budget or "default", "budget_bytes": limit,
                    "returncode": r.returncode, "oom_killed": r.oom_killed, "cgroup": r.cgroup,
-                   "peak_rss_bytes": rss, "cgroup_peak_bytes": r.peak_bytes, "wall_s": round(r.wall_s, 1),
+                   "peak_rss_bytes": rss, "peak_anon_rss_bytes": anon, "peak_file_rss_bytes": file_pages,
+                   "cgroup_peak_bytes": r.peak_bytes, "wall_s": round(r.wall_s, 1),
                    "within_budget_plus_10pct": rss is not None and r.returncode == 0 and rss <= 1.1 * limit,
                    "stderr_tail": r.stderr[-600:] if r.returncode != 0 else ""}
             log.info("memory %s", {k: v for k, v in row.items() if k != "stderr_tail"})
