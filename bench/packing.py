@@ -119,9 +119,10 @@ def run(args) -> dict:
     probe = work / ".write-probe.bin"
     probe_bytes = parse_size(args.write_probe)
 
-    def seq_write() -> float:
+    def seq_write() -> float:  # the disk's best of the probe's and the packer's request shapes
         try:
-            return measure_seq_write(probe, probe_bytes)
+            return max(measure_seq_write(probe, probe_bytes),
+                       measure_seq_write(probe, probe_bytes, request_size=4 << 20, depth=4))
         finally:
             if probe.exists():
                 os.unlink(probe)
