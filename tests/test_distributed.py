@@ -169,24 +169,25 @@ def test_two_ranks_equal_single_process_gradient_averaging(two_rank_run, samples
     assert report["best_val_acc"] == epoch["val_acc"]
 
 
-def test_resume_with_the_same_ranks_continues_exactly(two_rank_run, samples, tiny_dataset, tmp_path):
-    import shutil
-    _, out = two_rank_run
-    shutil.copytree(out / "ck", tmp_path / "ck")
-    cfg = TrainConfig(nproc=2, epochs=2, checkpoint=str(tmp_path / "ck"), resume=True,
-                      metrics=str(tmp_path / "m.jsonl"), **TRAIN)
-    report = launch_local(samples.path, cfg, features="memmap")
-    assert report["epochs"] == 2
-    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [x.get("epoch") for x in lines if x["event"] == "epoch"] == [2]  # only the missing epoch ran
-    ref = reference(samples, tiny_dataset, epochs=2)
-    assert_same_weights(load_checkpoint(tmp_path / "ck")["model"], ref.model.state_dict())
-
-
 def test_shard_set_trains_like_the_shared_directory(two_rank_run, shard_set, tmp_path):
+    """The README's workflow: sample shard r of 2, pack each shard, train on the set of packed shards."""
+    from diskgnn.packing import PackConfig, pack
     _, out = two_rank_run
+    for r in range(2):
+        pack(shard_set / f"shard-{r}", tmp_path / "packed" / f"shard-{r}", PackConfig(host_cache="20%"))
     cfg = TrainConfig(nproc=2, epochs=1, checkpoint=str(tmp_path / "ck"), **TRAIN)
-    launch_local(shard_set, cfg, features="memmap")
+    launch_local(tmp_path / "packed", cfg)
+    assert_same_weights(load_checkpoint(tmp_path / "ck")["model"], load_checkpoint(out / "ck")["model"])
+
+
+def test_sharded_packs_of_shared_samples_train_like_the_shared_directory(two_rank_run, samples, tmp_path):
+    """``diskgnn pack --num-shards 2 --shard r`` of one samples directory: rank r reads only its packed shard."""
+    from diskgnn.packing import PackConfig, pack
+    _, out = two_rank_run
+    for r in range(2):
+        pack(samples.path, tmp_path / "packed" / f"shard-{r}", PackConfig(host_cache="5%"), num_shards=2, shard=r)
+    cfg = TrainConfig(nproc=2, epochs=1, checkpoint=str(tmp_path / "ck"), **TRAIN)
+    launch_local(tmp_path / "packed", cfg)
     assert_same_weights(load_checkpoint(tmp_path / "ck")["model"], load_checkpoint(out / "ck")["model"])
 
 
@@ -196,7 +197,7 @@ def test_a_rank_that_fails_stops_the_job_with_its_own_message(shard_set, tmp_pat
     shutil.copytree(shard_set / "shard-0", partial / "shard-0")  # rank 1's shard is missing
     t0 = time.monotonic()
     with pytest.raises(DistributedError, match=r"rank 1 of 2 .*exited with code 2: .*shard for rank 1"):
-        launch_local(partial, TrainConfig(nproc=2, epochs=1, **TRAIN), features="memmap")
+        launch_local(partial, TrainConfig(nproc=2, epochs=1, **TRAIN), features="memmap", grace_s=1.0)
     assert time.monotonic() - t0 < 60
 
 
@@ -210,7 +211,7 @@ _LAUNCH = textwrap.dedent("""\
         cfg = TrainConfig(nproc=2, epochs=100000, eval_every=100000, hidden=8, device="cpu", threads=1,
                           metrics=sys.argv[2])
         try:
-            launch_local(sys.argv[1], cfg, features="memmap")
+            launch_local(sys.argv[1], cfg, features="memmap", grace_s=1.0)
         except DiskGNNError as exc:
             print("error:", exc, file=sys.stderr)
             sys.exit(2)
@@ -246,15 +247,23 @@ def test_killing_a_rank_makes_the_launcher_fail_fast_and_clearly(samples, tmp_pa
     assert re.search(r"error: data-parallel training failed: rank 1 of 2 \(pid \d+\) was killed by SIGKILL", text)
 
 
-def test_cli_trains_a_packed_directory_on_two_ranks(samples, tmp_path):
+def test_cli_resumes_on_two_ranks_from_a_packed_directory(two_rank_run, samples, tiny_dataset, tmp_path):
+    """``diskgnn train PACKED --nproc 2 --resume`` continues the 1-epoch run exactly (packed fp32 rows are the
+    dataset's rows, so the memmap run's checkpoint fits)."""
+    import shutil
     from diskgnn.packing import PackConfig, pack
     from diskgnn.tools.cli import main
+    _, out = two_rank_run
+    shutil.copytree(out / "ck", tmp_path / "ck")
     packed = pack(samples.path, tmp_path / "packed", PackConfig(host_cache="20%"))
-    rc = main(["train", str(packed.path), "--nproc", "2", "--epochs", "1", "--hidden", "8", "--lr", "1e-2",
+    rc = main(["train", str(packed.path), "--nproc", "2", "--epochs", "2", "--hidden", "8", "--lr", "1e-2",
                "--train-seed", "5", "--device", "cpu", "--threads", "1", "--checkpoint", str(tmp_path / "ck"),
-               "--memory-budget", "1G", "-q"])
+               "--resume", "--metrics", str(tmp_path / "m.jsonl"), "--memory-budget", "1G", "-q"])
     assert rc == 0
-    ref = reference(samples, packed.dataset, epochs=1)  # fp32 packed rows are exact: same weights
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [x.get("epoch") for x in lines if x["event"] == "epoch"] == [2]  # only the missing epoch ran
+    assert lines[-1]["epochs"] == 2 and lines[-1]["nproc"] == 2
+    ref = reference(samples, tiny_dataset, epochs=2)
     assert_same_weights(load_checkpoint(tmp_path / "ck")["model"], ref.model.state_dict())
 
 
