@@ -27,8 +27,8 @@ class DGLOnline:
         self.dgl = dgl
         indptr = torch.from_numpy(np.asarray(ds.indptr, dtype=np.int64))
         indices = torch.from_numpy(np.asarray(ds.indices).astype(np.int64))
-        eids = torch.arange(indices.shape[0], dtype=torch.int64)
-        self.graph = dgl.graph(("csc", (indptr, indices, eids)), num_nodes=ds.num_nodes, idtype=torch.int64)
+        # no explicit edge ids: DGL numbers edges itself, and an int64 arange would cost 8 bytes per edge
+        self.graph = dgl.graph(("csc", (indptr, indices, [])), num_nodes=ds.num_nodes, idtype=torch.int64)
         del indices, indptr
         self.train_idx = torch.from_numpy(np.asarray(ds.split("train"), dtype=np.int64))
         self.sampler = dgl.dataloading.NeighborSampler(list(sample_config.fanouts))
