@@ -156,6 +156,22 @@ def next_use(trace, num_ids):
 
 
 @numba.njit(cache=True, nogil=True)
+def _sift_down(heap_key, heap_id, i, hsize):
+    """Restore the max-heap property below position ``i`` of a heap of ``hsize`` items."""
+    while True:
+        left = 2 * i + 1
+        if left >= hsize:
+            return
+        right = left + 1
+        c = left if (right >= hsize or heap_key[left] >= heap_key[right]) else right
+        if heap_key[c] <= heap_key[i]:
+            return
+        heap_key[c], heap_key[i] = heap_key[i], heap_key[c]
+        heap_id[c], heap_id[i] = heap_id[i], heap_id[c]
+        i = c
+
+
+@numba.njit(cache=True, nogil=True)
 def belady_hits(trace, capacity, num_ids):
     """Belady's optimal offline policy (evict the row used furthest in the future).
 
@@ -187,19 +203,7 @@ def belady_hits(trace, capacity, num_ids):
                     hsize -= 1
                     heap_key[0] = heap_key[hsize]
                     heap_id[0] = heap_id[hsize]
-                    i = 0
-                    while True:
-                        l = 2 * i + 1
-                        if l >= hsize:
-                            break
-                        r = l + 1
-                        c = l if (r >= hsize or heap_key[l] >= heap_key[r]) else r
-                        if heap_key[c] > heap_key[i]:
-                            heap_key[c], heap_key[i] = heap_key[i], heap_key[c]
-                            heap_id[c], heap_id[i] = heap_id[i], heap_id[c]
-                            i = c
-                        else:
-                            break
+                    _sift_down(heap_key, heap_id, 0, hsize)
                 if nu[t] >= heap_key[0]:
                     continue  # bypass: x is needed later than everything cached
                 cur[heap_id[0]] = -1
@@ -238,19 +242,7 @@ def belady_hits(trace, capacity, num_ids):
                     m += 1
             hsize = m
             for s in range(hsize // 2 - 1, -1, -1):
-                i = s
-                while True:
-                    l = 2 * i + 1
-                    if l >= hsize:
-                        break
-                    r = l + 1
-                    c = l if (r >= hsize or heap_key[l] >= heap_key[r]) else r
-                    if heap_key[c] > heap_key[i]:
-                        heap_key[c], heap_key[i] = heap_key[i], heap_key[c]
-                        heap_id[c], heap_id[i] = heap_id[i], heap_id[c]
-                        i = c
-                    else:
-                        break
+                _sift_down(heap_key, heap_id, s, hsize)
     return hits
 
 
