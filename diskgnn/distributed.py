@@ -305,16 +305,16 @@ class DistributedTrainer(Trainer):
         self.info, self.share = info, share
         if not info.is_main:  # same initial weights everywhere (seeded above), different dropout draws
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, info.rank]).generate_state(1)[0]))
-        from torch.nn.parallel import DistributedDataParallel
-        self.train_module = DistributedDataParallel(
-            self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-        self._rng_states: list | None = None
         self._num_batches = {p: global_num_batches(samples, p, dataset) for p in samples.parts}
-        for part in self.train_parts:  # every rank refuses alike, before the first collective
+        for part in self.train_parts:  # every rank refuses alike, so none is left waiting in a collective
             if self._num_batches[part] < info.world_size:
                 raise ConfigError(f"part {part} has {self._num_batches[part]} batches, fewer than the "
                                   f"{info.world_size} processes, so some would have nothing to train on; use fewer "
                                   f"processes or sample with a smaller --batch-size")
+        from torch.nn.parallel import DistributedDataParallel
+        self.train_module = DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        self._rng_states: list | None = None
 
     # --- batches -------------------------------------------------------------------------------
 
