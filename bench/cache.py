@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from diskgnn.kernels.cache_sim import belady_hits, clock_hits, lru_hits, sieve_hits, static_hits
+from diskgnn.kernels.cache_sim import clock_hits, lru_hits, sieve_hits, static_hits
+from diskgnn.packing import belady_hit_rate
 
 POLICIES = ("static", "lru", "clock", "sieve", "belady")
 DEFAULT_FRACTIONS = (0.05, 0.10, 0.20, 0.30, 0.50)
@@ -50,8 +51,10 @@ def policy_study(trace: np.ndarray, num_ids: int, fractions=DEFAULT_FRACTIONS, p
                 mask = np.zeros(num_ids, dtype=np.bool_)
                 mask[order[:cap]] = True
                 hits = static_hits(trace, mask)
+            elif policy == "belady":  # preloaded with the rows used first, like the others below
+                hits = belady_hit_rate(trace, num_ids, cap) * trace.size
             else:
-                fn = {"lru": lru_hits, "clock": clock_hits, "sieve": sieve_hits, "belady": belady_hits}[policy]
+                fn = {"lru": lru_hits, "clock": clock_hits, "sieve": sieve_hits}[policy]
                 # the prefix holds distinct ids and fits: all misses, so every hit is on the trace itself
                 hits = fn(np.concatenate([warm_prefix(trace, cap), trace]), cap, num_ids)
             row[policy] = hits / max(trace.size, 1)
