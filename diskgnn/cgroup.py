@@ -192,18 +192,20 @@ def run_capped(cmd: list[str], limit_bytes: int | None, *, timeout: float | None
 
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=enter_cgroup if procs else None, env=env)
-        rc, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc, out, err = -9, exc.stdout or "", (exc.stderr or "") + f"\ntimed out after {timeout} s"
-        out = out.decode() if isinstance(out, bytes) else out
-        err = err.decode() if isinstance(err, bytes) else err
-    wall = time.perf_counter() - t0
-    peak = group.peak_bytes() if group else None
-    oom = bool(group and group.oom_kills() > 0) or rc == -9
-    if group:
-        group.remove()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=enter_cgroup if procs else None, env=env)
+            rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as exc:  # subprocess.run has killed the child
+            rc, out, err = -9, exc.stdout or "", (exc.stderr or "") + f"\ntimed out after {timeout} s"
+            out = out.decode() if isinstance(out, bytes) else out
+            err = err.decode() if isinstance(err, bytes) else err
+        wall = time.perf_counter() - t0
+        peak = group.peak_bytes() if group else None
+        oom = bool(group and group.oom_kills() > 0) or rc == -9
+    finally:  # also on Ctrl-C: never leave a cgroup behind
+        if group:
+            group.remove()
     return CappedRun(returncode=rc, stdout=out, stderr=err, wall_s=wall, peak_bytes=peak,
                      oom_killed=oom and rc != 0, cgroup=group is not None)
 
