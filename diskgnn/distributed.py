@@ -137,10 +137,8 @@ def timeout_s() -> float:
 
 def rank_memory_budget(memory_budget, local_world_size: int) -> int:
     """This rank's share (bytes) of the node budget (``--memory-budget``, default: the available memory)."""
-    from diskgnn.capabilities import available_memory
-    from diskgnn.sizes import parse_size
-    node = parse_size(memory_budget, name="--memory-budget") if memory_budget is not None else available_memory()
-    return node // max(1, local_world_size)
+    from diskgnn.memory import resolve_memory_budget
+    return resolve_memory_budget(memory_budget) // max(1, local_world_size)
 
 
 def rank_threads(threads: int | None, local_world_size: int) -> int:

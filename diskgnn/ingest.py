@@ -42,8 +42,9 @@ from diskgnn.dataset import (FEATURE_DTYPES, SPLITS, Dataset, DatasetWriter, con
 from diskgnn.errors import (ConfigError, InputFormatError, InputNotFoundError, MemoryBudgetError,
                             MismatchError)
 from diskgnn.manifest import raise_if_disk_full
+from diskgnn.memory import resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
-from diskgnn.sizes import format_bytes, parse_size
+from diskgnn.sizes import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,7 @@ class PrepareConfig:
         if self.dtype is not None and self.dtype not in FEATURE_DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r} is not supported; choose one of {', '.join(FEATURE_DTYPES)}")
         if self.memory_budget is not None:
-            budget = parse_size(self.memory_budget, name="--memory-budget")
-            if budget < 16 << 20:
-                raise ConfigError(f"--memory-budget {self.memory_budget!r} is below the minimum of 16M; "
-                                  f"give at least 16M")
+            resolve_memory_budget(self.memory_budget)
         if self.num_nodes is not None and (isinstance(self.num_nodes, bool) or int(self.num_nodes) < 1):
             raise ConfigError(f"--num-nodes must be a positive integer, got {self.num_nodes!r}")
         if self.format != "edgelist":
@@ -107,10 +105,7 @@ class PrepareConfig:
 
     def budget_bytes(self) -> int:
         """The memory budget in bytes (the available memory when none was given)."""
-        if self.memory_budget is not None:
-            return parse_size(self.memory_budget, name="--memory-budget")
-        from diskgnn.capabilities import available_memory
-        return max(int(available_memory() * 0.7), 64 << 20)
+        return resolve_memory_budget(self.memory_budget, fraction=0.7)
 
 
 # --- input parts ---------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Every step (prepare, sample, pack, train) takes ``--memory-budget``; without
 it the budget is the memory available now (psutil, capped by this process's
 memory cgroup), so a step started inside a container or a benchmark cgroup
 plans for the memory it really has.
+
+A size text (what the command line passes) must be at least :data:`MIN_BUDGET`;
+a number of bytes given by code (tests, a rank's share of the node budget) is
+taken as it is, as long as it is positive.
 """
 from __future__ import annotations
 
@@ -24,9 +28,27 @@ def resolve_memory_budget(value=None, *, name: str = "--memory-budget", fraction
     if value is None:
         from diskgnn.capabilities import available_memory
         return max(int(available_memory() * fraction), MIN_BUDGET)
-    if isinstance(value, str) and value.strip().startswith("-"):
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be bytes or a size such as 512M or 2G, got {value!r}")
+    if not isinstance(value, str):
+        try:
+            budget = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{name} must be bytes or a size such as 512M or 2G, got {value!r}") from None
+        if budget <= 0:
+            raise ConfigError(f"{name} must be positive, got {value!r}; give bytes such as 512M or 2G")
+        return budget
+    if value.strip().startswith("-"):
         raise ConfigError(f"{name} must be positive, got {value!r}; give bytes such as 512M or 2G")
     budget = parse_size(value, name=name)
     if budget < MIN_BUDGET:
         raise ConfigError(f"{name} {value!r} is below the minimum of 16M; give bytes such as 512M or 2G")
     return budget
+
+
+def describe_budget(value, budget: int) -> str:
+    """How an error message names the budget: the one given, or the available memory it defaulted to."""
+    from diskgnn.sizes import format_bytes
+    if value is None:
+        return f"the available memory ({format_bytes(budget)})"
+    return f"the memory budget {format_bytes(budget)}"

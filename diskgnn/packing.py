@@ -39,6 +39,7 @@ from diskgnn.kernels.packing import (belady_hits, bucket_rows, extent_dests, nex
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
 from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, write_manifest)
+from diskgnn.memory import resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes, parse_factor, parse_size
 from diskgnn.store import FORMAT, TIER_NAMES, VERSION, Packed, samples_fingerprint
@@ -447,9 +448,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     t0 = time.perf_counter()
     samples = _open_samples(samples_dir)
     ds = _open_dataset(samples, dataset)
-    from diskgnn.capabilities import available_memory
-    budget = (parse_size(memory_budget, name="--memory-budget") if memory_budget is not None
-              else int(available_memory() * 0.7))
+    budget = resolve_memory_budget(memory_budget, fraction=0.7)
     plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard)
     chunk_bytes, fixed, max_extent = pack_memory(plan, ds, cfg)
     group_bytes = min(plan.packed_bytes, max((budget - fixed) // 2, 0) // ALIGN * ALIGN)
@@ -480,6 +479,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         stats = dict(plan.stats)
         stats.update(io_stats)
         stats["io_seconds"] = io_seconds
+        stats["memory_budget_bytes"] = budget
         stats["write_GBps"] = io_stats["bytes_written"] / io_seconds / 1e9 if io_seconds > 0 else None
         stats["read_GBps"] = io_stats["bytes_read"] / io_seconds / 1e9 if io_seconds > 0 else None
         if belady is not None:

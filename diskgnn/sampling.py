@@ -44,6 +44,7 @@ from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchE
 from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
                               read_manifest, write_json_atomic, write_manifest)
+from diskgnn.memory import resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -237,30 +238,20 @@ def _as_dataset(dataset) -> Dataset:
     return Dataset.open(dataset)
 
 
-def _memory_budget(memory_budget) -> int:
-    if memory_budget is None:
-        from diskgnn.capabilities import available_memory
-        return available_memory()
-    from diskgnn.sizes import parse_size
-    budget = parse_size(memory_budget, name="--memory-budget")
-    if budget <= 0:
-        raise ConfigError(f"--memory-budget must be positive, got {memory_budget!r}")
-    return budget
-
-
 def topology_bytes(dataset: Dataset) -> int:
     return dataset.specs["indptr"].nbytes + dataset.specs["indices"].nbytes
 
 
 def resolve_mmap_topology(dataset: Dataset, mmap_topology: str | bool = "auto", memory_budget=None) -> bool:
     """Whether to read the CSR through its memory map: 'yes', 'no', or 'auto' (when it needs more than half the budget)."""
+    budget = resolve_memory_budget(memory_budget)  # checked whatever the choice: a bad --memory-budget is an error
     if mmap_topology in (True, "yes"):
         return True
     if mmap_topology in (False, "no"):
         return False
     if mmap_topology != "auto":
         raise ConfigError(f"--mmap-topology must be auto, yes or no, got {mmap_topology!r}")
-    return topology_bytes(dataset) > _memory_budget(memory_budget) // 2
+    return topology_bytes(dataset) > budget // 2
 
 
 class Sampler:

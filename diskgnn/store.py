@@ -45,8 +45,9 @@ from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_emp
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
                                     gather_rows_lut, split_map)
 from diskgnn.manifest import file_crc32, read_manifest
+from diskgnn.memory import describe_budget, resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
-from diskgnn.sizes import format_bytes, parse_size
+from diskgnn.sizes import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +458,7 @@ class FeatureStore:
     ``device`` is the training device: the device tier lives there (host memory
     without CUDA) and :meth:`assemble` returns float32 tensors on it. The memory
     tiers are loaded at construction and checked against ``memory_budget``
-    (default: the available memory).
+    (default: the available memory), together with the read buffers.
     """
 
     def __init__(self, packed, device="cpu", memory_budget=None, *, io_depth: int = IO_DEPTH,
@@ -483,9 +484,7 @@ class FeatureStore:
             cum = np.concatenate([[0], np.cumsum(self.runs[:, 1])])
             runs_pages = cum[self.batches[:, 3]] - cum[self.batches[:, 2]]
         self.max_read_bytes = int(runs_pages.max(initial=0)) * ALIGN
-        host_bytes = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
-        need = host_bytes + pool_size * self.max_read_bytes
-        self._check_memory(need, memory_budget, host_bytes)
+        self._check_memory(memory_budget, pool_size)
         if self.cuda:
             free, _ = torch.cuda.mem_get_info(self.device)
             dev = p.specs["tier_device"].nbytes
@@ -505,19 +504,16 @@ class FeatureStore:
         self._staging: list = []
         self.reset_stats()
 
-    def _check_memory(self, need: int, memory_budget, tier_bytes: int) -> None:
-        from diskgnn.capabilities import available_memory
-        if memory_budget is not None:
-            budget = parse_size(memory_budget, name="memory budget")
-            what = f"the memory budget {format_bytes(budget)}"
-        else:
-            budget = available_memory()
-            what = f"the available memory ({format_bytes(budget)})"
+    def _check_memory(self, memory_budget, pool_size: int) -> None:
+        budget = resolve_memory_budget(memory_budget)
+        p = self.packed
+        tier_bytes = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
+        need = tier_bytes + pool_size * self.max_read_bytes
         if need > budget:
             raise MemoryBudgetError(
-                f"{self.packed.path}: the memory tiers ({format_bytes(tier_bytes)}) and read buffers need "
-                f"{format_bytes(need)}, more than {what}; re-pack with smaller --host-cache/--pinned-cache/"
-                f"--device-cache or raise the budget")
+                f"{p.path}: the memory tiers ({format_bytes(tier_bytes)}) and read buffers need "
+                f"{format_bytes(need)}, more than {describe_budget(memory_budget, budget)}; re-pack with smaller "
+                f"--host-cache/--pinned-cache/--device-cache or raise the budget")
 
     def _load_tier(self, tier: str, mmap: bool) -> np.ndarray:
         p = self.packed

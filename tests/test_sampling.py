@@ -144,7 +144,7 @@ def test_too_many_threads_are_capped(tiny_dataset, tmp_path):
 
 
 def test_memory_budget_picks_mmap(tiny_dataset, tmp_path):
-    small = presample(tiny_dataset.path, tmp_path / "small", CFG, memory_budget="4K")
+    small = presample(tiny_dataset.path, tmp_path / "small", CFG, memory_budget=4096)
     assert small.summary()["mmap_topology"] is True
     big = presample(tiny_dataset.path, tmp_path / "big", CFG, memory_budget="1G")
     assert big.summary()["mmap_topology"] is False

@@ -169,7 +169,7 @@ def test_store_bad_requests(packed):
         with pytest.raises(ConfigError, match="was given the read"):
             store.assemble("test", 0, r)
     with pytest.raises(MemoryBudgetError, match="memory budget"):
-        FeatureStore(packed, "cpu", memory_budget="1K")
+        FeatureStore(packed, "cpu", memory_budget=1024)
 
 
 def test_summary_reports_tiers_and_bound(packed):
