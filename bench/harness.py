@@ -165,12 +165,19 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
     t_start = time.perf_counter()
     usage_before = shutil.disk_usage(cfg.workdir.parent if cfg.workdir.parent.exists() else ".").used
     inputs = prepare_inputs(cfg, progress)
-    disk = disk_limits(cfg.workdir, size=min(2 << 30, max(256 << 20, inputs["feature_bytes"] // 2)))
+    probe_size = min(2 << 30, max(256 << 20, inputs["feature_bytes"] // 2))
+    disk_runs = [disk_limits(cfg.workdir, size=probe_size)]
     systems = []
     for i, system in enumerate(cfg.systems):
         progress(f"bench {cfg.kind}", 0, len(cfg.systems))
         systems.append(run_system(cfg, system, inputs))
         progress(f"bench {cfg.kind}", 1, len(cfg.systems))
+    disk_runs.append(disk_limits(cfg.workdir, size=probe_size))
+    # The shared disk's speed swings: the floors use the best figure seen in this run (the hardest bound).
+    disk = {k: max(r[k] for r in disk_runs) for k in ("seq_read_GBps", "seq_write_GBps", "rand4k_iops_qd1",
+                                                       "rand4k_iops_qd64", "buffered_read_GBps")}
+    disk["direct"] = all(r.get("direct") for r in disk_runs)
+    disk["runs"] = disk_runs
     if "diskgnn-10%" in cfg.systems:  # floors for the 10 % configuration
         d10 = next(s for s in systems if s["name"] == "diskgnn-10%")
         if not d10.get("failed") and disk.get("seq_read_GBps"):

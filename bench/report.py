@@ -17,7 +17,7 @@ def markdown(result: dict) -> str:
              f"{result['date']}, memory cap {format_bytes(cap) if cap else 'none'} "
              f"({'cgroup' if result.get('cgroup') else 'NO cgroup: not a capped comparison'}).",
              "",
-             f"Disk measured in the same run: O_DIRECT sequential read {disk.get('seq_read_GBps', float('nan')):.2f} GB/s, "
+             f"Disk measured in the same run (best of a probe before and after the systems): O_DIRECT sequential read {disk.get('seq_read_GBps', float('nan')):.2f} GB/s, "
              f"write {disk.get('seq_write_GBps', float('nan')):.2f} GB/s, 4 KiB random read "
              f"{disk.get('rand4k_iops_qd1', 0):.0f} IOPS (qd1) / {disk.get('rand4k_iops_qd64', 0):.0f} IOPS (qd64).",
              "",
@@ -74,8 +74,9 @@ def plot(result: dict, path) -> bool:
     ax1.tick_params(axis="x", rotation=45)
     ax1.legend(fontsize=8)
     ax2.bar(names, [s.get("feature_bytes_read", 0) / 2**30 for s in systems], label="feature bytes read")
-    ax2.bar(names, [s.get("bytes_useful", 0) / 2**30 for s in systems], alpha=0.6, label="useful")
-    ax2.set_ylabel("GiB per epoch")
+    ax2.bar(names, [s.get("bytes_useful", 0) / 2**30 for s in systems], alpha=0.6, width=0.5, label="useful")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("GiB per epoch (log)")
     ax2.set_title("bytes read per epoch")
     ax2.tick_params(axis="x", rotation=45)
     ax2.legend(fontsize=8)
