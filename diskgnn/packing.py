@@ -13,7 +13,9 @@
    each row to the tier files and to the output buffer of a *group* of
    extents; a group is written sequentially while the next group's pass over
    ``features.bin`` runs. Groups are as large as the memory budget allows, so
-   there are few passes, and there is never a random row read.
+   there are few passes, and there is never a random row read; without
+   ``--chunk-size`` the chunk shrinks under a tight budget until the passes
+   are as few as they can be (:func:`plan_pack_memory`).
 
 The directory is marked partial until its manifest (with a crc32 of every
 file) is written, last. See :mod:`diskgnn.store` for the format.
@@ -68,8 +70,8 @@ class PackConfig:
     """Cap on packed.bin as a multiple of the feature bytes (``3x``); None = no cap."""
     store_dtype: str | None = None
     """Precision of stored rows: fp32, fp16, bf16; None = the dataset's."""
-    chunk_size: str | int = "256M"
-    """Bytes of features.bin streamed per chunk."""
+    chunk_size: str | int | None = None
+    """Bytes of features.bin streamed per chunk; None = chosen from the memory budget (see :func:`plan_pack_memory`)."""
     belady: bool = True
     """Compute the Belady (optimal offline) hit rate of the same cache size as a bound."""
     seed: int = 0
@@ -85,9 +87,10 @@ class PackConfig:
             parse_factor(self.disk_budget, name="--disk-budget")
         if self.store_dtype is not None and self.store_dtype not in STORE_DTYPES:
             raise ConfigError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
-        _check_size_text(self.chunk_size, "--chunk-size")
-        if parse_size(self.chunk_size, name="--chunk-size") < ALIGN:
-            raise ConfigError(f"--chunk-size must be at least 4K, got {self.chunk_size!r}")
+        if self.chunk_size is not None:
+            _check_size_text(self.chunk_size, "--chunk-size")
+            if parse_size(self.chunk_size, name="--chunk-size") < ALIGN:
+                raise ConfigError(f"--chunk-size must be at least 4K, got {self.chunk_size!r}")
         if self.gap_pages < 0:
             raise ConfigError(f"gap_pages must be >= 0, got {self.gap_pages}")
 
@@ -424,22 +427,169 @@ def belady_memory(trace_len: int, num_nodes: int, capacity: int) -> int:
     return trace_len * idx + num_nodes * (idx + 8) + capacity * 16
 
 
-def pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig) -> tuple[int, int, int]:
-    """(chunk bytes, memory used besides the output buffers, largest extent) of packing ``plan``.
+AUTO_CHUNK_MAX = 256 << 20
+"""The largest chunk ``pack`` picks by itself: larger chunks stream no faster."""
+AUTO_CHUNK_MIN = 8 << 20
+"""The smallest chunk ``pack`` picks by itself: sequential reads this large still run at the disk's full speed."""
+BUCKET_BYTES_PER_ROW = 24
+"""Memory per row of an output group while it fills: its destination, then its bucketed position and destination."""
 
-    Two output buffers of at least the largest extent come on top; the larger they are, the
-    fewer passes over features.bin.
-    """
-    unit = ds.row_bytes * ALIGN // math.gcd(ds.row_bytes, ALIGN)  # chunks start on a row and a page boundary
-    chunk_bytes = max(unit, parse_size(cfg.chunk_size, name="--chunk-size") // unit * unit)
-    chunk_bytes = min(chunk_bytes, align_up(ds.feature_bytes, unit))
-    # indexes, two chunk buffers and a converted copy, the per-group bucketed rows
+
+def _chunk_unit(ds: Dataset) -> int:
+    """Chunks start on a row and a page boundary: they are multiples of lcm(row bytes, 4096)."""
+    return ds.row_bytes * ALIGN // math.gcd(ds.row_bytes, ALIGN)
+
+
+def _chunk_bytes(ds: Dataset, wanted: int) -> int:
+    unit = _chunk_unit(ds)
+    return min(max(unit, wanted // unit * unit), align_up(ds.feature_bytes, unit))
+
+
+def _fixed_bytes(plan: PackPlan, ds: Dataset, cfg: PackConfig, chunk_bytes: int) -> int:
+    """Memory of packing besides the output buffers and their bucketed rows, with chunks of ``chunk_bytes``."""
+    # indexes, two chunk buffers and a converted copy
     fixed = (plan.inputs.nbytes + plan.maps.nbytes + plan.row_nodes.nbytes + 3 * 8 * ds.num_nodes
-             + 3 * chunk_bytes + 16 * plan.row_nodes.size // 4)
+             + 3 * chunk_bytes)
     if cfg.belady:  # the Belady bound runs beside the writes: its arrays share the budget
         fixed += belady_memory(int(plan.inputs.size), ds.num_nodes, sum(plan.tier_rows.values()))
-    max_extent = int(align_up(int(plan.extent_rows.max(initial=0)) * plan.row_bytes))
-    return chunk_bytes, fixed, max_extent
+    return int(fixed)
+
+
+def _max_extent(plan: PackPlan) -> int:
+    return int(align_up(int(plan.extent_rows.max(initial=0)) * plan.row_bytes))
+
+
+def pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig, chunk_bytes: int | None = None) -> tuple[int, int, int]:
+    """(chunk bytes, memory used besides the output groups, largest extent) of packing ``plan``.
+
+    ``chunk_bytes`` defaults to ``--chunk-size`` (the largest automatic chunk when there is none).
+    Two output buffers of at least the largest extent (and :data:`BUCKET_BYTES_PER_ROW` per row
+    of a group) come on top; the larger they are, the fewer passes over features.bin.
+    """
+    if chunk_bytes is None:
+        chunk_bytes = AUTO_CHUNK_MAX if cfg.chunk_size is None else parse_size(cfg.chunk_size, name="--chunk-size")
+    chunk_bytes = _chunk_bytes(ds, chunk_bytes)
+    return chunk_bytes, _fixed_bytes(plan, ds, cfg, chunk_bytes), _max_extent(plan)
+
+
+@dataclass(frozen=True, slots=True)
+class PackMemory:
+    """How ``pack`` spends its memory budget (what :func:`plan_pack_memory` decided)."""
+    budget: int
+    """The memory budget in bytes."""
+    chunk_bytes: int
+    """Bytes of features.bin per streamed chunk (three buffers: two being read, one converted copy)."""
+    group_bytes: int
+    """Bytes of an output buffer: the largest group of consecutive extents written at once."""
+    buffers: int
+    """Output buffers (two when there are several groups: one is written while the other fills)."""
+    bucket_bytes: int
+    """The largest group's rows bucketed by chunk (:data:`BUCKET_BYTES_PER_ROW` each)."""
+    fixed_bytes: int
+    """Memory besides the output groups: indexes, chunk buffers, the Belady arrays."""
+    passes: int
+    """Passes over features.bin (one per group; one for the tiers alone)."""
+    reason: str
+    """Why this chunk size, in words (logged)."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.fixed_bytes + self.buffers * self.group_bytes + self.bucket_bytes
+
+
+def _extent_ends(plan: PackPlan) -> np.ndarray:
+    sizes = (plan.extent_rows.astype(np.int64) * plan.row_bytes + (ALIGN - 1)) // ALIGN * ALIGN
+    return plan.extent_offsets.astype(np.int64) + sizes
+
+
+def _groups(plan: PackPlan, group_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive extents [e0, e1) whose bytes fit one output buffer (greedy: the fewest groups)."""
+    ends = _extent_ends(plan)
+    groups, e0, num = [], 0, len(plan.extent_rows)
+    while e0 < num:
+        e1 = max(int(np.searchsorted(ends, int(plan.extent_offsets[e0]) + group_bytes, side="right")), e0 + 1)
+        if ends[e1 - 1] > plan.extent_offsets[e0] or e1 < num:  # trailing empty extents need no group
+            groups.append((e0, e1))
+        e0 = e1
+    return groups
+
+
+def _layout_with(plan: PackPlan, budget: int, fixed: int, max_extent: int) -> tuple[int, int, int, int] | None:
+    """(passes, group bytes, buffers, bucket bytes) of packing with ``budget - fixed`` bytes for the output
+    groups; None if that is too small."""
+    room = budget - fixed
+    tiers_pass = 1 if plan.cache_nodes.size else 0
+    if plan.packed_bytes == 0:
+        return (tiers_pass, 0, 0, 0) if room >= 0 else None
+    all_rows = int(plan.extent_rows.sum())
+    if plan.packed_bytes + BUCKET_BYTES_PER_ROW * all_rows <= room:  # one group: one buffer, none to overlap with
+        return 1, plan.packed_bytes, 1, BUCKET_BYTES_PER_ROW * all_rows
+    # two buffers, and the rows of one group (at most group bytes / row bytes) bucketed
+    half = int(room // (2 + BUCKET_BYTES_PER_ROW / plan.row_bytes)) // ALIGN * ALIGN if room > 0 else 0
+    if half < max_extent:
+        return None
+    groups = _groups(plan, half)
+    ends = _extent_ends(plan)
+    rows = np.concatenate([[0], np.cumsum(plan.extent_rows)])
+    largest = max(int(ends[e1 - 1] - plan.extent_offsets[e0]) for e0, e1 in groups)
+    most_rows = max(int(rows[e1] - rows[e0]) for e0, e1 in groups)
+    return max(len(groups), tiers_pass), largest, 2 if len(groups) > 1 else 1, BUCKET_BYTES_PER_ROW * most_rows
+
+
+def plan_pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget: int) -> PackMemory:
+    """Chunk size and output buffers of packing ``plan`` within ``budget`` bytes, with the fewest passes.
+
+    Every byte not spent on chunk buffers goes to the output groups, and larger groups mean
+    fewer passes over features.bin; so without ``--chunk-size`` the chunk is the largest one
+    (at most :data:`AUTO_CHUNK_MAX`, at least :data:`AUTO_CHUNK_MIN`) that still reaches the
+    fewest passes the smallest chunk allows (passes only grow with the chunk: a binary search).
+    """
+    max_extent = _max_extent(plan)
+
+    def layout(chunk: int):
+        return _layout_with(plan, budget, _fixed_bytes(plan, ds, cfg, chunk), max_extent)
+
+    def refuse(chunk: int, chunk_fix: str):
+        need = (_fixed_bytes(plan, ds, cfg, chunk) + min(2 * max_extent, plan.packed_bytes)
+                + BUCKET_BYTES_PER_ROW * max_extent // plan.row_bytes)
+        raise MemoryBudgetError(
+            f"packing needs at least {format_bytes(need)} of memory (two buffers of the largest extent, "
+            f"{format_bytes(max_extent)}, plus indexes and chunks of {format_bytes(chunk)}) but the memory budget "
+            f"is {format_bytes(budget)}; raise --memory-budget, {chunk_fix}, or use a larger --disk-budget")
+
+    if cfg.chunk_size is not None:
+        chunk = _chunk_bytes(ds, parse_size(cfg.chunk_size, name="--chunk-size"))
+        chosen = layout(chunk)
+        if chosen is None:
+            refuse(chunk, "lower --chunk-size")
+        reason = "--chunk-size given"
+    else:
+        unit = _chunk_unit(ds)
+        top = _chunk_bytes(ds, AUTO_CHUNK_MAX)
+        floor = _chunk_bytes(ds, min(AUTO_CHUNK_MIN, top))
+        at_floor, at_top = layout(floor), layout(top)
+        if at_floor is None:
+            refuse(floor, f"the chunk is already down to {format_bytes(floor)}")
+        fewest = at_floor[0]
+        if at_top is not None and at_top[0] == fewest:
+            chunk, chosen = top, at_top
+            reason = f"chunks of {format_bytes(chunk)} already give the fewest passes"
+        else:
+            good, bad = floor // unit, top // unit  # layout(good * unit) reaches the fewest passes, bad does not
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                got = layout(mid * unit)
+                good, bad = (mid, bad) if got is not None and got[0] == fewest else (good, mid)
+            chunk = good * unit
+            chosen = layout(chunk)
+            was = (f"the output groups would take {at_top[0]} passes" if at_top is not None
+                   else "two buffers of the largest extent would not fit")
+            reason = (f"chunk shrunk from {format_bytes(top)}: beside its three chunk buffers {was}; "
+                      f"{format_bytes(chunk)} is the largest chunk that needs only {fewest}")
+    passes, group_bytes, buffers, bucket_bytes = chosen
+    return PackMemory(budget=budget, chunk_bytes=chunk, group_bytes=group_bytes, buffers=buffers,
+                      bucket_bytes=bucket_bytes, fixed_bytes=_fixed_bytes(plan, ds, cfg, chunk), passes=passes,
+                      reason=reason)
 
 
 def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = False,
@@ -450,13 +600,13 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     ds = _open_dataset(samples, dataset)
     budget = resolve_memory_budget(memory_budget, fraction=0.7)
     plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard)
-    chunk_bytes, fixed, max_extent = pack_memory(plan, ds, cfg)
-    group_bytes = min(plan.packed_bytes, max((budget - fixed) // 2, 0) // ALIGN * ALIGN)
-    if plan.packed_bytes and group_bytes < max_extent:
-        raise MemoryBudgetError(
-            f"packing needs at least {format_bytes(fixed + 2 * max_extent)} of memory (two buffers of the largest "
-            f"extent, {format_bytes(max_extent)}, plus indexes and chunks) but the memory budget is "
-            f"{format_bytes(budget)}; raise --memory-budget, lower --chunk-size or use a larger --disk-budget")
+    memory = plan_pack_memory(plan, ds, cfg, budget)
+    chunk_bytes, group_bytes = memory.chunk_bytes, memory.group_bytes
+    log.info("pack memory: %s of the %s budget = %s for indexes, chunks and the Belady bound + %d output "
+             "buffer(s) of %s + %s of bucketed rows; chunks of %s, %d pass(es) over %s (%s)",
+             format_bytes(memory.total_bytes), format_bytes(budget), format_bytes(memory.fixed_bytes),
+             memory.buffers, format_bytes(group_bytes), format_bytes(memory.bucket_bytes),
+             format_bytes(chunk_bytes), memory.passes, ds.features_path, memory.reason)
     out = prepare_output_dir(out, overwrite=overwrite)
     need = footprint_bytes(plan)["total"]  # exact: the plan fixes every file's size
     expect_output_bytes(out, need)
@@ -480,6 +630,8 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         stats.update(io_stats)
         stats["io_seconds"] = io_seconds
         stats["memory_budget_bytes"] = budget
+        stats["memory_plan_bytes"] = memory.total_bytes
+        stats["chunk_reason"] = memory.reason
         stats["write_GBps"] = io_stats["bytes_written"] / io_seconds / 1e9 if io_seconds > 0 else None
         stats["read_GBps"] = io_stats["bytes_read"] / io_seconds / 1e9 if io_seconds > 0 else None
         if belady is not None:
@@ -529,21 +681,6 @@ def _write_array(out: Path, name: str, array: np.ndarray) -> dict:
 def _write_index(out: Path, plan: PackPlan) -> dict:
     return {name: _write_array(out, name, arr) for name, arr in
             (("maps", plan.maps), ("batches", plan.batches), ("cache_nodes", plan.cache_nodes))}
-
-
-def _groups(plan: PackPlan, group_bytes: int) -> list[tuple[int, int]]:
-    """Consecutive extents [e0, e1) whose bytes fit one output buffer."""
-    groups, e0, size = [], 0, 0
-    ends = plan.extent_offsets + np.array([align_up(int(r) * plan.row_bytes) for r in plan.extent_rows], dtype=np.int64)
-    for e in range(len(plan.extent_rows)):
-        ext = int(ends[e] - plan.extent_offsets[e])
-        if size + ext > group_bytes and e > e0:
-            groups.append((e0, e))
-            e0, size = e, 0
-        size += ext
-    if e0 < len(plan.extent_rows) and size:
-        groups.append((e0, len(plan.extent_rows)))
-    return groups
 
 
 def _run_checksums(plan: PackPlan, buf: np.ndarray, g_lo: int, g_hi: int) -> None:

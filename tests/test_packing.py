@@ -1,6 +1,7 @@
 """The packer: kernels against numpy twins, exact round trips over random configs, bad input, the CLI."""
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_
                                     scatter_bytes, scatter_words, split_map)
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
-from diskgnn.packing import PackConfig, belady_hit_rate, convert_rows, pack, pack_memory, plan_pack
+from diskgnn.packing import BUCKET_BYTES_PER_ROW, PackConfig, belady_hit_rate, convert_rows, pack, pack_memory, plan_pack
 from diskgnn.sampling import SampleConfig, presample
 from diskgnn.store import FeatureStore, Packed, to_float32, upcast_table, verify_packed
 from diskgnn.synth import SynthConfig, synthesize
@@ -317,6 +318,88 @@ def test_round_trip_fp16_dataset_many_passes(fp16_samples, tmp_path):
         packed = pack(fp16_samples.path, tmp_path / store, cfg, memory_budget=fixed + 2 * 2 * max_extent)
         assert packed.stats["passes"] > 2, "a small memory budget packs in several passes"
         _check_all_batches(packed, fp16_samples, ds)
+
+
+@pytest.fixture(scope="module")
+def wide_samples(tmp_path_factory):
+    """64-d fp32 rows (one page holds 16): chunk sizes from one page to the whole file can be compared."""
+    root = tmp_path_factory.mktemp("pw")
+    ds = synthesize(SynthConfig(nodes=3001, avg_degree=5, dim=64, classes=3, seed=4,
+                                train_fraction=0.3, val_fraction=0.1, test_fraction=0.1), root / "ds")
+    return presample(ds.path, root / "samples", SampleConfig(fanouts=(3, 4), batch_size=83, epochs=1, seed=2))
+
+
+def _same_files(a, b):
+    for name in ("packed.bin", "tier_device.bin", "tier_pinned.bin", "tier_host.bin", "maps.bin", "runs.bin"):
+        assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
+
+
+def test_small_budget_shrinks_the_chunk(wide_samples, tmp_path, monkeypatch, caplog):
+    """Without --chunk-size a tight budget gets smaller chunks, the fewest passes, the same bytes."""
+    import logging
+
+    import diskgnn.packing
+    monkeypatch.setattr(diskgnn.packing, "AUTO_CHUNK_MIN", ALIGN)  # the floor the tiny file allows
+    ds = wide_samples.open_dataset()
+    cfg = PackConfig(host_cache="4%")
+    plan = plan_pack(wide_samples, cfg)
+    top, fixed_top, max_extent = pack_memory(plan, ds, cfg)
+    assert top >= ds.feature_bytes and top % ALIGN == 0
+    _, fixed_page, _ = pack_memory(plan, ds, cfg, ALIGN)
+    assert fixed_top - fixed_page == 3 * (top - ALIGN)
+    # with one-page chunks the output buffers hold about a quarter of packed.bin; whole-file chunks leave no room
+    budget = fixed_page + 2 * max(max_extent, plan.packed_bytes // 4)
+    assert budget < fixed_top + 2 * max_extent
+    with caplog.at_level(logging.INFO, logger="diskgnn.packing"):
+        auto = pack(wide_samples.path, tmp_path / "auto", cfg, memory_budget=budget)
+    st = auto.stats
+    assert ALIGN <= st["chunk_bytes"] < top and st["chunk_bytes"] % ALIGN == 0
+    assert 1 < st["passes"] <= 5
+    assert st["bytes_read"] <= st["passes"] * ds.feature_bytes
+    # what it holds (indexes and three chunk buffers, two output buffers) fits the budget
+    _, fixed, _ = pack_memory(plan, ds, cfg, st["chunk_bytes"])
+    assert max_extent <= st["group_bytes"] and fixed + 2 * st["group_bytes"] < st["memory_plan_bytes"] <= budget
+    assert "chunk shrunk from" in caplog.text and f"{st['passes']} pass(es)" in caplog.text
+    _check_all_batches(auto, wide_samples, ds)
+    # one-page chunks (the most room for output) pass no fewer times: the chosen chunk is minimal in passes
+    page = pack(wide_samples.path, tmp_path / "page", replace(cfg, chunk_size="4K"), memory_budget=budget)
+    assert page.stats["passes"] == st["passes"] and page.stats["chunk_bytes"] == ALIGN
+    _same_files(auto, page)
+    # ... and it is the largest such chunk: one page more needs more passes or does not fit
+    larger = replace(cfg, chunk_size=st["chunk_bytes"] + ALIGN)
+    try:
+        assert pack(wide_samples.path, tmp_path / "larger", larger, memory_budget=budget).stats["passes"] > st["passes"]
+    except MemoryBudgetError as exc:
+        assert "lower --chunk-size" in str(exc)
+    # the old fixed chunk (the whole file here) cannot pack within this budget at all
+    with pytest.raises(MemoryBudgetError, match="raise --memory-budget, lower --chunk-size"):
+        pack(wide_samples.path, tmp_path / "top", replace(cfg, chunk_size=top), memory_budget=budget)
+
+
+def test_roomy_budget_keeps_the_large_chunk_and_one_buffer(wide_samples, tmp_path):
+    ds = wide_samples.open_dataset()
+    cfg = PackConfig(host_cache="4%")
+    plan = plan_pack(wide_samples, cfg)
+    top, fixed, _ = pack_memory(plan, ds, cfg)
+    # room for packed.bin once but not twice: one pass with one buffer (no second buffer to overlap with)
+    one_group = fixed + plan.packed_bytes + BUCKET_BYTES_PER_ROW * int(plan.extent_rows.sum())
+    packed = pack(wide_samples.path, tmp_path / "p", cfg, memory_budget=one_group)
+    st = packed.stats
+    assert st["chunk_bytes"] == top and st["passes"] == 1 and st["group_bytes"] == plan.packed_bytes
+    assert st["memory_plan_bytes"] == one_group and "already give the fewest" in st["chunk_reason"]
+    _check_all_batches(packed, wide_samples, ds)
+
+
+def test_budget_below_the_smallest_chunk_explains(wide_samples, tmp_path, monkeypatch):
+    import diskgnn.packing
+    monkeypatch.setattr(diskgnn.packing, "AUTO_CHUNK_MIN", ALIGN)
+    ds = wide_samples.open_dataset()
+    cfg = PackConfig(host_cache="4%")
+    _, fixed, max_extent = pack_memory(plan_pack(wide_samples, cfg), ds, cfg, ALIGN)
+    with pytest.raises(MemoryBudgetError, match=r"the chunk is already down to 4\.00 KiB") as info:
+        pack(wide_samples.path, tmp_path / "p", cfg, memory_budget=fixed + max_extent)
+    assert "raise --memory-budget" in str(info.value)
+    assert not (tmp_path / "p" / "manifest.json").exists()
 
 
 def test_repeated_nodes_inside_a_batch(samples, tiny_dataset, tmp_path):

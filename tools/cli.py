@@ -74,7 +74,8 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
                    help="cap on packed bytes as a multiple of the feature bytes, e.g. 3x (default: no cap)")
     g.add_argument("--store-dtype", choices=["fp32", "fp16", "bf16"], default=None,
                    help="precision of packed rows (default: the dataset's)")
-    g.add_argument("--chunk-size", default="256M", help="feature bytes streamed per packing chunk (default 256M)")
+    g.add_argument("--chunk-size", default=None,
+                   help="feature bytes streamed per packing chunk (default: from --memory-budget, at most 256M)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
