@@ -445,15 +445,17 @@ def resolve_rank_dir(path: str | os.PathLike, rank: int) -> Path:
     return path  # let the opener raise its own error naming the missing manifest
 
 
-def _open_rank_data(path, info: RankInfo, device: torch.device, memory_budget: int, features: str):
+def _open_rank_data(path, info: RankInfo, device: torch.device, memory_budget: int, features: str,
+                    cfg: TrainConfig):
     """(samples, dataset, feature source, data id, layout) for this rank."""
-    from diskgnn.train import DatasetFeatures, open_packed, packed_data_id
+    from diskgnn.train import DatasetFeatures, open_packed, packed_data_id, training_memory
     where = resolve_rank_dir(path, info.rank)
     if features == "packed":
         from diskgnn.store import FeatureStore
         packed = open_packed(where)
         samples, dataset = packed.samples, packed.dataset
-        source = FeatureStore(packed, device, memory_budget=memory_budget)
+        training = training_memory(cfg, dataset, samples.config.num_layers, device)
+        source = FeatureStore(packed, device, memory_budget=memory_budget, training=training)
         return samples, dataset, source, packed_data_id(packed), shard_layout(samples, packed.manifest)
     if features == "memmap":  # a samples directory with features gathered from the dataset (baseline, tests)
         from diskgnn.sampling import Samples
@@ -510,7 +512,7 @@ def run_rank(path, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memo
     try:
         log.info("rank %d/%d (local %d/%d): %s, %s backend, %d threads, memory budget %.0f MiB", info.rank,
                  info.world_size, info.local_rank, info.local_world_size, device, backend, threads, budget / 2**20)
-        samples, dataset, source, data_id, layout = _open_rank_data(path, info, device, budget, features)
+        samples, dataset, source, data_id, layout = _open_rank_data(path, info, device, budget, features, cfg)
         share = BatchShare(info.rank, info.world_size, layout)
         _check_same_data(data_id, layout, info)
         trainer = DistributedTrainer(samples, dataset, source, cfg, info=info, share=share, device=device,

@@ -11,6 +11,8 @@ taken as it is, as long as it is positive.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from diskgnn.errors import ConfigError
 
 MIN_BUDGET = 16 << 20
@@ -52,3 +54,40 @@ def describe_budget(value, budget: int) -> str:
     if value is None:
         return f"the available memory ({format_bytes(budget)})"
     return f"the memory budget {format_bytes(budget)}"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingMemory:
+    """What training holds in host memory beside the feature store's tiers and read buffers."""
+    queue_depth: int
+    """Items buffered between pipeline stages (``TrainConfig.queue_depth``)."""
+    model_bytes: int
+    """Host bytes of the model's parameters, gradients and optimizer state (0 when they live on a GPU)."""
+
+    @property
+    def in_flight_batches(self) -> int:
+        """Assembled batches alive at once: a full queue, the one being assembled and the one being computed."""
+        return self.queue_depth + 2
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemoryPlan:
+    """Host bytes a feature store (and the trainer reading from it) holds at most."""
+    tiers: int
+    """The memory tiers loaded on the host (the device tier too without CUDA)."""
+    read_buffers: int
+    """Aligned buffers of the extents being read or waiting to be assembled."""
+    in_flight_batches: int
+    """Assembled feature matrices alive at once (0 for the store alone)."""
+    batch_bytes: int
+    """Bytes of the largest batch's assembled float32 matrix (a pinned staging copy with CUDA)."""
+    model: int
+    """Parameters, gradients and optimizer state on the host."""
+
+    @property
+    def in_flight(self) -> int:
+        return self.in_flight_batches * self.batch_bytes
+
+    @property
+    def total(self) -> int:
+        return self.tiers + self.read_buffers + self.in_flight + self.model

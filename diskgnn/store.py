@@ -45,7 +45,7 @@ from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_emp
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
                                     gather_rows_lut, split_map)
 from diskgnn.manifest import file_crc32, read_manifest
-from diskgnn.memory import describe_budget, resolve_memory_budget
+from diskgnn.memory import HostMemoryPlan, TrainingMemory, describe_budget, resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes
 
@@ -458,12 +458,13 @@ class FeatureStore:
     ``device`` is the training device: the device tier lives there (host memory
     without CUDA) and :meth:`assemble` returns float32 tensors on it. The memory
     tiers are loaded at construction and checked against ``memory_budget``
-    (default: the available memory), together with the read buffers.
+    (default: the available memory), together with the read buffers and, when
+    ``training`` says what the trainer holds, its in-flight batches and model.
     """
 
     def __init__(self, packed, device="cpu", memory_budget=None, *, io_depth: int = IO_DEPTH,
                  request_size: int = REQUEST_SIZE, direct: bool | None = None, pool_size: int = 4,
-                 mmap_tiers: bool = False, check_crc: bool = True):
+                 mmap_tiers: bool = False, check_crc: bool = True, training: TrainingMemory | None = None):
         import torch
         self.packed = packed if isinstance(packed, Packed) else Packed.open(packed)
         p = self.packed
@@ -484,7 +485,8 @@ class FeatureStore:
             cum = np.concatenate([[0], np.cumsum(self.runs[:, 1])])
             runs_pages = cum[self.batches[:, 3]] - cum[self.batches[:, 2]]
         self.max_read_bytes = int(runs_pages.max(initial=0)) * ALIGN
-        self._check_memory(memory_budget, pool_size)
+        self.max_input_nodes = int((self.batches[:, 1] - self.batches[:, 0]).max(initial=0))
+        self._check_memory(memory_budget, pool_size, training)
         if self.cuda:
             free, _ = torch.cuda.mem_get_info(self.device)
             dev = p.specs["tier_device"].nbytes
@@ -504,16 +506,40 @@ class FeatureStore:
         self._staging: list = []
         self.reset_stats()
 
-    def _check_memory(self, memory_budget, pool_size: int) -> None:
-        budget = resolve_memory_budget(memory_budget)
+    def memory_plan(self, pool_size: int = 4, training: TrainingMemory | None = None) -> HostMemoryPlan:
+        """Host bytes this store (and, with ``training``, the trainer reading from it) holds at most."""
         p = self.packed
-        tier_bytes = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
-        need = tier_bytes + pool_size * self.max_read_bytes
-        if need > budget:
+        tiers = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
+        batch_bytes = self.max_input_nodes * self.feat_dim * 4
+        if training is None:
+            return HostMemoryPlan(tiers=int(tiers), read_buffers=pool_size * self.max_read_bytes,
+                                  in_flight_batches=0, batch_bytes=batch_bytes, model=0)
+        # an extent per batch between read and assembly (the pool keeps up to pool_size); assembled
+        # matrices in the queue, in assembly and in the forward/backward pass
+        return HostMemoryPlan(tiers=int(tiers),
+                              read_buffers=max(pool_size, training.in_flight_batches) * self.max_read_bytes,
+                              in_flight_batches=training.in_flight_batches, batch_bytes=batch_bytes,
+                              model=int(training.model_bytes))
+
+    def _check_memory(self, memory_budget, pool_size: int, training: TrainingMemory | None) -> None:
+        budget = resolve_memory_budget(memory_budget)
+        what = describe_budget(memory_budget, budget)
+        plan = self.memory_plan(pool_size, training)
+        if plan.total <= budget:
+            return
+        if training is None:
             raise MemoryBudgetError(
-                f"{p.path}: the memory tiers ({format_bytes(tier_bytes)}) and read buffers need "
-                f"{format_bytes(need)}, more than {describe_budget(memory_budget, budget)}; re-pack with smaller "
-                f"--host-cache/--pinned-cache/--device-cache or raise the budget")
+                f"{self.packed.path}: the memory tiers ({format_bytes(plan.tiers)}) and read buffers need "
+                f"{format_bytes(plan.total)}, more than {what}; re-pack with smaller --host-cache/--pinned-cache/"
+                f"--device-cache or raise the budget")
+        raise MemoryBudgetError(
+            f"{self.packed.path}: training needs {format_bytes(plan.total)} of host memory, more than {what}: "
+            f"memory tiers {format_bytes(plan.tiers)}, read buffers {format_bytes(plan.read_buffers)}, "
+            f"{plan.in_flight_batches} batches in flight (queue depth {training.queue_depth} + 2) of up to "
+            f"{format_bytes(plan.batch_bytes)} each ({self.max_input_nodes} input nodes x {self.feat_dim} "
+            f"features x 4 B) = {format_bytes(plan.in_flight)}, model and optimizer state "
+            f"{format_bytes(plan.model)}; re-pack with smaller --host-cache/--pinned-cache/--device-cache, "
+            f"sample smaller batches (--batch-size, --fanouts), or raise --memory-budget")
 
     def _load_tier(self, tier: str, mmap: bool) -> np.ndarray:
         p = self.packed

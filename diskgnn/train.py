@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError
+from diskgnn.memory import TrainingMemory
 from diskgnn.models import MODELS, TorchBlock, build_model
 from diskgnn.pipeline import Pipeline
 from diskgnn.progress import ProgressFn, no_progress
@@ -637,6 +638,21 @@ def open_packed(packed_dir):
     return packed
 
 
+def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.device) -> TrainingMemory:
+    """What a trainer with ``cfg`` holds in host memory beside its feature store (checked by the store).
+
+    The model is built once (without touching the global RNG) to count its parameters: weights,
+    gradients and Adam's two moments are 4 x their bytes, on the host unless training runs on CUDA.
+    """
+    model_bytes = 0
+    if device.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
+                                num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+        model_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    return TrainingMemory(queue_depth=cfg.queue_depth, model_bytes=int(model_bytes))
+
+
 def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
     """Train on a packed directory (path or :class:`~diskgnn.store.Packed`); returns the final report."""
     from diskgnn.distributed import train_distributed, wants_distributed
@@ -646,7 +662,8 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
     if isinstance(packed, (str, os.PathLike)):
         packed = open_packed(packed)
     device = resolve_device(cfg.device)
-    store = FeatureStore(packed, device, memory_budget=memory_budget)
+    training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device)
+    store = FeatureStore(packed, device, memory_budget=memory_budget, training=training)
     trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
                       data_id=packed_data_id(packed))
     report = trainer.fit()

@@ -89,3 +89,67 @@ def test_every_step_defaults_to_the_available_memory(tiny_dataset, packed, fake_
 def test_pack_default_plans_with_a_share_of_the_available_memory(samples, fake_available, tmp_path):
     out = pack(samples.path, tmp_path / "p", PackConfig(host_cache="5%"))
     assert out.stats["memory_budget_bytes"] == int(fake_available * 0.7)
+
+
+# --- training: tiers + read buffers + in-flight batches + model ------------------------------------
+
+def _largest_batch_inputs(samples) -> int:
+    return max(samples.input_nodes(p, i).size for p in samples.parts for i in range(samples.num_batches(p)))
+
+
+def test_training_memory_counts_the_model_and_optimizer(tiny_dataset, samples):
+    import torch
+
+    from diskgnn.models import build_model
+    from diskgnn.train import TrainConfig, training_memory
+    cfg = TrainConfig(model="sage", hidden=24, queue_depth=3, device="cpu")
+    rng = torch.random.get_rng_state()
+    got = training_memory(cfg, tiny_dataset, samples.config.num_layers, torch.device("cpu"))
+    assert torch.equal(torch.random.get_rng_state(), rng), "counting the model must not move the weights' seed"
+    model = build_model("sage", in_dim=tiny_dataset.feat_dim, num_classes=tiny_dataset.num_classes,
+                        num_layers=samples.config.num_layers, hidden=24)
+    params = sum(p.numel() for p in model.parameters())
+    assert got.model_bytes == 16 * params > 0  # fp32 weights, gradients, Adam's two moments
+    assert got.queue_depth == 3 and got.in_flight_batches == 5
+    on_gpu = training_memory(cfg, tiny_dataset, samples.config.num_layers, torch.device("cuda"))
+    assert on_gpu.model_bytes == 0, "on CUDA the model and optimizer live in GPU memory"
+
+
+def test_store_plan_adds_the_in_flight_batches(packed, samples):
+    from diskgnn.memory import TrainingMemory
+    with FeatureStore(packed, "cpu", memory_budget="1G") as store:
+        alone = store.memory_plan()
+        training = store.memory_plan(training=TrainingMemory(queue_depth=4, model_bytes=12345))
+    batch = _largest_batch_inputs(samples) * packed.feat_dim * 4
+    assert alone.in_flight == 0 and alone.model == 0 and alone.tiers > 0 and alone.read_buffers > 0
+    assert training.batch_bytes == batch and training.in_flight == 6 * batch
+    assert training.tiers == alone.tiers and training.read_buffers == 6 * alone.read_buffers // 4
+    assert training.total == alone.tiers + training.read_buffers + 6 * batch + 12345
+
+
+def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples, tmp_path):
+    import torch
+
+    from diskgnn.train import TrainConfig, train, training_memory
+    cfg = TrainConfig(model="sage", epochs=1, hidden=16, device="cpu", threads=1,
+                      checkpoint=str(tmp_path / "ck"), queue_depth=2)
+    with FeatureStore(packed, "cpu", memory_budget="1G") as store:
+        need = store.memory_plan(training=training_memory(cfg, packed.dataset, samples.config.num_layers,
+                                                          torch.device("cpu")))
+        alone = store.memory_plan()
+    assert alone.total < need.total - 1
+    # the tiers and read buffers fit, the batches in flight and the model do not
+    FeatureStore(packed, "cpu", memory_budget=alone.total).close()
+    with pytest.raises(MemoryBudgetError) as info:
+        train(packed, cfg, memory_budget=need.total - 1)
+    msg = str(info.value)
+    for part in (str(packed.path), "4 batches in flight (queue depth 2 + 2)", "model and optimizer state",
+                 "--host-cache", "--batch-size", "raise --memory-budget"):
+        assert part in msg, part
+    assert not (tmp_path / "ck").exists(), "refused before training started"
+    # a deeper queue holds more batches: the budget that fits depth 2 refuses depth 6
+    report = train(packed, cfg, memory_budget=need.total)
+    assert report["epochs"] == 1 and (tmp_path / "ck").exists()
+    deeper = TrainConfig(model="sage", epochs=1, hidden=16, device="cpu", threads=1, queue_depth=6)
+    with pytest.raises(MemoryBudgetError, match=r"8 batches in flight \(queue depth 6 \+ 2\)"):
+        train(packed, deeper, memory_budget=need.total)
