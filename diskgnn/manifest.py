@@ -178,6 +178,9 @@ def prepare_output_dir(directory: str | os.PathLike, *, overwrite: bool, kinds: 
         if entries:
             has_manifest = (directory / MANIFEST_NAME).exists()
             ours = (directory / ".diskgnn-partial").exists()
+            if has_manifest and ours:
+                # killed between publishing the manifest and dropping the marker: the output is finished
+                finish_output_dir(directory)
             if not overwrite and (has_manifest or not ours):
                 what = "a finished diskgnn output" if has_manifest else "files that diskgnn did not write"
                 raise OutputExistsError(
