@@ -32,6 +32,7 @@ def bench_cli(args, progress) -> int:
                           memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
                           slow_max_batches=args.slow_batches or 0, dataset=args.dataset)
         result = run_bench(cfg, progress)
+        result["command"] = "diskgnn " + " ".join(sys.argv[1:])
         path = write_outputs(result, results, Path(args.out) if args.out else None)
         print(markdown(result))
         print(f"results: {path}")
@@ -60,7 +61,7 @@ def bench_cli(args, progress) -> int:
                 r = json.loads(p.read_text())
             except ValueError:
                 continue
-            if "systems" in r:
+            if isinstance(r, dict) and r.get("kind") in ("loader", "train") and "systems" in r:
                 latest[(r["kind"], r["scale"])] = p
         if not latest:
             raise ConfigError(f"no bench results in {results}; run `diskgnn bench loader` first")

@@ -101,8 +101,11 @@ def update_readme(readme: Path, result_paths: list[Path]) -> None:
     parts = [BEGIN, ""]
     for p in result_paths:
         result = json.loads(Path(p).read_text())
-        parts += [markdown(result), f"Made with `diskgnn bench {result['kind']} --scale {result['scale']}` "
-                                    f"(result file `{p}`).", ""]
+        cfg = result.get("config", {})
+        command = result.get("command") or (
+            f"diskgnn bench {result['kind']} --scale {result['scale']} --epochs {cfg.get('epochs', 3)}"
+            + (f" --slow-batches {cfg['slow_max_batches']}" if cfg.get("slow_max_batches") else ""))
+        parts += [markdown(result), f"Made with `{command}` (result file `{p}`).", ""]
         png = Path(p).with_suffix(".png")
         if png.exists():
             parts += [f"![{result['kind']} benchmark]({png.as_posix()})", ""]
