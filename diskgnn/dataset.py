@@ -26,8 +26,8 @@ from typing import Iterator
 import numpy as np
 
 from diskgnn.errors import ConfigError, InputFormatError, IntegrityError
-from diskgnn.manifest import (Crc32Writer, check_free_space, expect_output_bytes, finish_output_dir,
-                              prepare_output_dir, read_manifest, write_manifest, _clear_directory)
+from diskgnn.manifest import (Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes, finish_output_dir,
+                              prepare_output_dir, read_manifest, write_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,7 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Remove everything written so far (the directory never had a manifest)."""
-        try:
-            _clear_directory(self.out)
-            (self.out / ".diskgnn-partial").write_text("aborted\n")
-        except OSError:
-            pass
+        abort_output_dir(self.out)
 
     def writer(self, name: str, dtype, row_shape: tuple[int, ...] = ()) -> ArrayWriter:
         return ArrayWriter(self.out, name, dtype, row_shape)

@@ -195,6 +195,15 @@ def prepare_output_dir(directory: str | os.PathLike, *, overwrite: bool, kinds: 
     return directory
 
 
+def abort_output_dir(directory: str | os.PathLike) -> None:
+    """Remove everything a failed step wrote, leaving only the partial marker (never a complete-looking output)."""
+    try:
+        _clear_directory(Path(directory))
+        (Path(directory) / ".diskgnn-partial").write_text("aborted\n")
+    except OSError:
+        pass
+
+
 def finish_output_dir(directory: str | os.PathLike) -> None:
     """Drop the in-progress marker once the manifest is published."""
     _remove_quietly(Path(directory) / ".diskgnn-partial")

@@ -39,7 +39,7 @@ from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_em
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
-from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
+from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, write_manifest)
 from diskgnn.memory import resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
@@ -657,11 +657,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         write_manifest(out, FORMAT, VERSION, body)
         finish_output_dir(out)
     except BaseException:
-        try:
-            _clear_directory(out)
-            (out / ".diskgnn-partial").write_text("aborted\n")
-        except OSError:
-            pass
+        abort_output_dir(out)
         raise
     log.info("packed %s: %s on disk (%.2fx the features), %s layout, cache hit rate %.3f, %.1f s",
              out, format_bytes(stats["footprint_bytes"]), stats["footprint"], plan.layout, stats["cache_hit_rate"],

@@ -41,7 +41,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
-from diskgnn.manifest import (Crc32Writer, _clear_directory, check_free_space, expect_output_bytes,
+from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
                               read_manifest, write_json_atomic, write_manifest)
 from diskgnn.memory import resolve_memory_budget
@@ -554,11 +554,7 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
             write_manifest(out, FORMAT, VERSION, manifest)
             finish_output_dir(out)
         except BaseException:
-            try:
-                _clear_directory(out)
-                (out / ".diskgnn-partial").write_text("aborted\n")
-            except OSError:
-                pass
+            abort_output_dir(out)
             raise
     finally:
         numba.set_num_threads(previous_threads)
