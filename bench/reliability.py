@@ -882,12 +882,12 @@ def _rss_wrap(argv: list[str]) -> int:
 def measure_memory(dataset: Path, work: Path, *, cap: int = 2 << 30, samples: Path | None = None,
                    packed: Path | None = None, budgets=(None, "1G"), epochs: int = 1,
                    steps=("prepare", "sample", "pack", "train"), timeout: float = 3600,
-                   pack_chunk: str = "64M") -> dict:
+                   pack_chunk: str | None = None) -> dict:
     """Peak RSS of each step on ``dataset`` under a ``cap``-byte memory cgroup, per memory budget.
 
     ``budgets``: None runs without ``--memory-budget`` (the default from the memory the cgroup
-    leaves), a size passes it. ``pack_chunk`` is pack's ``--chunk-size``: the default 256M spends
-    most of a 2 GiB budget on chunk buffers, leaving small output groups and many passes. Existing ``samples``/``packed`` directories are reused as inputs of
+    leaves), a size passes it. ``pack_chunk`` forces pack's ``--chunk-size``; by default pack picks
+    it from the budget (fewest passes over features.bin). Existing ``samples``/``packed`` directories are reused as inputs of
     the later steps when given; outputs go to ``work`` and are deleted after each step.
     """
     from diskgnn.cgroup import run_capped
@@ -922,7 +922,8 @@ def measure_memory(dataset: Path, work: Path, *, cap: int = 2 << 30, samples: Pa
             elif step == "sample":
                 args = ["sample", dataset, "--out", target, "--fanouts", "10,15", "--batch-size", "1024", *flag]
             elif step == "pack":
-                args = ["pack", samples, "--out", target, "--host-cache", "10%", "--chunk-size", pack_chunk, *flag]
+                chunk = ["--chunk-size", pack_chunk] if pack_chunk else []
+                args = ["pack", samples, "--out", target, "--host-cache", "10%", *chunk, *flag]
             else:
                 args = ["train", packed, "--model", "sage", "--epochs", str(epochs), "--device", "cpu",
                         "--checkpoint", target, *flag]
