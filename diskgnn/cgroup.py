@@ -98,7 +98,8 @@ class MemoryCgroup:
                           f"run as root on a machine with cgroup v1 or v2 memory control")
 
     def procs_file(self) -> Path:
-        assert self.path is not None
+        if self.path is None:
+            raise CgroupError(f"cgroup {self.name} was not created; call create() (or use it as a context manager)")
         return self.path / "cgroup.procs"
 
     def add(self, pid: int) -> None:
