@@ -25,22 +25,15 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from diskgnn.bench.harness import git_commit
+
 log = logging.getLogger("diskgnn.bench.packing")
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def row_by_row_rate(features_path, row_bytes: int, nodes: np.ndarray, *, threads: int = 8,
@@ -110,7 +103,7 @@ def run(args) -> dict:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     fb = ds.feature_bytes
-    result: dict = {"bench": "packing", "commit": _commit(), "samples": str(samples.path), "dataset": str(ds.path),
+    result: dict = {"bench": "packing", "commit": git_commit(), "samples": str(samples.path), "dataset": str(ds.path),
                     "feature_bytes": fb, "nodes": ds.num_nodes, "feat_dim": ds.feat_dim,
                     "memory_budget": args.memory_budget}
 

@@ -31,13 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+from diskgnn.bench.harness import git_commit
 
 
 def write_inputs(ds, work: Path, feature_dim: int | None, seed: int = 0, chunk: int = 1 << 22) -> dict:
@@ -147,7 +141,7 @@ def main(argv=None) -> int:
         check = check_output(src_ds, out_ds, inputs["feature_dim"])
         budget = parse_size(args.memory_budget)
         result = {
-            "bench": "prepare", "commit": _commit(), "command": " ".join(cmd),
+            "bench": "prepare", "commit": git_commit(), "command": " ".join(cmd),
             "machine": {"cores": os.cpu_count(), "ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                         "python": platform.python_version()},
             "dataset": str(args.dataset), "nodes": src_ds.num_nodes, "input_edges": src_ds.num_edges,

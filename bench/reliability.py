@@ -954,6 +954,15 @@ def parse_budget(budget, cap: int) -> int:
 
 # --- command line -----------------------------------------------------------------------------------
 
+def _emit(result: dict, out) -> None:
+    """Print the result as JSON and, with ``--out``, also write it there."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m diskgnn.bench.reliability", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="bench/work/reliability")
@@ -988,11 +997,7 @@ def main(argv=None) -> int:
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
-        text = json.dumps(result, indent=2, default=str)
-        print(text)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text + "\n")
+        _emit(result, args.out)
         return 0 if all(r["within_budget_plus_10pct"] for r in result["runs"]) else 1
     if args.fuzz_worker:
         fuzz_worker(Path(args.fuzz_worker[0]), Path(args.fuzz_worker[1]), int(args.fuzz_worker[2]))
@@ -1022,11 +1027,7 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    _emit(result, args.out)
     ok = True
     if "kill_resume" in result:
         ok &= result["kill_resume"]["wrong_outputs"] == 0 and result["kill_resume"]["failed_reruns"] == 0

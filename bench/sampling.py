@@ -30,13 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+from diskgnn.bench.harness import git_commit
 
 
 def _batches(seeds: np.ndarray, batch_size: int, limit: int | None) -> list[np.ndarray]:
@@ -132,7 +126,7 @@ def bench(dataset_dir, *, fanouts=(10, 15), batch_size=1024, batches=None, repea
     ds = Dataset.open(dataset_dir)
     cfg = SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size, seed=seed)
     threads = threads or numba.config.NUMBA_NUM_THREADS
-    result = {"bench": "sampling", "commit": _commit(), "dataset": str(ds.path), "nodes": ds.num_nodes,
+    result = {"bench": "sampling", "commit": git_commit(), "dataset": str(ds.path), "nodes": ds.num_nodes,
               "edges": ds.num_edges, "fanouts": list(cfg.fanouts), "batch_size": batch_size,
               "repeats": repeats, "passes_per_repeat": passes, "threads": threads,
               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
