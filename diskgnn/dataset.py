@@ -26,8 +26,9 @@ from typing import Iterator
 import numpy as np
 
 from diskgnn.errors import ConfigError, InputFormatError, IntegrityError
-from diskgnn.manifest import (Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes, finish_output_dir,
-                              prepare_output_dir, read_manifest, write_manifest)
+from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes,
+                              finish_output_dir, prepare_output_dir, prepare_resumable_output_dir, read_manifest,
+                              write_manifest, write_resume_journal)
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,37 @@ def open_array(directory: Path, spec: ArraySpec, mode: str = "r") -> np.ndarray:
 
 
 class ArrayWriter:
-    """Streams one raw array to disk in chunks, counting rows and computing crc32."""
+    """Streams one raw array to disk in chunks, counting rows and computing crc32.
 
-    def __init__(self, directory: Path, name: str, dtype, row_shape: tuple[int, ...] = ()):
+    ``resume`` (what :meth:`sync` returned before a kill) continues the file
+    after its first ``resume["bytes"]`` bytes instead of starting it afresh.
+    """
+
+    def __init__(self, directory: Path, name: str, dtype, row_shape: tuple[int, ...] = (), *,
+                 resume: dict | None = None):
         self.name = name
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.row_shape = tuple(row_shape)
         self.rows = 0
-        self._writer = Crc32Writer(directory / f"{name}.bin")
+        path = directory / self.path
+        if resume is None:
+            self._writer = Crc32Writer(path)
+            return
+        row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.rows, rest = divmod(int(resume["bytes"]), row_bytes)
+        if rest:
+            raise IntegrityError(f"{path}: cannot resume after {resume['bytes']} bytes, not a whole number of "
+                                 f"{row_bytes}-byte rows; run the command again with --overwrite")
+        self._writer = Crc32Writer(path, resume=resume)
+
+    @property
+    def path(self) -> str:
+        """The file name, relative to the output directory."""
+        return f"{self.name}.bin"
+
+    def sync(self) -> dict:
+        """Flush and fsync the rows written so far; returns the ``resume`` state for them."""
+        return self._writer.sync()
 
     def write(self, chunk: np.ndarray) -> None:
         chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
@@ -154,7 +178,7 @@ class ArrayWriter:
 
     def close(self) -> ArraySpec:
         info = self._writer.close()
-        return ArraySpec(path=f"{self.name}.bin", dtype=self.dtype.str, shape=(self.rows, *self.row_shape),
+        return ArraySpec(path=self.path, dtype=self.dtype.str, shape=(self.rows, *self.row_shape),
                          crc32=info["crc32"])
 
 
@@ -163,11 +187,18 @@ class DatasetWriter:
 
     Use as a context manager: leaving the block with an exception removes the
     partial files, so nothing that looks like a dataset is left behind.
+
+    With ``resume_key`` the step is resumable: :meth:`save_progress` fsyncs the
+    growing files and journals their lengths and checksums with the step's own
+    state; a rerun with an equal key (and without ``overwrite``) finds that
+    journal in :attr:`resumed` and reopens the files with ``writer(...,
+    resume=True)``, cut back to the journaled lengths. A journal of another key,
+    or one whose files no longer match, is ignored and the step starts afresh.
     """
 
     def __init__(self, out: str | os.PathLike, *, num_nodes: int, feat_dim: int, feat_dtype: str,
                  num_classes: int, source: dict, config: dict, overwrite: bool = False,
-                 expected_edges: int | None = None):
+                 expected_edges: int | None = None, resume_key: dict | None = None):
         if num_nodes <= 0:
             raise InputFormatError(f"a dataset needs at least one node, got {num_nodes}")
         if feat_dim <= 0:
@@ -175,12 +206,22 @@ class DatasetWriter:
         if num_classes <= 0:
             raise InputFormatError(f"labels need at least one class, got {num_classes}")
         feature_dtype(feat_dtype)
-        self.out = prepare_output_dir(out, overwrite=overwrite)
+        self.resume_key = resume_key
+        self.resumed: dict | None = None
+        """The step state of the interrupted run being resumed (None: a fresh start)."""
+        self._resumed_files: dict[str, dict] = {}
+        if resume_key is None:
+            self.out = prepare_output_dir(out, overwrite=overwrite)
+        else:
+            self.out, journal = prepare_resumable_output_dir(out, resume_key, overwrite=overwrite)
+            if journal is not None:
+                self.resumed, self._resumed_files = journal["state"], journal["files"]
         # Features, offsets, labels and splits have known sizes; edges are an estimate when given.
         certain = num_nodes * (feat_dim * feature_dtype(feat_dtype).itemsize + 8 + 8) + 8
         id_bytes = node_id_dtype(num_nodes).itemsize
         expect_output_bytes(self.out, certain + num_nodes * 8 + (expected_edges or 0) * id_bytes)
-        check_free_space(self.out, certain, "the dataset")
+        kept = sum(int(f["bytes"]) for f in self._resumed_files.values())
+        check_free_space(self.out, max(certain - kept, 0), "the dataset")
         self.num_nodes, self.feat_dim, self.feat_dtype = int(num_nodes), int(feat_dim), feat_dtype
         self.num_classes = int(num_classes)
         self.source, self.config = source, config
@@ -198,11 +239,26 @@ class DatasetWriter:
         """Remove everything written so far (the directory never had a manifest)."""
         abort_output_dir(self.out)
 
-    def writer(self, name: str, dtype, row_shape: tuple[int, ...] = ()) -> ArrayWriter:
-        return ArrayWriter(self.out, name, dtype, row_shape)
+    def writer(self, name: str, dtype, row_shape: tuple[int, ...] = (), *, resume: bool = False) -> ArrayWriter:
+        """A writer of array ``name``; with ``resume``, continuing the file the resumed journal lists (if any)."""
+        state = self._resumed_files.get(f"{name}.bin") if resume else None
+        return ArrayWriter(self.out, name, dtype, row_shape, resume=state)
 
-    def features_writer(self) -> ArrayWriter:
-        return self.writer("features", feature_dtype(self.feat_dtype), (self.feat_dim,))
+    def features_writer(self, *, resume: bool = False) -> ArrayWriter:
+        return self.writer("features", feature_dtype(self.feat_dtype), (self.feat_dim,), resume=resume)
+
+    def resumed_file(self, path: str) -> dict | None:
+        """The journaled ``{"bytes", "crc32"}`` of ``path`` (relative to the output) when resuming, else None."""
+        return self._resumed_files.get(path)
+
+    def save_progress(self, state: dict, writers=(), files: dict[str, dict] | None = None) -> None:
+        """Journal how far the step got: fsync ``writers`` and record their lengths and checksums, the
+        finished (fsynced) ``files`` given as ``{path: {"bytes", "crc32"}}``, and the step's ``state``."""
+        if self.resume_key is None:
+            raise ConfigError("save_progress needs a DatasetWriter made with resume_key")
+        recorded = {w.path: w.sync() for w in writers}
+        recorded.update(files or {})
+        write_resume_journal(self.out, self.resume_key, recorded, state)
 
     def add(self, spec: ArraySpec, name: str) -> None:
         self.specs[name] = spec
@@ -231,6 +287,7 @@ class DatasetWriter:
         tmp = Dataset(self.out, body, check_files=True)
         if check:
             verify_dataset(tmp, check_crc=False, check_features=False)
+        (self.out / RESUME_JOURNAL).unlink(missing_ok=True)  # the output is the same as an uninterrupted run's
         write_manifest(self.out, FORMAT, VERSION, body)
         finish_output_dir(self.out)
         return Dataset.open(self.out)

@@ -19,10 +19,16 @@ Memory is the budget for edge work plus about 16 bytes per node (in-degree
 counts and labels). Temporary files live in ``OUT/.prepare-scratch`` and are
 removed; on any error :class:`~diskgnn.dataset.DatasetWriter` clears the
 output, so nothing that looks like a dataset is left behind.
+
+After a kill (SIGKILL, power cut) the same command resumes: the end of the
+scan, of the grouping, each built destination range and each copied feature
+chunk are journaled in ``OUT/resume.json`` (see :class:`_Journal`), and a rerun
+continues after the last of them with the output of an uninterrupted run.
 """
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -37,11 +43,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from diskgnn.dataset import (FEATURE_DTYPES, SPLITS, Dataset, DatasetWriter, convert_features,
+from diskgnn.dataset import FORMAT as DATASET_FORMAT, VERSION as DATASET_VERSION
+from diskgnn.dataset import (FEATURE_DTYPES, SPLITS, ArraySpec, Dataset, DatasetWriter, convert_features,
                              node_id_dtype)
 from diskgnn.errors import (ConfigError, InputFormatError, InputNotFoundError, MemoryBudgetError,
                             MismatchError)
-from diskgnn.manifest import raise_if_disk_full
+from diskgnn.manifest import RESUME_JOURNAL, Crc32Writer, raise_if_disk_full
 from diskgnn.memory import resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes
@@ -121,8 +128,8 @@ class _Features:
     dim: int
     dtype: np.dtype | str
     """Input dtype (numpy float dtype) or "bf16" (uint16 bit patterns)."""
-    chunks: Callable[[int], Iterator[np.ndarray]]
-    """chunks(rows) yields consecutive blocks of at most ``rows`` rows."""
+    chunks: Callable[..., Iterator[np.ndarray]]
+    """chunks(rows, start=0) yields consecutive blocks of at most ``rows`` rows, from row ``start`` on."""
 
 
 @dataclass
@@ -322,8 +329,8 @@ def _memmap_features(arr: np.ndarray, where: str) -> _Features:
 
     read = _reader(arr)
 
-    def chunks(rows: int) -> Iterator[np.ndarray]:
-        for lo in range(0, arr.shape[0], rows):
+    def chunks(rows: int, start: int = 0) -> Iterator[np.ndarray]:
+        for lo in range(start, arr.shape[0], rows):
             yield read(lo, lo + rows)
     return _Features(where, int(arr.shape[0]), int(arr.shape[1]), arr.dtype, chunks)
 
@@ -597,35 +604,14 @@ def _nth_data_line(block: bytes, i: int) -> int:
     return 0
 
 
-class _ScratchFile:
-    """An append-only binary file in the scratch directory; ENOSPC becomes DiskFullError."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-        try:
-            self._f = open(path, "wb")
-        except OSError as exc:
-            raise_if_disk_full(exc, path.parent)
-            raise
+class _ScratchFile(Crc32Writer):
+    """An append-only binary file in the scratch directory (checksummed, so a resumed run can check it)."""
 
     def write(self, array: np.ndarray) -> int:
-        at = self.offset
-        try:
-            self._f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-        except OSError as exc:
-            self._f.close()
-            raise_if_disk_full(exc, self.path.parent)
-            raise
-        self.offset += array.nbytes
+        """Append ``array``; returns the offset it starts at."""
+        at = self.nbytes
+        super().write(np.ascontiguousarray(array))
         return at
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        except OSError as exc:
-            raise_if_disk_full(exc, self.path.parent)
-            raise
 
 
 def _read_into(f, offset: int, out: np.ndarray, where: Path) -> None:
@@ -771,7 +757,15 @@ def _csv_features(path: Path, num_rows_hint: int | None) -> _Features:
     if dim < 1:
         raise InputFormatError(f"{path} is empty; node features need one comma-separated row per node")
 
-    def chunks(rows: int) -> Iterator[np.ndarray]:
+    def chunks(rows: int, start: int = 0) -> Iterator[np.ndarray]:
+        for block in _csv_rows(rows):
+            if start >= block.shape[0]:  # text cannot be entered midway: parse and skip what is done
+                start -= block.shape[0]
+                continue
+            yield block[start:]
+            start = 0
+
+    def _csv_rows(rows: int) -> Iterator[np.ndarray]:
         block_bytes = int(min(max(rows * dim * 12, 1 << 20), 64 << 20))
         line = 1
         pending = np.zeros((0, dim), dtype=np.float32)
@@ -885,7 +879,7 @@ def _read_dgl(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
         if feat_np.ndim != 2:
             raise InputFormatError(f"{where} has shape {list(feat_np.shape)}; features must be N x F")
         features = _Features(where, n, int(feat_np.shape[1]), "bf16",
-                             lambda rows: (feat_np[lo:lo + rows] for lo in range(0, n, rows)))
+                             lambda rows, start=0: (feat_np[lo:lo + rows] for lo in range(start, n, rows)))
     else:
         features = _memmap_features(feat_t.numpy(), where)
     if features.num_rows != n:
@@ -915,7 +909,7 @@ def _read_dgl(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
 _READERS = {"npz": _read_npz, "edgelist": _read_edgelist, "ogb": _read_ogb, "dgl": _read_dgl}
 
 
-# --- building ---------------------------------------------------------------------------------------
+# --- the memory plan -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
@@ -943,9 +937,135 @@ def _plan(budget: int, num_nodes: int, id_bytes: int, max_range_edges: int | Non
     return _Plan(budget, chunk_edges, int(range_edges), int(min(max(work // 16, 1 << 20), 64 << 20)))
 
 
+# --- resuming ----------------------------------------------------------------------------------------
+
+class _Journal:
+    """How far one prepare run got, journaled in the output directory after every finished piece.
+
+    ``phase`` is where a rerun of the same command continues:
+
+    * ``scan``: nothing is kept; the edges are read from the input;
+    * ``group``: the scan is done: the in-degrees (and, for text input, the binary edge cache)
+      are in the scratch directory;
+    * ``build``: the edges are grouped by destination range (a run file when there are several);
+      the ranges before ``next_range`` are in ``indptr.bin`` / ``indices.bin`` (``base`` edges);
+    * ``features``: the CSR is complete; the rows before ``copied`` are in ``features.bin``.
+
+    Finished files are listed in ``kept`` (re-checked by size and crc32 before a rerun trusts them);
+    the file being appended to is journaled with the length and checksum it had at the save.
+    """
+
+    def __init__(self, w: DatasetWriter):
+        self.w = w
+        if w.resumed is None:
+            self.state: dict = {"phase": "scan", "stats": {}, "kept": []}
+        else:
+            self.state = dict(w.resumed)
+        self._kept = {rel: w.resumed_file(rel) for rel in self.state["kept"]}
+        self.resumed_from = None if w.resumed is None else self.describe()
+
+    @property
+    def phase(self) -> str:
+        return self.state["phase"]
+
+    @property
+    def stats(self) -> dict:
+        return self.state["stats"]
+
+    def describe(self) -> str:
+        phase = self.phase
+        if phase == "group":
+            return "the grouping of the edges (their scan is done)"
+        if phase == "build":
+            return f"destination range {self.state['next_range']} of the CSR build"
+        if phase == "features":
+            return f"feature row {self.state['copied']}"
+        return "the start"
+
+    @property
+    def kept(self) -> list[str]:
+        """The finished files recorded so far (paths relative to the output directory)."""
+        return sorted(self._kept)
+
+    def has(self, rel: str) -> bool:
+        return rel in self._kept
+
+    def keep(self, rel: str, info: dict) -> None:
+        """Record a finished file (fsynced; path relative to the output directory)."""
+        self._kept[rel] = {"bytes": int(info["bytes"]), "crc32": int(info["crc32"])}
+
+    def drop(self, rel: str) -> None:
+        self._kept.pop(rel, None)
+
+    def save(self, writers=(), **changes) -> None:
+        """Journal the state (with ``changes``), the kept files and the growing ``writers``."""
+        self.state.update(changes)
+        self.state["kept"] = self.kept
+        self.w.save_progress(self.state, writers, files=self._kept)
+
+
+def _scratch_rel(name: str) -> str:
+    return f"{SCRATCH}/{name}"
+
+
+def _save_scratch_array(journal: _Journal, scratch: Path, name: str, array: np.ndarray) -> None:
+    f = _ScratchFile(scratch / name)
+    f.write(array)
+    journal.keep(_scratch_rel(name), f.close())
+
+
+def _load_scratch_array(scratch: Path, name: str, dtype) -> np.ndarray:
+    path = scratch / name
+    out = np.empty(path.stat().st_size // np.dtype(dtype).itemsize, dtype=dtype)
+    with open(path, "rb") as f:
+        _read_into(f, 0, out, path)
+    return out
+
+
+def _input_identity(cfg: PrepareConfig) -> dict:
+    """Size and modification time of every input file: a rerun resumes only on unchanged inputs."""
+    out = {}
+    for name in ("input", "features", "labels", "splits"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        path = Path(value)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        rows = []
+        for f in files:
+            st = f.stat()
+            rows.append([str(f.relative_to(path)) if path.is_dir() else f.name, st.st_size, st.st_mtime_ns])
+        out[name] = rows
+    return out
+
+
+def _resumable_plan(out: Path, key: dict, plan: _Plan) -> _Plan:
+    """The plan of an interrupted run of the same command in ``out`` when it fits this run's budget, else ``plan``.
+
+    Resuming needs the interrupted run's chunking; with the default budget (the memory
+    available now) the new plan may differ, so the old one is kept unless it needs more.
+    """
+    try:
+        old = json.loads((out / RESUME_JOURNAL).read_text())["key"]
+        if {k: v for k, v in old.items() if k != "plan"} != key:
+            return plan
+        journaled = _Plan(**old["plan"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return plan
+    if journaled == plan:
+        return plan
+    if journaled.budget > plan.budget:
+        log.info("%s holds an interrupted run planned for %s of memory, more than the %s budget now; starting "
+                 "again", out, format_bytes(journaled.budget), format_bytes(plan.budget))
+        return plan
+    return journaled
+
+
+# --- building ---------------------------------------------------------------------------------------
+
 def _scan_edges(graph: _Graph, cfg: PrepareConfig, plan: _Plan, scratch: Path, id_dtype: np.dtype,
-                progress: ProgressFn) -> tuple[object, np.ndarray, dict]:
-    """Check every edge id, count in-degrees; cache text input as binary pairs."""
+                progress: ProgressFn, journal: _Journal) -> tuple[object, np.ndarray]:
+    """Check every edge id, count in-degrees; cache text input as binary pairs. Journals the result."""
     from diskgnn.kernels.csr import count_in_degrees
     n = graph.num_nodes
     counts = np.zeros(n, dtype=np.int64)
@@ -972,41 +1092,75 @@ def _scan_edges(graph: _Graph, cfg: PrepareConfig, plan: _Plan, scratch: Path, i
             cache.write(dst.astype(id_dtype))
             blocks.append((offset, int(src.shape[0])))
         progress(task, advance, edges.progress_total)
+    journal.stats.update(input_edges=read, self_loops=loops)
+    _save_scratch_array(journal, scratch, "in_degrees.bin", counts)
     if cache is not None:
-        cache.close()
+        journal.keep(_scratch_rel("edges.bin"), cache.close())
+        _save_scratch_array(journal, scratch, "edge_blocks.bin", np.asarray(blocks, dtype=np.int64).reshape(-1, 2))
         edges = _CachedEdges(cache.path, id_dtype, blocks)
-    return edges, counts, {"input_edges": read, "self_loops": loops}
+    return edges, counts
+
+
+def _scanned_edges(graph: _Graph, scratch: Path, id_dtype: np.dtype, journal: _Journal) -> tuple[object, np.ndarray]:
+    """What the scan of an interrupted run left: the edges to read again and the in-degrees."""
+    counts = _load_scratch_array(scratch, "in_degrees.bin", np.int64)
+    if counts.shape[0] != graph.num_nodes:
+        raise InputFormatError(f"{scratch}/in_degrees.bin holds {counts.shape[0]} counts for {graph.num_nodes} "
+                               f"nodes; delete the output directory and run prepare again")
+    edges = graph.edges
+    if journal.has(_scratch_rel("edges.bin")):
+        blocks = _load_scratch_array(scratch, "edge_blocks.bin", np.int64).reshape(-1, 2)
+        edges = _CachedEdges(scratch / "edges.bin", id_dtype, [(int(o), int(c)) for o, c in blocks])
+    return edges, counts
+
+
+def _release_scratch(scratch: Path, journal: _Journal, names, writers=(), **changes) -> None:
+    """Journal ``changes`` without the scratch files ``names``, then delete them (a kill in between
+    leaves files that the journal no longer lists, which the rerun removes)."""
+    for name in names:
+        journal.drop(_scratch_rel(name))
+    journal.save(writers, **changes)
+    for name in names:
+        (scratch / name).unlink(missing_ok=True)
 
 
 def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _Plan, scratch: Path,
-                    progress: ProgressFn) -> dict:
+                    progress: ProgressFn, journal: _Journal) -> None:
     from diskgnn.kernels.csr import (choose_ranges, compact_segments_inplace, counting_sort_by_destination,
                                      group_by_range, sort_segments)
     n = graph.num_nodes
     id_dtype = node_id_dtype(n)
+    stats = journal.stats
     t0 = time.perf_counter()
-    edges, counts, stats = _scan_edges(graph, cfg, plan, scratch, id_dtype, progress)
+    if journal.phase == "scan":
+        edges, counts = _scan_edges(graph, cfg, plan, scratch, id_dtype, progress, journal)
+        stats["scan_seconds"] = round(time.perf_counter() - t0, 3)
+        journal.save(phase="group")
+    else:
+        edges, counts = _scanned_edges(graph, scratch, id_dtype, journal)
     t_scan = time.perf_counter()
     bounds = choose_ranges(counts, plan.range_edges)
     range_sizes = np.add.reduceat(counts, bounds[:-1]) if n else np.zeros(0, dtype=np.int64)
     total = int(counts.sum())
     del counts
     num_ranges = bounds.shape[0] - 1
-    log.info("%d edges read (%d self-loops); %d pairs to build in %d destination range(s) of <= %d edges",
-             stats["input_edges"], stats["self_loops"], total, num_ranges, plan.range_edges)
+    if journal.phase == "group":
+        log.info("%d edges read (%d self-loops); %d pairs to build in %d destination range(s) of <= %d edges",
+                 stats["input_edges"], stats["self_loops"], total, num_ranges, plan.range_edges)
     local_dtype = np.dtype(np.int32) if n < 2**31 else np.dtype(np.int64)
     starts = np.zeros(num_ranges + 1, dtype=np.int64)
     grow = 2 if cfg.undirected else 1
 
     # External bucket sort: with several ranges, scatter the pairs to a run file grouped by range.
     runs: list[list[tuple[int, int]]] = [[] for _ in range(num_ranges)]
-    run_file = None
-    if num_ranges > 1:
-        run_file = _ScratchFile(scratch / "runs.bin")
+    run_path = scratch / "runs.bin"
+    if num_ranges > 1 and journal.phase == "group":
+        run_file = _ScratchFile(run_path)
         task = "prepare: group edges by destination"
         progress(task, 0, edges.num_edges)
         out_local = np.empty(grow * plan.chunk_edges, dtype=local_dtype)
         out_src = np.empty(grow * plan.chunk_edges, dtype=id_dtype)
+        index = []
         for src, dst, _, _ in edges.chunks(plan.chunk_edges):
             if grow * src.shape[0] > out_local.shape[0]:
                 out_local = np.empty(grow * src.shape[0], dtype=local_dtype)
@@ -1016,22 +1170,34 @@ def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _
                 lo, hi = int(starts[r]), int(starts[r + 1])
                 offset = run_file.write(out_local[lo:hi])
                 run_file.write(out_src[lo:hi])
-                runs[r].append((offset, hi - lo))
+                index.append((int(r), offset, hi - lo))
             progress(task, int(src.shape[0]), edges.num_edges)
         del out_local, out_src
-        run_file.close()
-        if isinstance(edges, _CachedEdges):
-            os.unlink(edges.path)  # the run file now holds every pair
+        journal.keep(_scratch_rel("runs.bin"), run_file.close())
+        _save_scratch_array(journal, scratch, "run_index.bin", np.asarray(index, dtype=np.int64).reshape(-1, 3))
+        stats["group_seconds"] = round(time.perf_counter() - t_scan, 3)
+        cache = ("edges.bin", "edge_blocks.bin") if isinstance(edges, _CachedEdges) else ()
+        _release_scratch(scratch, journal, cache, phase="build", next_range=0, base=0)  # the runs hold every pair
+    elif journal.phase == "group":
+        stats["group_seconds"] = 0.0
+        journal.state.update(phase="build", next_range=0, base=0)
+    if num_ranges > 1:
+        for r, offset, count in _load_scratch_array(scratch, "run_index.bin", np.int64).reshape(-1, 3):
+            runs[int(r)].append((int(offset), int(count)))
     t_group = time.perf_counter()
 
-    indptr_w = w.writer("indptr", np.int64)
-    indices_w = w.writer("indices", id_dtype)
-    indptr_w.write(np.zeros(1, dtype=np.int64))
-    base = 0
+    first, base = int(journal.state["next_range"]), int(journal.state["base"])
+    indptr_w = w.writer("indptr", np.int64, resume=True)
+    indices_w = w.writer("indices", id_dtype, resume=True)
+    if indptr_w.rows == 0:
+        indptr_w.write(np.zeros(1, dtype=np.int64))
+    if (indptr_w.rows, indices_w.rows) != (int(bounds[first]) + 1, base):
+        raise InputFormatError(f"{w.out}/{RESUME_JOURNAL} does not agree with indptr.bin / indices.bin; delete "
+                               f"{w.out} or pass --overwrite to prepare the dataset from the start")
     task = "prepare: build CSR"
-    progress(task, 0, n)
+    progress(task, int(bounds[first]), n)
     single = np.array([0, n], dtype=np.int64)
-    for r in range(num_ranges):
+    for r in range(first, num_ranges):
         lo_node, hi_node = int(bounds[r]), int(bounds[r + 1])
         size = int(range_sizes[r])
         local = np.empty(size, dtype=local_dtype)
@@ -1044,10 +1210,10 @@ def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _
                 pos += int(k)
         else:
             pos = 0
-            with open(run_file.path, "rb") as f:
+            with open(run_path, "rb") as f:
                 for offset, count in runs[r]:
-                    _read_into(f, offset, local[pos:pos + count], run_file.path)
-                    _read_into(f, offset + count * local_dtype.itemsize, src_ids[pos:pos + count], run_file.path)
+                    _read_into(f, offset, local[pos:pos + count], run_path)
+                    _read_into(f, offset + count * local_dtype.itemsize, src_ids[pos:pos + count], run_path)
                     pos += count
         if pos != size:
             raise InputFormatError(f"{graph.source.get('input')}: the input changed while it was read "
@@ -1064,31 +1230,35 @@ def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _
         indptr_w.write(indptr[1:] + base)
         base += int(stored)
         del indices, indptr, kept
+        if r + 1 < num_ranges:
+            journal.save((indptr_w, indices_w), next_range=r + 1, base=base)
         progress(task, num_dst, n)
-    w.add(indptr_w.close(), "indptr")
-    w.add(indices_w.close(), "indices")
-    if run_file is not None:
-        os.unlink(run_file.path)
-    elif isinstance(edges, _CachedEdges):
-        os.unlink(edges.path)
     stats.update(pairs=total, edges=base, duplicates_dropped=total - base if cfg.drop_duplicates else 0,
-                 destination_ranges=int(num_ranges), scan_seconds=round(t_scan - t0, 3),
-                 group_seconds=round(t_group - t_scan, 3), build_seconds=round(time.perf_counter() - t_group, 3))
-    return stats
+                 destination_ranges=int(num_ranges), build_seconds=round(time.perf_counter() - t_group, 3))
+    specs = {"indptr": indptr_w.close(), "indices": indices_w.close()}
+    for spec in specs.values():
+        journal.keep(spec.path, {"bytes": spec.nbytes, "crc32": spec.crc32})
+        w.add(spec, Path(spec.path).stem)
+    scratch_files = [rel.split("/", 1)[1] for rel in journal.kept if rel.startswith(SCRATCH + "/")]
+    _release_scratch(scratch, journal, scratch_files, phase="features", copied=0, nonfinite=0,
+                     topology={name: spec.to_json() for name, spec in specs.items()})
 
 
 def _copy_features(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _Plan, dtype: str,
-                   progress: ProgressFn) -> dict:
+                   progress: ProgressFn, journal: _Journal) -> None:
     feat = graph.features
     n = graph.num_nodes
     src_itemsize = 2 if isinstance(feat.dtype, str) else feat.dtype.itemsize
     rows = max(1, plan.feature_chunk_bytes // (feat.dim * max(src_itemsize, 4) * 3))
-    out = w.features_writer()
+    copied, nonfinite = int(journal.state["copied"]), int(journal.state["nonfinite"])
+    out = w.features_writer(resume=True)
+    if out.rows != copied:
+        raise InputFormatError(f"{w.out}/{RESUME_JOURNAL} does not agree with features.bin; delete {w.out} or "
+                               f"pass --overwrite to prepare the dataset from the start")
     task = "prepare: copy features"
-    progress(task, 0, n)
-    copied, nonfinite = 0, 0
+    progress(task, copied, n)
     t0 = time.perf_counter()
-    for block in feat.chunks(rows):
+    for block in feat.chunks(rows, copied):
         if block.shape[1:] != (feat.dim,):
             raise InputFormatError(f"{feat.where}: a row has {block.shape[1:]} values, expected {feat.dim}")
         if copied + block.shape[0] > n:
@@ -1115,12 +1285,14 @@ def _copy_features(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _P
                                        f"store fp32 or bf16 (--dtype), or rescale the features")
         out.write(stored)
         copied += block.shape[0]
+        if copied < n:
+            journal.save((out,), copied=copied, nonfinite=nonfinite)
         progress(task, block.shape[0], n)
     if copied != n:
         raise InputFormatError(f"{feat.where} is truncated: it holds {copied} feature rows but the graph has "
                                f"{n} nodes; the file is incomplete, export it again")
     w.add(out.close(), "features")
-    return {"nonfinite_feature_rows": nonfinite, "feature_seconds": round(time.perf_counter() - t0, 3)}
+    journal.stats.update(nonfinite_feature_rows=nonfinite, feature_seconds=round(time.perf_counter() - t0, 3))
 
 
 def _default_dtype(dtype: np.dtype | str) -> str:
@@ -1148,22 +1320,32 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
 
     ``max_range_edges`` caps the in-edges built in memory at once below what the
     memory budget allows (tests use it to exercise the external sort).
+
+    Progress is journaled (see :class:`_Journal`): after a kill, the same call
+    continues after the last finished phase, destination range or feature chunk.
     """
     t0 = time.perf_counter()
     _check_out_apart_from_inputs(cfg, Path(out))
     graph, materialize = _READERS[cfg.format](cfg)
     budget = cfg.budget_bytes()
     id_dtype = node_id_dtype(graph.num_nodes)
-    plan = _plan(budget, graph.num_nodes, id_dtype.itemsize, max_range_edges)
-    config = {**{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(cfg).items()},
-              "memory_budget_bytes": budget}
     dtype = cfg.dtype or _default_dtype(graph.feat_dtype)
+    cfg_json = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(cfg).items()}
+    key = {"step": "prepare", "format": DATASET_FORMAT, "version": DATASET_VERSION, "config": cfg_json,
+           "inputs": _input_identity(cfg), "dtype": dtype, "id_dtype": id_dtype.str,
+           "max_range_edges": max_range_edges}
+    plan = _resumable_plan(Path(out), key, _plan(budget, graph.num_nodes, id_dtype.itemsize, max_range_edges))
+    key["plan"] = asdict(plan)
+    config = {**cfg_json, "memory_budget_bytes": plan.budget}
     with DatasetWriter(out, num_nodes=graph.num_nodes, feat_dim=graph.feat_dim, feat_dtype=dtype,
                        num_classes=graph.num_classes, source=graph.source, config=config,
-                       overwrite=overwrite) as w:
+                       overwrite=overwrite, resume_key=key) as w:
+        journal = _Journal(w)
+        if journal.resumed_from is not None:
+            log.info("resuming %s from %s", w.out, journal.resumed_from)
         scratch = w.out / SCRATCH
         try:
-            scratch.mkdir()
+            scratch.mkdir(exist_ok=journal.resumed_from is not None)
         except OSError as exc:
             raise_if_disk_full(exc, w.out)
             raise
@@ -1173,14 +1355,21 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
             if feat.num_rows not in (-1, graph.num_nodes):
                 raise MismatchError(f"{feat.where} has {feat.num_rows} rows but the graph has {graph.num_nodes} "
                                     f"nodes; give one feature row per node")
-            stats = _build_topology(w, graph, cfg, plan, scratch, progress)
-            stats.update(_copy_features(w, graph, cfg, plan, dtype, progress))
+            if journal.phase != "features":
+                _build_topology(w, graph, cfg, plan, scratch, progress, journal)
+            else:  # the CSR was finished by the interrupted run
+                for name, spec in journal.state["topology"].items():
+                    w.add(ArraySpec.from_json(spec, str(w.out / RESUME_JOURNAL)), name)
+            _copy_features(w, graph, cfg, plan, dtype, progress, journal)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         w.write_array("labels", graph.labels)
         for s in SPLITS:
             w.write_array(f"{s}_idx", graph.splits[s])
+        stats = dict(journal.stats)
         stats["seconds"] = round(time.perf_counter() - t0, 3)
+        if journal.resumed_from is not None:
+            stats["resumed_from"] = journal.resumed_from
         w.stats = stats
         ds = w.finish()
     log.info("prepared %s in %.1f s (%d input edges -> %d stored)", ds, time.perf_counter() - t0,

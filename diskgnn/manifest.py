@@ -24,9 +24,14 @@ MANIFEST_NAME = "manifest.json"
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` via a fsynced temporary file and a rename."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` via a fsynced temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    data = json.dumps(obj, indent=2, sort_keys=True).encode()
+    data = text.encode()
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -220,14 +225,24 @@ def _clear_directory(directory: Path) -> None:
 
 
 class Crc32Writer:
-    """A binary file writer that computes the crc32 of what it writes."""
+    """A binary file writer that computes the crc32 of what it writes.
 
-    def __init__(self, path: str | os.PathLike):
+    ``resume`` (the ``{"bytes", "crc32"}`` that :meth:`sync` returned) continues a
+    file that an interrupted run was writing: it is cut back to ``bytes`` and the
+    checksum goes on from ``crc32``, so the result equals one uninterrupted write.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: dict | None = None):
         self.path = Path(path)
-        self.crc = 0
-        self.nbytes = 0
+        self.crc = 0 if resume is None else int(resume["crc32"])
+        self.nbytes = 0 if resume is None else int(resume["bytes"])
         try:
-            self._f = open(self.path, "wb")
+            if resume is None:
+                self._f = open(self.path, "wb")
+            else:
+                self._f = open(self.path, "r+b")
+                self._f.truncate(self.nbytes)
+                self._f.seek(self.nbytes)
         except OSError as exc:
             raise_if_disk_full(exc, self.path.parent)
             raise
@@ -248,7 +263,8 @@ class Crc32Writer:
         if rem:
             self.write(bytes(alignment - rem))
 
-    def close(self) -> dict:
+    def sync(self) -> dict:
+        """Flush and fsync what was written; returns ``{"bytes", "crc32"}`` (what ``resume`` takes)."""
         try:
             self._f.flush()
             os.fsync(self._f.fileno())
@@ -256,8 +272,12 @@ class Crc32Writer:
             self._close_quietly()
             raise_if_disk_full(exc, self.path.parent)
             raise
-        self._f.close()
         return {"bytes": self.nbytes, "crc32": self.crc}
+
+    def close(self) -> dict:
+        info = self.sync()
+        self._f.close()
+        return info
 
     def _close_quietly(self) -> None:
         # Closing flushes the buffer again; on a full disk that fails too and would hide the first error.
@@ -274,12 +294,86 @@ class Crc32Writer:
             self._close_quietly()
 
 
-def file_crc32(path: str | os.PathLike, chunk: int = 16 << 20) -> int:
-    """crc32 of a whole file, read in large chunks."""
+def file_crc32(path: str | os.PathLike, chunk: int = 16 << 20, limit: int | None = None) -> int:
+    """crc32 of a whole file (or of its first ``limit`` bytes), read in large chunks."""
     crc = 0
+    left = limit
     with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
+        while left is None or left > 0:
+            block = f.read(chunk if left is None else min(chunk, left))
             if not block:
-                return crc
+                break
             crc = zlib.crc32(block, crc)
+            if left is not None:
+                left -= len(block)
+    return crc
+
+
+# --- resuming an interrupted step ----------------------------------------------------------------
+
+RESUME_JOURNAL = "resume.json"
+"""The journal a resumable step keeps in its unfinished output directory (removed before the manifest)."""
+
+
+def write_resume_journal(directory: str | os.PathLike, key: dict, files: dict[str, dict], state: dict) -> None:
+    """Record (atomically) how far a step got: ``files`` maps each kept file (path relative to ``directory``)
+    to the ``{"bytes", "crc32"}`` of its finished prefix, already fsynced; ``state`` is the step's own
+    progress. ``key`` says which command wrote it (a rerun resumes only with an equal key)."""
+    write_json_atomic(Path(directory) / RESUME_JOURNAL, {"key": key, "files": files, "state": state})
+
+
+def read_resume_journal(directory: str | os.PathLike, key: dict) -> dict | None:
+    """The journal that an interrupted run of the same command left in ``directory``, or None.
+
+    Only an unfinished directory (marked partial, no manifest) is resumed, only
+    when its journal has the same ``key``, and only when every file it lists
+    still holds at least the recorded bytes with the recorded crc32 over them
+    (anything after that is what the killed run wrote after its last journal).
+    """
+    directory = Path(directory)
+    path = directory / RESUME_JOURNAL
+    if not (directory / ".diskgnn-partial").exists() or (directory / MANIFEST_NAME).exists() or not path.exists():
+        return None
+    try:
+        journal = json.loads(path.read_text())
+        if not isinstance(journal, dict) or journal.get("key") != key or not isinstance(journal.get("state"), dict):
+            return None
+        for rel, info in journal["files"].items():
+            target = directory / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not target.is_file():
+                return None
+            nbytes, crc = int(info["bytes"]), int(info["crc32"])
+            if target.stat().st_size < nbytes or file_crc32(target, limit=nbytes) != crc:
+                return None
+        return journal
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def prepare_resumable_output_dir(directory: str | os.PathLike, key: dict, *,
+                                 overwrite: bool) -> tuple[Path, dict | None]:
+    """Like :func:`prepare_output_dir`, but keep what an interrupted run of the same command finished.
+
+    Returns the directory and the checked journal (None: start from zero). When
+    resuming, every entry that the journal does not list is removed.
+    """
+    journal = None if overwrite else read_resume_journal(directory, key)
+    if journal is None:
+        return prepare_output_dir(directory, overwrite=overwrite), None
+    directory = Path(directory)
+    keep = {Path(".diskgnn-partial"), Path(RESUME_JOURNAL)} | {Path(rel) for rel in journal["files"]}
+    _remove_except(directory, directory, keep)
+    return directory, journal
+
+
+def _remove_except(root: Path, directory: Path, keep: set[Path]) -> None:
+    for entry in directory.iterdir():
+        rel = entry.relative_to(root)
+        if rel in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink() and any(rel in k.parents for k in keep):
+            _remove_except(root, entry, keep)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from diskgnn.dataset import FORMAT as DATASET_FORMAT, VERSION as DATASET_VERSION
 from diskgnn.dataset import Dataset, DatasetWriter, convert_features, node_id_dtype, FEATURE_DTYPES
-from diskgnn.errors import ConfigError
+from diskgnn.errors import ConfigError, IntegrityError
+from diskgnn.manifest import RESUME_JOURNAL
 from diskgnn.progress import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,23 @@ def in_degrees(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(np.floor(raw * scale + jitter), cap).astype(np.int64)
 
 
-def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: int = 1 << 18,
+DEFAULT_CHUNK_NODES = 1 << 18
+
+
+def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: int = DEFAULT_CHUNK_NODES,
                progress: ProgressFn = no_progress) -> Dataset:
-    """Generate the graph of ``cfg`` into the dataset directory ``out``."""
+    """Generate the graph of ``cfg`` into the dataset directory ``out``.
+
+    Progress is journaled after every chunk of ``chunk_nodes`` destination nodes:
+    after a kill, the same call continues after the last finished chunk and ends
+    in the same files as an uninterrupted run. The feature noise is drawn per
+    chunk, so another ``chunk_nodes`` gives other features (it is then recorded
+    in the manifest's config); the topology does not depend on it.
+    """
     from diskgnn.kernels.synth import generate_in_edges, compact_segments
+
+    if isinstance(chunk_nodes, bool) or not isinstance(chunk_nodes, (int, np.integer)) or chunk_nodes < 1:
+        raise ConfigError(f"--chunk-nodes must be a positive integer, got {chunk_nodes!r}")
 
     t0 = time.perf_counter()
     n = cfg.nodes
@@ -160,14 +175,29 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
 
     id_dtype = node_id_dtype(n)
     source = {"kind": "synth", "config": asdict(cfg)}
+    # A rerun of the same command resumes after the last journaled chunk (the chunks are generated
+    # independently, from the arrays above), so a kill never costs more than one chunk.
+    resume_key = {"step": "synth", "format": DATASET_FORMAT, "version": DATASET_VERSION, "config": asdict(cfg),
+                  "chunk_nodes": int(chunk_nodes), "id_dtype": id_dtype.str}
+    config = {"generator": "diskgnn.synth", **asdict(cfg)}
+    if chunk_nodes != DEFAULT_CHUNK_NODES:  # the feature noise is drawn per chunk: part of what made the data
+        config["chunk_nodes"] = int(chunk_nodes)
     with DatasetWriter(out, num_nodes=n, feat_dim=cfg.dim, feat_dtype=cfg.dtype, num_classes=cfg.classes,
-                       source=source, config={"generator": "diskgnn.synth", **asdict(cfg)},
-                       overwrite=overwrite, expected_edges=int(degree.sum())) as w:
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        idx_writer = w.writer("indices", id_dtype)
-        feat_writer = w.features_writer()
-        progress("synth", 0, n)
-        for lo in range(0, n, chunk_nodes):
+                       source=source, config=config,
+                       overwrite=overwrite, expected_edges=int(degree.sum()), resume_key=resume_key) as w:
+        start, edges = (0, 0) if w.resumed is None else (int(w.resumed["next_node"]), int(w.resumed["edges"]))
+        indptr_writer = w.writer("indptr", np.int64, resume=True)
+        idx_writer = w.writer("indices", id_dtype, resume=True)
+        feat_writer = w.features_writer(resume=True)
+        if w.resumed is None:
+            indptr_writer.write(np.zeros(1, dtype=np.int64))
+        else:
+            if (indptr_writer.rows, idx_writer.rows, feat_writer.rows) != (start + 1, edges, start):
+                raise IntegrityError(f"{w.out}/{RESUME_JOURNAL} does not agree with the files it lists; delete "
+                                     f"{w.out} or pass --overwrite to generate the dataset from the start")
+            log.info("resuming %s from node %d of %d", w.out, start, n)
+        progress("synth", start, n)
+        for lo in range(start, n, chunk_nodes):
             hi = min(n, lo + chunk_nodes)
             deg = degree[lo:hi]
             edge_offsets = np.zeros(hi - lo + 1, dtype=np.int64)
@@ -178,8 +208,8 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
                               cum_in_community, cum_global, cfg.homophily, edge_offsets, sources, counts)
             unique = np.empty(int(counts.sum()), dtype=np.int64)
             compact_segments(sources, edge_offsets, counts, unique)
-            np.cumsum(counts, out=indptr[lo + 1:hi + 1])
-            indptr[lo + 1:hi + 1] += indptr[lo]
+            indptr_writer.write(np.cumsum(counts) + edges)
+            edges += int(unique.shape[0])
             idx_writer.write(unique.astype(id_dtype))
             del sources, unique
 
@@ -187,14 +217,17 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
             feats = frng.standard_normal((hi - lo, cfg.dim), dtype=np.float32)
             feats += centers[community[lo:hi]]
             feat_writer.write(convert_features(feats, cfg.dtype))
+            w.save_progress({"next_node": hi, "edges": edges}, (indptr_writer, idx_writer, feat_writer))
             progress("synth", hi - lo, n)
+        w.add(indptr_writer.close(), "indptr")
         w.add(idx_writer.close(), "indices")
         w.add(feat_writer.close(), "features")
-        w.write_array("indptr", indptr)
         w.write_array("labels", labels)
         for name, idx in splits.items():
             w.write_array(f"{name}_idx", idx.astype(np.int64))
         w.stats = {"generate_seconds": round(time.perf_counter() - t0, 3)}
+        if start:
+            w.stats["resumed_from_node"] = start
         ds = w.finish()
     log.info("synthesized %s in %.1f s", ds, time.perf_counter() - t0)
     return ds

@@ -317,8 +317,60 @@ class _MetricsLog:
         if self.path is None:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+            f.write(self._line(record))
             f.flush()
+
+    @staticmethod
+    def _line(record: dict) -> str:
+        return json.dumps(record, sort_keys=True, default=_json_default) + "\n"
+
+    def resume(self, history: list[dict]) -> None:
+        """Make the file end with the epoch records of a checkpoint's ``history``, as an uninterrupted run's would.
+
+        A killed run may have written records of epochs after its last checkpoint
+        (they are trained again) or, killed between saving the checkpoint and
+        writing the record, lack the checkpoint's last epochs. Records before the
+        interrupted run's are kept; the file is replaced atomically.
+        """
+        if self.path is None:
+            return
+        from diskgnn.manifest import write_text_atomic
+        epochs = len(history)
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--metrics {self.path}: cannot read it to resume ({exc}); move it away or choose "
+                              f"another --metrics file") from None
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # a record cut short by the kill
+
+        def record(line: str):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return None
+            return rec if isinstance(rec, dict) else None
+
+        def epoch_of(line: str) -> int | None:
+            rec = record(line)
+            ok = rec is not None and rec.get("event") == "epoch" and isinstance(rec.get("epoch"), int)
+            return rec["epoch"] if ok else None
+
+        while lines and (epoch_of(lines[-1]) or 0) > epochs:
+            lines.pop()  # trained after the checkpoint: this run trains it again
+        last = record(lines[-1]) if lines else None
+        if lines and epoch_of(lines[-1]) is not None:
+            have = epoch_of(lines[-1])
+        elif last is not None and last.get("event") == "final" and last.get("epochs") == epochs:
+            have = epochs  # the run that wrote the checkpoint finished; this one trains further
+        else:
+            have = 0
+        lines += [self._line(h) for h in history[have:]]
+        if "".join(lines) != text:
+            write_text_atomic(self.path, "".join(lines))
 
 
 def _json_default(obj):
@@ -566,6 +618,7 @@ class Trainer:
             where = str(Path(cfg.checkpoint) / CHECKPOINT_NAME)
             self.restore(load_checkpoint(cfg.checkpoint), where)
             log.info("resuming from %s after epoch %d", where, self.epoch)
+            self.metrics.resume(self.history)
             if self.epoch >= cfg.epochs:
                 log.warning("the checkpoint already holds %d epochs (>= --epochs %d); nothing to train",
                             self.epoch, cfg.epochs)

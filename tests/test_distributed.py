@@ -261,7 +261,10 @@ def test_cli_resumes_on_two_ranks_from_a_packed_directory(two_rank_run, samples,
                "--resume", "--metrics", str(tmp_path / "m.jsonl"), "--memory-budget", "1G", "-q"])
     assert rc == 0
     lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [x.get("epoch") for x in lines if x["event"] == "epoch"] == [2]  # only the missing epoch ran
+    # the file reads like an uninterrupted run's: epoch 1 is the checkpoint's record (timings included, so it
+    # was copied, not trained again), then the missing epoch
+    assert [x.get("epoch") for x in lines if x["event"] == "epoch"] == [1, 2]
+    assert lines[0] == json.loads(load_checkpoint(out / "ck")["history"])[0]
     assert lines[-1]["epochs"] == 2 and lines[-1]["nproc"] == 2
     ref = reference(samples, tiny_dataset, epochs=2)
     assert_same_weights(load_checkpoint(tmp_path / "ck")["model"], ref.model.state_dict())

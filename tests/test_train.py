@@ -203,3 +203,69 @@ def test_damaged_checkpoint_is_refused_not_resumed(tiny_samples, tiny_dataset, t
     (ck / CHECKPOINT_NAME).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_checkpoint(ck)
+
+
+# --- the metrics file of a resumed run -------------------------------------------------------------
+
+TIMING_KEYS = {"epoch_time_s", "batches_per_s", "eval_time_s", "stages", "eval_stages", "peak_rss_bytes",
+               "epoch_times_s", "stages_mean"}
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (fit has no handler for it)."""
+
+
+def metric_records(path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kill", ["before_epoch_record", "after_unsaved_epoch"])
+def test_resumed_run_leaves_the_metrics_of_an_uninterrupted_one(tiny_samples, tiny_dataset, tmp_path, monkeypatch,
+                                                                 kill):
+    """Killed between saving epoch 2's checkpoint and writing its record, or after writing epoch 3's record
+    whose checkpoint never landed (plus half a line): the resumed run's file has every epoch once."""
+    import diskgnn.train as train_mod
+    kw = dict(epochs=3, seed=5)
+    full = tmp_path / "full.jsonl"
+    make_trainer(tiny_samples, tiny_dataset, **kw, metrics=str(full)).fit()
+    metrics, ck = tmp_path / "m.jsonl", tmp_path / "ck"
+    real_write, real_save = train_mod._MetricsLog.write, train_mod.save_checkpoint
+
+    def write(self, record):
+        if kill == "before_epoch_record" and record.get("epoch") == 2:
+            raise Killed
+        real_write(self, record)
+        if kill == "after_unsaved_epoch" and record.get("epoch") == 3:
+            with open(self.path, "a") as f:
+                f.write('{"event": "epo')
+            raise Killed
+
+    def save(directory, state):
+        if kill == "after_unsaved_epoch" and state["epoch"] == 3:
+            return None
+        return real_save(directory, state)
+    monkeypatch.setattr(train_mod._MetricsLog, "write", write)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    with pytest.raises(Killed):
+        make_trainer(tiny_samples, tiny_dataset, **kw, metrics=str(metrics), checkpoint=str(ck)).fit()
+    monkeypatch.undo()
+    assert load_checkpoint(ck)["epoch"] == 2
+    # before_epoch_record: the checkpoint holds epoch 2, the file does not; after_unsaved_epoch: the reverse for 3
+    assert metrics.read_text().count('"event": "epoch"') == (1 if kill == "before_epoch_record" else 3)
+    make_trainer(tiny_samples, tiny_dataset, **kw, metrics=str(metrics), checkpoint=str(ck), resume=True).fit()
+    got, want = metric_records(metrics), metric_records(full)
+    assert [r.get("epoch") for r in got] == [1, 2, 3, None] and got == want
+
+
+def test_resume_keeps_the_records_of_earlier_runs(tiny_samples, tiny_dataset, tmp_path):
+    """Training further from a finished run's checkpoint appends; older runs' records stay."""
+    metrics, ck = tmp_path / "m.jsonl", tmp_path / "ck"
+    metrics.write_text('{"event": "final", "epochs": 7, "note": "an older run"}\n')
+    make_trainer(tiny_samples, tiny_dataset, epochs=1, metrics=str(metrics), checkpoint=str(ck)).fit()
+    before = metrics.read_text()
+    make_trainer(tiny_samples, tiny_dataset, epochs=2, metrics=str(metrics), checkpoint=str(ck), resume=True).fit()
+    text = metrics.read_text()
+    assert text.startswith(before)
+    assert [r.get("event") for r in metric_records(metrics)] == ["final", "epoch", "final", "epoch", "final"]
+    assert [r.get("epoch") for r in metric_records(metrics)][3] == 2

@@ -119,6 +119,9 @@ def _add_commands(sub) -> None:
     p.add_argument("--train-fraction", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--test-fraction", type=float, default=None)
+    p.add_argument("--chunk-nodes", type=int, default=1 << 18,
+                   help="nodes generated per chunk (default 262144); a killed run resumes after its last chunk. "
+                        "Feature noise is drawn per chunk, so another value gives other features")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     _common(p)
     p.set_defaults(func=cmd_synth)
@@ -308,7 +311,7 @@ def cmd_synth(args, progress) -> int:
                        dtype=args.dtype, classes=args.classes, homophily=args.homophily,
                        separation=args.separation, train_fraction=args.train_fraction,
                        val_fraction=args.val_fraction, test_fraction=args.test_fraction)
-    ds = synthesize(cfg, args.out, overwrite=args.overwrite, progress=progress)
+    ds = synthesize(cfg, args.out, overwrite=args.overwrite, chunk_nodes=args.chunk_nodes, progress=progress)
     if not args.quiet:
         _print_summary(summary(ds))
     return 0
