@@ -298,41 +298,80 @@ class AlignedReader:
             return np.zeros(0, dtype=np.uint8)
         return self.read(0, size)
 
-    def stream(self, chunk_bytes: int, start: int = 0, end: int | None = None, *, prefetch: bool = True):
-        """Yield ``(offset, uint8 array)`` chunks of ``[start, end)`` in order, reading ahead one chunk.
+    def stream(self, chunk_bytes: int, start: int = 0, end: int | None = None, *,
+               prefetch: bool = True) -> "ChunkStream":
+        """An iterator of ``(offset, uint8 array)`` chunks of ``[start, end)`` in order, reading one chunk ahead.
 
-        ``start`` and ``chunk_bytes`` must be multiples of 4096; two buffers are
-        reused, so a chunk is only valid until the next one is requested.
+        With ``prefetch`` the first chunk is requested at once, so the caller can do other
+        work while it arrives. ``start`` and ``chunk_bytes`` must be multiples of 4096; two
+        buffers are reused, so a chunk is only valid until the next one is requested. Close
+        the stream (or exhaust it, or use it in a ``with``) to stop reading early.
         """
         end = self.size if end is None else int(end)
         if start % ALIGN or chunk_bytes % ALIGN or chunk_bytes <= 0:
             raise ConfigError(f"stream start {start} and chunk size {chunk_bytes} must be multiples of {ALIGN}")
-        offsets = list(range(int(start), end, int(chunk_bytes)))
-        if not offsets:
-            return
-        bufs = [aligned_empty(chunk_bytes), aligned_empty(chunk_bytes) if len(offsets) > 1 else None]
+        return ChunkStream(self, int(chunk_bytes), int(start), end, prefetch)
 
-        def load(k: int) -> np.ndarray:
-            off = offsets[k]
-            length = min(chunk_bytes, end - off)
-            buf = bufs[k % 2]
-            self.read_runs([(off, length)], buf[:align_up(length)])
-            return buf[:length]
 
-        if not prefetch:
-            for k, off in enumerate(offsets):
-                yield off, load(k)
-            return
-        ahead = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-prefetch")
+class ChunkStream:
+    """Chunks of one file region from an :class:`AlignedReader`; see :meth:`AlignedReader.stream`."""
+
+    def __init__(self, reader: AlignedReader, chunk_bytes: int, start: int, end: int, prefetch: bool):
+        self._reader, self._chunk, self._end = reader, chunk_bytes, end
+        self._offsets = list(range(start, end, chunk_bytes))
+        self._next = 0
+        self._bufs = [aligned_empty(chunk_bytes) if self._offsets else None,
+                      aligned_empty(chunk_bytes) if len(self._offsets) > 1 else None]
+        self._ahead = None
+        self._future = None
+        if prefetch and self._offsets:
+            self._ahead = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-prefetch")
+            self._future = self._ahead.submit(self._load, 0)
+
+    def _load(self, k: int) -> np.ndarray:
+        off = self._offsets[k]
+        length = min(self._chunk, self._end - off)
+        buf = self._bufs[k % 2]
+        self._reader.read_runs([(off, length)], buf[:align_up(length)])
+        return buf[:length]
+
+    def __iter__(self) -> "ChunkStream":
+        return self
+
+    def __next__(self) -> tuple[int, np.ndarray]:
+        k = self._next
+        if k >= len(self._offsets):
+            self.close()
+            raise StopIteration
+        self._next = k + 1
         try:
-            fut = ahead.submit(load, 0)
-            for k, off in enumerate(offsets):
-                chunk = fut.result()
-                if k + 1 < len(offsets):
-                    fut = ahead.submit(load, k + 1)
-                yield off, chunk
-        finally:
-            ahead.shutdown(wait=True)
+            if self._ahead is None:
+                return self._offsets[k], self._load(k)
+            chunk = self._future.result()
+            if k + 1 < len(self._offsets):
+                self._future = self._ahead.submit(self._load, k + 1)
+            return self._offsets[k], chunk
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop reading ahead (waits for a request in flight)."""
+        if self._ahead is not None:
+            self._ahead.shutdown(wait=True)
+            self._ahead = None
+
+    def __enter__(self) -> "ChunkStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 class AlignedWriter:
@@ -469,6 +508,91 @@ class AlignedWriter:
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None:
             self.abort()
+
+
+class PositionalWriter:
+    """Writes aligned pieces of one buffer at given offsets of a new file of known size, several in flight.
+
+    The file is created (truncated) and extended to ``size`` bytes up front (``posix_fallocate`` where
+    the filesystem supports it, so a full disk shows at once). :meth:`write_pieces` hands the pieces to
+    ``depth`` threads and returns a handle whose ``wait()`` says when the buffer may be reused.
+    """
+
+    def __init__(self, path: str | os.PathLike, size: int, *, direct: bool | None = None, depth: int = 8):
+        self.path = Path(path)
+        self.size = int(size)
+        try:
+            self.fd, self.direct = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, direct)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        try:
+            if self.size:
+                try:
+                    os.posix_fallocate(self.fd, 0, self.size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+                    os.ftruncate(self.fd, self.size)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            raise_if_disk_full(exc, self.path.parent, self.size)
+            raise
+        self.depth = max(1, depth)
+        self._pool = cf.ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="diskgnn-pwrite")
+        self._pending: list[cf.Future] = []
+        self.bytes_written = 0
+
+    def _write_list(self, view: memoryview, pieces: list) -> None:
+        for file_off, buf_off, length in pieces:
+            done = 0
+            while done < length:
+                try:
+                    done += os.pwritev(self.fd, [view[buf_off + done:buf_off + length]], file_off + done)
+                except OSError as exc:
+                    raise_if_disk_full(exc, self.path.parent)
+                    raise
+
+    def write_pieces(self, buf: np.ndarray, file_offsets, buf_offsets, lengths) -> "_WriteHandle":
+        """Write ``buf[buf_offsets[i]:+lengths[i]]`` at ``file_offsets[i]`` (all multiples of 4096)."""
+        file_offsets, buf_offsets, lengths = (np.asarray(a, dtype=np.int64) for a in (file_offsets, buf_offsets,
+                                                                                     lengths))
+        if lengths.size and (int((file_offsets | buf_offsets | lengths).min()) < 0
+                             or int(((file_offsets | buf_offsets | lengths) % ALIGN).max()) != 0
+                             or int((file_offsets + lengths).max()) > self.size
+                             or int((buf_offsets + lengths).max()) > len(buf)):
+            raise ConfigError("write_pieces needs 4096-aligned pieces inside the buffer and the file")
+        if self.direct and not is_aligned(buf):
+            raise ConfigError("write_pieces needs a 4096-aligned buffer")
+        view = memoryview(buf).cast("B")
+        pieces = list(zip(file_offsets.tolist(), buf_offsets.tolist(), lengths.tolist()))
+        self.bytes_written += int(lengths.sum())
+        # pieces dealt round-robin so every thread gets a share of each region
+        futures = [self._pool.submit(self._write_list, view, pieces[k::self.depth])
+                   for k in range(min(self.depth, len(pieces)))]
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None] + futures
+        return _WriteHandle(futures)
+
+    def close(self) -> None:
+        """Wait for every piece, fsync and close (raises the first write error)."""
+        try:
+            for fut in self._pending:
+                fut.result()
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without publishing: wait for requests in flight and close the file."""
+        if self.fd < 0:
+            return
+        self._pool.shutdown(wait=True)
+        os.close(self.fd)
+        self.fd = -1
 
 
 class _WriteHandle:

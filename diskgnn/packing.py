@@ -35,10 +35,12 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype, node_id_dtype
 from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
-from diskgnn.io import ALIGN, AlignedReader, AlignedWriter, align_up, aligned_empty, prefault
+from diskgnn.io import (ALIGN, HUGE_BUFFER, AlignedReader, AlignedWriter, PositionalWriter, align_up, aligned_empty,
+                        prefault)
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
-from diskgnn.kernels.packing import (belady_hits, bucket_rows, extent_dests, next_use, page_runs,
-                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
+                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, stage_block,
+                                     tier_hits)
 from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, write_manifest)
 from diskgnn.memory import resolve_memory_budget
@@ -55,6 +57,9 @@ def _check_size_text(value, name: str) -> None:
     if isinstance(value, str) and value.strip().startswith("-"):
         raise ConfigError(f"{name} must not be negative, got {value!r}; give bytes (512M, 2G) or a percentage (10%)")
     parse_size(value, total=1 << 40, name=name)
+
+
+WRITE_MODES = ("auto", "stream", "groups")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +84,15 @@ class PackConfig:
     gap_pages: int = 8
     """Holes of at most this many pages inside a batch's page runs are read rather than skipped
     (one more request costs about as much as 4-10 pages of sequential transfer on the disks here)."""
+    order_block: str | int | None = None
+    """Bytes of features.bin per node block of the plain layout's row order (an extent's rows are ordered
+    by block, then by input position): the stream write mode reads one block at a time and writes each
+    extent's stretch from it. None = sized from the plan so each stretch is ~256 KiB (64 MiB-1 GiB)."""
+    write_mode: str = "auto"
+    """How rows reach packed.bin: ``stream`` (plain layout: every block of features.bin is read once and
+    its stretch of every extent written at once, in bounded memory), ``groups`` (extents are filled in
+    output buffers as large as the memory budget allows, one pass over features.bin per buffer), or
+    ``auto`` (stream when it fits the budget and its writes are large enough). The output is the same."""
 
     def __post_init__(self):
         for name in ("device_cache", "pinned_cache", "host_cache"):
@@ -93,6 +107,12 @@ class PackConfig:
                 raise ConfigError(f"--chunk-size must be at least 4K, got {self.chunk_size!r}")
         if self.gap_pages < 0:
             raise ConfigError(f"gap_pages must be >= 0, got {self.gap_pages}")
+        if self.order_block is not None:
+            _check_size_text(self.order_block, "order_block")
+            if parse_size(self.order_block, name="order_block") < ALIGN:
+                raise ConfigError(f"order_block must be at least 4K, got {self.order_block!r}")
+        if self.write_mode not in WRITE_MODES:
+            raise ConfigError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {self.write_mode!r}")
 
     @classmethod
     def from_cli(cls, args) -> "PackConfig":
@@ -155,6 +175,11 @@ class PackPlan:
     segment_batches: int | None
     parts: list
     stats: dict
+    block_rows: int = 0
+    """Plain layout: rows of an extent are ordered by node block of this many nodes (then input order);
+    0 for the segment layout."""
+    block_starts: np.ndarray | None = None
+    """Plain layout: int64 [E, blocks + 1], extent e's rows of block c are block_starts[e, c] .. [e, c + 1] - 1."""
 
 
 def _open_samples(samples):
@@ -275,18 +300,28 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
 
     nsel = len(offsets) - 1
     uncached = np.zeros(nsel, dtype=np.int64)
-    maps = np.empty(inputs.size, dtype=map_dtype)
-    row_nodes = np.empty(inputs.size, dtype=np.int64)
-    rows = plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, uncached)
-    row_nodes = row_nodes[:rows]
-    plain_bytes = int(sum(align_up(int(c) * rb) for c in uncached))
+    count_uncached(inputs, offsets, slot_of_node, uncached)
+    row_starts = np.concatenate([[0], np.cumsum(uncached)]).astype(np.int64)
+    plain_bytes = int(((uncached * rb + (ALIGN - 1)) // ALIGN * ALIGN).sum())
     budget = None if cfg.disk_budget is None else int(parse_factor(cfg.disk_budget, name="--disk-budget")
                                                       * ds.feature_bytes)
+    plain = budget is None or plain_bytes <= budget
+    block_bytes = _order_block_bytes(ds, cfg, plain_bytes, int(np.count_nonzero(uncached))) if plain else 0
+    block_rows = max(block_bytes // ds.row_bytes, 1) if plain else max(n, 1)
+    nblocks = max(-(-n // block_rows), 1)
+    maps = np.empty(inputs.size, dtype=map_dtype)
+    row_nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
+    block_starts = np.empty((nsel, nblocks + 1), dtype=np.int64)
+    if nblocks > 1:  # rows on disk: -1 - their node block (a lookup the maps need anyway, no division)
+        on_disk = np.flatnonzero(slot_of_node < 0)
+        slot_of_node[on_disk] = (-1 - on_disk // block_rows).astype(slot_of_node.dtype)
+        del on_disk
+    plain_maps(inputs, offsets, slot_of_node, n_cached, row_starts, nblocks, maps, row_nodes, block_starts)
     batch_runs: list[np.ndarray] = []
     if budget is None or plain_bytes <= budget:
         layout, seg_batches = "plain", None
         extent_rows = uncached
-        extent_bytes = np.array([align_up(int(c) * rb) for c in uncached], dtype=np.int64)
+        extent_bytes = (uncached * rb + (ALIGN - 1)) // ALIGN * ALIGN
         extent_of_batch = np.arange(nsel, dtype=np.int64)
         for c in uncached:
             batch_runs.append(np.array([[0, align_up(int(c) * rb) // ALIGN, 0]], dtype=np.int64) if c
@@ -294,6 +329,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
     else:
         layout = "segments"
         del row_nodes
+        block_rows, block_starts = 0, None
         marker = np.empty(n, dtype=np.int64)
 
         def seg_bytes(s: int) -> int:
@@ -381,7 +417,33 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
     return PackPlan(store_dtype=store_dtype, row_bytes=rb, tier_rows=tier_rows, cache_nodes=cache_nodes,
                     inputs=inputs, offsets=offsets, maps=maps, batches=batches, runs=runs, row_nodes=row_nodes,
                     extent_rows=extent_rows, extent_offsets=extent_offsets, packed_bytes=packed_bytes,
-                    plain_bytes=plain_bytes, layout=layout, segment_batches=seg_batches, parts=parts, stats=stats)
+                    plain_bytes=plain_bytes, layout=layout, segment_batches=seg_batches, parts=parts, stats=stats,
+                    block_rows=block_rows, block_starts=block_starts)
+
+
+ORDER_BLOCK_MIN = 64 << 20
+ORDER_BLOCK_MAX = 1 << 30
+PIECE_TARGET = 256 << 10
+"""Without ``order_block`` the order block is sized so that an average extent gets about this many bytes
+from each block: writes of ~256 KiB run at the sequential speed on the disks measured here, 56 KiB ones
+at less than half of it."""
+
+
+STREAM_WRITE_DEPTH = 16
+"""Piece writes in flight when streaming (8 left the writes behind the reads in A/B runs at scale m)."""
+
+
+def _order_block_bytes(ds: Dataset, cfg: PackConfig, plain_bytes: int, extents: int) -> int:
+    """Bytes of features.bin per node block of the plain layout's row order (a multiple of the chunk unit).
+
+    It depends only on the plan and ``order_block`` (never on the memory budget or the chunk
+    size), so a pack's bytes are the same for any budget.
+    """
+    if cfg.order_block is not None:
+        return _chunk_bytes(ds, parse_size(cfg.order_block, name="order_block"))
+    avg_extent = plain_bytes / max(extents, 1)
+    want = PIECE_TARGET * ds.feature_bytes / max(avg_extent, 1.0)
+    return _chunk_bytes(ds, int(min(max(want, ORDER_BLOCK_MIN), ORDER_BLOCK_MAX)))
 
 
 def belady_hit_rate(trace: np.ndarray, num_nodes: int, capacity: int) -> float:
@@ -447,11 +509,17 @@ def _chunk_bytes(ds: Dataset, wanted: int) -> int:
 
 def _fixed_bytes(plan: PackPlan, ds: Dataset, cfg: PackConfig, chunk_bytes: int) -> int:
     """Memory of packing besides the output buffers and their bucketed rows, with chunks of ``chunk_bytes``."""
-    # indexes, two chunk buffers and a converted copy
-    fixed = (plan.inputs.nbytes + plan.maps.nbytes + plan.row_nodes.nbytes + 3 * 8 * ds.num_nodes
-             + 3 * chunk_bytes)
+    return _fixed_bytes_of(plan.inputs.size, plan.maps.itemsize, plan.row_nodes.size, sum(plan.tier_rows.values()),
+                           ds, cfg, chunk_bytes)
+
+
+def _fixed_bytes_of(inputs: int, map_itemsize: int, rows: int, cached: int, ds: Dataset, cfg: PackConfig,
+                    chunk_bytes: int) -> int:
+    # indexes (int64 inputs, maps, int64 packed-row nodes, three per-node arrays), two chunk buffers and a
+    # converted copy
+    fixed = inputs * (8 + map_itemsize) + rows * 8 + 3 * 8 * ds.num_nodes + 3 * chunk_bytes
     if cfg.belady:  # the Belady bound runs beside the writes: its arrays share the budget
-        fixed += belady_memory(int(plan.inputs.size), ds.num_nodes, sum(plan.tier_rows.values()))
+        fixed += belady_memory(int(inputs), ds.num_nodes, cached)
     return int(fixed)
 
 
@@ -491,10 +559,39 @@ class PackMemory:
     """Passes over features.bin (one per group; one for the tiers alone)."""
     reason: str
     """Why this chunk size, in words (logged)."""
+    mode: str = "groups"
+    """``groups``, or ``stream``: then ``chunk_bytes`` is the order block, ``group_bytes`` one of the two
+    staging buffers and ``bucket_bytes`` the carried pages."""
 
     @property
     def total_bytes(self) -> int:
         return self.fixed_bytes + self.buffers * self.group_bytes + self.bucket_bytes
+
+
+def _stream_staging(plan: PackPlan) -> tuple[int, np.ndarray]:
+    """(largest staging buffer, write bytes per block) of streaming ``plan``'s plain layout."""
+    rb, bs = plan.row_bytes, plan.block_starts
+    lo, hi = bs[:, :-1], bs[:, 1:]
+    first = lo * rb // ALIGN * ALIGN
+    alloc = np.where(hi > lo, (hi * rb + ALIGN - 1) // ALIGN * ALIGN - first, 0)
+    per_block = alloc.sum(axis=0) if alloc.size else np.zeros(0, dtype=np.int64)
+    return int(per_block.max(initial=0)), per_block
+
+
+def _stream_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget: int) -> PackMemory | None:
+    """The memory of streaming ``plan`` (None where the layout cannot stream or ``write_mode`` forbids it)."""
+    if plan.block_starts is None or cfg.write_mode == "groups" or plan.packed_bytes == 0:
+        return None
+    block = plan.block_rows * ds.row_bytes
+    chunk = min(block, align_up(ds.feature_bytes, _chunk_unit(ds)))
+    staging, per_block = _stream_staging(plan)
+    carry = plan.block_starts.shape[0] * ALIGN
+    fixed = _fixed_bytes(plan, ds, cfg, chunk) + plan.block_starts.nbytes
+    avg_piece = _average_piece(plan)
+    return PackMemory(budget=budget, chunk_bytes=chunk, group_bytes=staging, buffers=2, bucket_bytes=carry,
+                      fixed_bytes=fixed, passes=1, mode="stream",
+                      reason=f"one pass in blocks of {format_bytes(chunk)}, writes of {format_bytes(avg_piece)} "
+                             f"on average")
 
 
 def _extent_ends(plan: PackPlan) -> np.ndarray:
@@ -544,6 +641,39 @@ def plan_pack_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget: int) 
     (at most :data:`AUTO_CHUNK_MAX`, at least :data:`AUTO_CHUNK_MIN`) that still reaches the
     fewest passes the smallest chunk allows (passes only grow with the chunk: a binary search).
     """
+    stream = _stream_memory(plan, ds, cfg, budget)
+    if stream is not None and cfg.write_mode == "stream":
+        if stream.total_bytes > budget:
+            raise MemoryBudgetError(
+                f"streaming the packed rows needs {format_bytes(stream.total_bytes)} of memory (blocks of "
+                f"{format_bytes(stream.chunk_bytes)}, two staging buffers of {format_bytes(stream.group_bytes)}) "
+                f"but the memory budget is {format_bytes(budget)}; raise --memory-budget, lower --chunk-size, "
+                f"or let diskgnn choose the write mode")
+        return stream
+    stream_fits = stream is not None and stream.total_bytes <= budget
+    try:
+        groups = _groups_memory(plan, ds, cfg, budget)
+    except MemoryBudgetError:
+        if not stream_fits:
+            raise
+        return stream
+    if not stream_fits:
+        return groups
+    # both fit: streaming is one pass with the writes overlapping the reads; a single group is one pass
+    # too, with one large sequential write at the end, better when the stream's writes would be small
+    if groups.passes == 1 and _average_piece(plan) < PIECE_TARGET // 2:
+        return groups
+    return stream
+
+
+def _average_piece(plan: PackPlan) -> float:
+    """Average bytes written per extent and block when streaming."""
+    pieces = int(np.count_nonzero(plan.block_starts[:, 1:] > plan.block_starts[:, :-1]))
+    return plan.packed_bytes / max(pieces, 1)
+
+
+def _groups_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget: int) -> PackMemory:
+    """The memory of the ``groups`` write mode; MemoryBudgetError if even two extents do not fit."""
     max_extent = _max_extent(plan)
 
     def layout(chunk: int):
@@ -619,7 +749,10 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
             belady_future = belady.submit(_timed_belady, plan.inputs, ds.num_nodes, sum(plan.tier_rows.values()))
         t_io = time.perf_counter()
         try:
-            io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
+            if memory.mode == "stream":
+                io_stats = _stream_rows(out, plan, ds, memory, progress)
+            else:
+                io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
         finally:
             if belady is not None:
                 belady.shutdown(wait=True)
@@ -689,6 +822,136 @@ def _run_checksums(plan: PackPlan, buf: np.ndarray, g_lo: int, g_hi: int) -> Non
             plan.runs[r, 2] = zlib.crc32(buf[a:a + int(plan.runs[r, 1]) * ALIGN])
 
 
+def _extent_crcs(view: np.ndarray, extents: np.ndarray, buf_offsets: np.ndarray, lengths: np.ndarray,
+                 crcs: np.ndarray, done: np.ndarray, run_of_extent: np.ndarray, runs: np.ndarray) -> None:
+    """Extend each extent's running crc32 with its piece (pieces of an extent arrive in file order)."""
+    for e, o, n, fin in zip(extents.tolist(), buf_offsets.tolist(), lengths.tolist(), done.tolist()):
+        crcs[e] = zlib.crc32(view[o:o + n], int(crcs[e]))
+        if fin:
+            runs[run_of_extent[e], 2] = crcs[e]
+
+
+def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, progress: ProgressFn) -> dict:
+    """Read features.bin once, block by block; write each block's stretch of every extent as soon as it is staged.
+
+    The plain layout orders an extent's rows by node block (:func:`plain_maps`), so block c's rows
+    of extent e are one contiguous stretch that follows block c-1's: it is staged in a page-aligned
+    piece (the partial page before it comes from the carry of the previous block) and written at
+    once, while the next block is read. Memory: the blocks being read, two staging buffers, one
+    carried page per extent; the writes overlap the reads and there is no write tail.
+    """
+    n, f = ds.num_nodes, ds.feat_dim
+    src_dtype = feature_dtype(ds.feat_dtype)
+    store_dtype = feature_dtype(plan.store_dtype)
+    rb, src_rb = plan.row_bytes, ds.row_bytes
+    block_rows = plan.block_rows
+    chunk_bytes = memory.chunk_bytes
+    if chunk_bytes != block_rows * src_rb and chunk_bytes < ds.feature_bytes:
+        raise ConfigError(f"internal: stream chunk {chunk_bytes} is not the order block {block_rows * src_rb}")
+    file_end = n * src_rb
+    bs = plan.block_starts
+    num_ext = bs.shape[0]
+    ext_rows = plan.extent_rows.astype(np.int64)
+    row_starts = np.concatenate([[0], np.cumsum(ext_rows)]).astype(np.int64)
+    ext_offsets = plan.extent_offsets.astype(np.int64)
+    run_of_extent = np.cumsum(ext_rows > 0) - 1  # plain layout: one run per non-empty extent, in order
+    tier_bounds = np.cumsum([0] + [plan.tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
+    tier_nodes = [plan.cache_nodes[tier_bounds[k]:tier_bounds[k + 1]] for k in range(len(TIER_NAMES))]
+    nblocks = bs.shape[1] - 1
+    rows_per_chunk = chunk_bytes // src_rb
+    tier_chunk_rows = max((int(np.diff(np.searchsorted(tn, np.arange(0, nblocks + 1) * rows_per_chunk)).max())
+                           for tn in tier_nodes if tn.size), default=0)
+    picked_buf = np.empty((tier_chunk_rows, rb), dtype=np.uint8) if tier_chunk_rows else None
+    positions = np.arange(max(tier_chunk_rows, 1), dtype=np.int64)
+    carry = np.zeros((num_ext, ALIGN), dtype=np.uint8)
+    staging = [aligned_empty(memory.group_bytes), aligned_empty(memory.group_bytes)]
+    words = rb % 8 == 0
+    crcs = np.zeros(num_ext, dtype=np.int64)
+    phase = {"read_wait_s": 0.0, "convert_and_tiers_s": 0.0, "stage_s": 0.0, "staging_wait_s": 0.0}
+
+    reader = AlignedReader(ds.features_path)
+    writer = PositionalWriter(out / "packed.bin", plan.packed_bytes, depth=STREAM_WRITE_DEPTH)
+    tier_writers = [AlignedWriter(out / f"tier_{t}.bin") for t in TIER_NAMES]
+    crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-runcrc")
+    handles: list = [None, None]
+    bytes_read = 0
+    try:
+        with reader.stream(chunk_bytes, 0, file_end) as chunks:
+            for c in range(nblocks):
+                t_wait = time.perf_counter()
+                off, raw = next(chunks)
+                t_got = time.perf_counter()
+                phase["read_wait_s"] += t_got - t_wait
+                lo_node = off // src_rb
+                rows = raw.view(src_dtype).reshape(-1, f)
+                conv = convert_rows(rows, ds.feat_dtype, plan.store_dtype)
+                conv_bytes = conv.view(np.uint8).reshape(conv.shape[0], rb)
+                hi_node = lo_node + rows.shape[0]
+                for k, tn in enumerate(tier_nodes):
+                    a, b = np.searchsorted(tn, [lo_node, hi_node])
+                    if b > a:  # a nogil gather of the tier's rows in this block
+                        picked = picked_buf[:b - a]
+                        gather_rows(conv_bytes, tn[a:b] - lo_node, positions[:b - a], picked)
+                        tier_writers[k].write(picked)
+                t_stage = time.perf_counter()
+                phase["convert_and_tiers_s"] += t_stage - t_got
+                lo, hi = bs[:, c], bs[:, c + 1]
+                has = hi > lo
+                first = lo * rb // ALIGN * ALIGN
+                end = hi * rb
+                alloc = np.where(has, (end + ALIGN - 1) // ALIGN * ALIGN - first, 0)
+                piece_offsets = np.where(has, np.cumsum(alloc) - alloc, -1)
+                if handles[c % 2] is not None:  # block c - 2's writes still read this staging buffer
+                    handles[c % 2].wait()
+                    handles[c % 2] = None
+                t_staged = time.perf_counter()
+                phase["staging_wait_s"] += t_staged - t_stage
+                buf = staging[c % 2]
+                if words and conv.ctypes.data % 8 == 0:  # the same copy in 8-byte words: rows, pieces and pages are multiples of 8 bytes
+                    stage_block(conv.view(np.uint64).reshape(conv.shape[0], rb // 8), lo_node, plan.row_nodes,
+                                row_starts, lo, hi, ext_rows, np.where(has, piece_offsets // 8, -1),
+                                carry.view(np.uint64), buf.view(np.uint64))
+                else:
+                    stage_block(conv_bytes, lo_node, plan.row_nodes, row_starts, lo, hi, ext_rows, piece_offsets,
+                                carry, buf)
+                phase["stage_kernel_s"] = phase.get("stage_kernel_s", 0.0) + time.perf_counter() - t_staged
+                complete = has & (hi == ext_rows)
+                write_end = np.where(complete, (end + ALIGN - 1) // ALIGN * ALIGN, end // ALIGN * ALIGN)
+                lengths = np.where(has, write_end - first, 0)
+                which = np.flatnonzero(lengths > 0)
+                handle = writer.write_pieces(buf, ext_offsets[which] + first[which], piece_offsets[which],
+                                             lengths[which])
+                crc = crc_pool.submit(_extent_crcs, buf, which, piece_offsets[which], lengths[which], crcs,
+                                      complete[which], run_of_extent, plan.runs)
+                handles[c % 2] = _Both(handle, crc)
+                phase["stage_s"] += time.perf_counter() - t_staged
+                bytes_read += len(raw)
+                progress("pack", len(raw), file_end)
+        t_tail = time.perf_counter()
+        for h in handles:
+            if h is not None:
+                h.wait()
+        writer.close()
+        phase["write_tail_s"] = time.perf_counter() - t_tail
+        files = {"packed": ArraySpec(path="packed.bin", dtype="|u1", shape=(plan.packed_bytes,),
+                                     crc32=None).to_json()}
+        written = writer.bytes_written
+        for k, t in enumerate(TIER_NAMES):
+            info = tier_writers[k].close()
+            files[f"tier_{t}"] = ArraySpec(path=f"tier_{t}.bin", dtype=store_dtype.newbyteorder("<").str,
+                                           shape=(plan.tier_rows[t], f), crc32=info["crc32"]).to_json()
+            written += info["bytes"]
+    except BaseException:
+        for w in (writer, *tier_writers):
+            w.abort()
+        raise
+    finally:
+        crc_pool.shutdown(wait=True)
+        reader.close()
+    return {"files": files, "passes": 1, "bytes_read": bytes_read, "bytes_written": written,
+            "group_bytes": memory.group_bytes, "chunk_bytes": chunk_bytes, "phases": phase, "write_mode": "stream"}
+
+
 class _Both:
     """Waits for a write handle and a future."""
 
@@ -718,6 +981,12 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
     passes = max(len(groups), 1 if plan.cache_nodes.size else 0)
     words = rb % 8 == 0
 
+    # Buffers reused for every chunk, allocated before the output buffers are faulted in (a fault
+    # elsewhere waits for the process's mmap lock while they are).
+    tier_chunk_rows = max((int(np.diff(np.searchsorted(tn, np.arange(0, nchunks + 1) * rows_per_chunk)).max())
+                           for tn in tier_nodes if tn.size), default=0)
+    picked_buf = np.empty((tier_chunk_rows, rb), dtype=np.uint8) if tier_chunk_rows else None
+    positions = np.arange(max(tier_chunk_rows, 1), dtype=np.int64)
     reader = AlignedReader(ds.features_path)
     writer = AlignedWriter(out / "packed.bin")
     tier_writers = [AlignedWriter(out / f"tier_{t}.bin") for t in TIER_NAMES]
@@ -725,7 +994,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
     # fault the output buffers in on another core while the first chunks are read
     faulting = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-prefault")
     for b in bufs:
-        if b is not None and b.nbytes >= 32 << 20:
+        if b is not None and b.nbytes >= HUGE_BUFFER:
             faulting.submit(prefault, b)
     faulting.shutdown(wait=False)
     handles = [None, None]
@@ -744,25 +1013,28 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                 c_first, c_last = 0, nchunks - 1
             if group is not None:
                 e0, e1 = group
+                nodes = plan.row_nodes[row_starts[e0]:row_starts[e1]]
+                if nodes.size:  # the chunks holding the group's rows
+                    c_first = min(c_first, int(nodes.min()) // rows_per_chunk)
+                    c_last = max(c_last, int(nodes.max()) // rows_per_chunk)
+            chunks = None
+            if c_last >= c_first:  # the first chunk is read while the group is set up
+                chunks = reader.stream(chunk_bytes, c_first * chunk_bytes, min((c_last + 1) * chunk_bytes, file_end))
+            if group is not None:
                 g_lo = int(plan.extent_offsets[e0])
                 g_hi = int(plan.extent_offsets[e1 - 1]) + align_up(int(plan.extent_rows[e1 - 1]) * rb)
                 buf = bufs[gi % 2]
                 if handles[gi % 2] is not None:
                     handles[gi % 2].wait()
-                nodes = plan.row_nodes[row_starts[e0]:row_starts[e1]]
                 dests = extent_dests(plan.extent_rows[e0:e1], plan.extent_offsets[e0:e1], rb, g_lo)
                 starts, local, dests = bucket_rows(nodes, dests, 0, rows_per_chunk, nchunks)
                 for e in range(e0, e1):  # zero the padding after each extent's rows (deterministic crc)
                     a = int(plan.extent_offsets[e]) - g_lo + int(plan.extent_rows[e]) * rb
                     buf[a:int(plan.extent_offsets[e]) - g_lo + align_up(int(plan.extent_rows[e]) * rb)] = 0
-                nonempty = np.flatnonzero(np.diff(starts))
-                if nonempty.size:
-                    c_first, c_last = min(c_first, int(nonempty[0])), max(c_last, int(nonempty[-1]))
                 view = buf[:g_hi - g_lo]
                 dst = view.view(np.uint64) if words else view
             phase["group_setup_s"] += time.perf_counter() - t_setup
-            if c_last >= c_first:
-                chunks = reader.stream(chunk_bytes, c_first * chunk_bytes, min((c_last + 1) * chunk_bytes, file_end))
+            if chunks is not None:
                 while True:
                     t_wait = time.perf_counter()
                     item = next(chunks, None)
@@ -781,8 +1053,10 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                         for k, tn in enumerate(tier_nodes):
                             a, b = np.searchsorted(tn, [lo_node, hi_node])
                             if b > a:  # a nogil gather of the tier's rows in this chunk
-                                picked = np.empty((b - a, rb), dtype=np.uint8)
-                                gather_rows(conv_bytes, tn[a:b] - lo_node, np.arange(b - a, dtype=np.int64), picked)
+                                if picked_buf is None or picked_buf.shape[0] < b - a:
+                                    picked_buf = np.empty((max(b - a, tier_chunk_rows), rb), dtype=np.uint8)
+                                picked = picked_buf[:b - a]
+                                gather_rows(conv_bytes, tn[a:b] - lo_node, positions[:b - a], picked)
                                 tier_writers[k].write(picked)
                     t_scatter = time.perf_counter()
                     phase["convert_and_tiers_s"] += t_scatter - t_got
@@ -824,4 +1098,4 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
         crc_pool.shutdown(wait=True)
         reader.close()
     return {"files": files, "passes": passes, "bytes_read": bytes_read, "bytes_written": written,
-            "group_bytes": group_bytes, "chunk_bytes": chunk_bytes, "phases": phase}
+            "group_bytes": group_bytes, "chunk_bytes": chunk_bytes, "phases": phase, "write_mode": "groups"}

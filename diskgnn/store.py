@@ -762,6 +762,8 @@ def verify_packed(packed: Packed, check_crc: bool = True, progress: ProgressFn =
                 raise IntegrityError(f"{where / spec.path}: checksum mismatch (crc32 {got:08x}, manifest says "
                                      f"{spec.crc32:08x}); the file is corrupt, re-run diskgnn pack")
             progress("verify checksums", spec.nbytes, total)
+    if check_crc and specs["packed"].crc32 is None:
+        _check_run_crcs(p, progress)
     bounds = p.tier_bounds
     nodes = np.asarray(p.cache_nodes)
     if nodes.size != p.n_cached or bounds[-1] != p.n_cached:
@@ -794,6 +796,30 @@ def verify_packed(packed: Packed, check_crc: bool = True, progress: ProgressFn =
         progress("verify index", 1, len(batches))
     if check_rows:
         _check_rows(p)
+
+
+def _check_run_crcs(p: Packed, progress: ProgressFn = no_progress) -> None:
+    """Check packed.bin against the crc32 of every read run (a streamed pack writes no whole-file crc)."""
+    batches = np.asarray(p.array("batches"))
+    runs = np.asarray(p.array("runs"))
+    path = p.path / p.specs["packed"].path
+    size = path.stat().st_size
+    total = int(runs[:, 1].sum()) * ALIGN if runs.size else 0
+    with open(path, "rb", buffering=0) as fh:
+        for g, (_, _, rlo, rhi, base) in enumerate(batches):
+            for r in range(int(rlo), int(rhi)):
+                if not (0 <= r < len(runs)):
+                    raise IntegrityError(f"{p.path}/batches.bin: batch {g} names read run {r} of {len(runs)}")
+                page, pages, want = (int(x) for x in runs[r])
+                lo = int(base) + page * ALIGN
+                if page < 0 or pages < 1 or lo + pages * ALIGN > size:
+                    raise IntegrityError(f"{path}: batch {g} reads pages past the end of the file ({size} bytes)")
+                got = zlib.crc32(os.pread(fh.fileno(), pages * ALIGN, lo))
+                if got != want:
+                    raise IntegrityError(f"{path}: the {pages} page(s) at offset {lo} read by batch {g} do not match "
+                                         f"their checksum (crc32 {got:08x}, runs.bin says {want & 0xFFFFFFFF:08x}); "
+                                         f"the file is corrupt, re-run diskgnn pack")
+                progress("verify checksums", pages * ALIGN, total)
 
 
 def _check_rows(p: Packed) -> None:

@@ -62,27 +62,28 @@ def gather_flat_lut(src, starts, positions, f, lut, out):
             out[p, j] = lut[src[s + j]]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def scatter_bytes(src, rows, dst, offsets):
     """``dst[offsets[i] : offsets[i] + rb] = src[rows[i]]`` for uint8 ``src`` [R, rb] and flat uint8 ``dst``.
 
     The packer's scatter: ``src`` is a chunk of feature rows, ``offsets`` are
     byte positions in an output buffer (see :func:`scatter_words` for the
-    faster path when rows and offsets are multiples of 8 bytes).
+    faster path when rows and offsets are multiples of 8 bytes). The destinations must not
+    overlap (each packed row has its own place), so rows are copied in parallel.
     """
     rb = src.shape[1]
-    for i in range(rows.shape[0]):
+    for i in numba.prange(rows.shape[0]):
         r = rows[i]
         o = offsets[i]
         for j in range(rb):
             dst[o + j] = src[r, j]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def scatter_words(src, rows, dst, offsets):
     """As :func:`scatter_bytes` over uint64 words: ``src`` [R, rb/8], ``dst`` flat, ``offsets`` in words."""
     w = src.shape[1]
-    for i in range(rows.shape[0]):
+    for i in numba.prange(rows.shape[0]):
         r = rows[i]
         o = offsets[i]
         for j in range(w):

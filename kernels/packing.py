@@ -12,10 +12,10 @@ from diskgnn.kernels.rng import splitmix64
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def count_uncached(inputs, offsets, slot_of_node, counts):
-    """counts[b] = how many input nodes of batch b are not cached (int64 [nb])."""
-    for b in range(offsets.shape[0] - 1):
+    """counts[b] = how many input nodes of batch b are not cached (int64 [nb]); batches in parallel."""
+    for b in numba.prange(offsets.shape[0] - 1):
         c = 0
         for k in range(offsets[b], offsets[b + 1]):
             if slot_of_node[inputs[k]] < 0:
@@ -23,30 +23,90 @@ def count_uncached(inputs, offsets, slot_of_node, counts):
         counts[b] = c
 
 
-@numba.njit(cache=True, nogil=True)
-def plain_maps(inputs, offsets, slot_of_node, n_cached, maps, row_nodes, counts):
-    """Maps of the plain layout: each batch's uncached rows in input order, in its own extent.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def plain_maps(inputs, offsets, slot_of_node, n_cached, row_starts, nblocks, maps, row_nodes, block_starts):
+    """Maps of the plain layout: each batch's uncached rows in its own extent, ordered by node block.
 
-    maps: [T] (int32 or int64): the cache slot, or n_cached + k for the k-th
-    uncached input of the batch. row_nodes: [>= rows] receives the node of
-    each packed row, batch after batch; counts: int64 [nb] uncached inputs per
-    batch. Returns the number of packed rows.
+    Here ``slot_of_node[v]`` is the cache slot, or ``-1 - block`` for a row on
+    disk, where block = v // (rows per block) (all -1: one block, plain input
+    order). A batch's uncached rows are ordered by block and, inside a block,
+    in input order, so the rows of one block of features.bin fill a contiguous
+    stretch of every extent: the packer can write each block's stretches as
+    soon as the block was read. row_starts: int64 [nb + 1], the prefix sums of
+    :func:`count_uncached`. Outputs: maps [T] (int32/int64) the cache slot, or
+    n_cached + k for the input stored as the k-th row of the extent; row_nodes
+    [>= row_starts[-1]] the node of each packed row; block_starts int64
+    [nb, nblocks + 1]: batch b's rows of block c are rows block_starts[b, c] ..
+    block_starts[b, c + 1] - 1 of its extent. Batches in parallel.
     """
-    j = 0
-    for b in range(offsets.shape[0] - 1):
-        k = 0
+    for b in numba.prange(offsets.shape[0] - 1):
+        starts = block_starts[b]
+        for c in range(nblocks + 1):
+            starts[c] = 0
+        for e in range(offsets[b], offsets[b + 1]):
+            s = slot_of_node[inputs[e]]
+            if s < 0:
+                starts[-s] += 1
+        for c in range(nblocks):
+            starts[c + 1] += starts[c]
+        fill = starts[:nblocks].copy()
+        base = row_starts[b]
         for e in range(offsets[b], offsets[b + 1]):
             v = inputs[e]
             s = slot_of_node[v]
             if s >= 0:
                 maps[e] = s
             else:
+                c = -1 - s
+                k = fill[c]
+                fill[c] = k + 1
                 maps[e] = n_cached + k
-                row_nodes[j] = v
-                j += 1
-                k += 1
-        counts[b] = k
-    return j
+                row_nodes[base + k] = v
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def stage_block(chunk, lo_node, row_nodes, row_starts, lo_rows, hi_rows, total_rows, piece_offsets, carry, staging):
+    """Copy one block's packed rows of every extent into a staging buffer of page-aligned pieces.
+
+    chunk: uint8 [R, rb], the block's rows of features.bin (first node
+    ``lo_node``). For extent e, rows lo_rows[e] .. hi_rows[e] - 1 (of
+    total_rows[e]) come from this block; they are written into ``staging``
+    (flat uint8) at piece_offsets[e] + (row * rb - page start of row lo_rows[e]),
+    so a piece starts on the page holding its first row. The head of that page
+    (rows of earlier blocks) is taken from carry[e] (uint8 [E, 4096]); the
+    piece's last partial page is saved back to carry[e] for the next block, or
+    zero-padded when the extent is complete. Extents without rows here are
+    skipped (piece_offsets[e] < 0). Extents in parallel. Any element type
+    works (uint64 views copy 8 bytes at a time when the row size allows):
+    rb, the page and the offsets are then counted in elements.
+    """
+    rb = chunk.shape[1]
+    page = carry.shape[1]
+    for e in numba.prange(lo_rows.shape[0]):
+        o = piece_offsets[e]
+        lo = lo_rows[e]
+        hi = hi_rows[e]
+        if o < 0 or hi <= lo:
+            continue
+        first = lo * rb // page * page
+        head = lo * rb - first
+        for j in range(head):
+            staging[o + j] = carry[e, j]
+        base = row_starts[e]
+        for k in range(lo, hi):
+            r = row_nodes[base + k] - lo_node
+            d = o + k * rb - first
+            for j in range(rb):
+                staging[d + j] = chunk[r, j]
+        end = hi * rb
+        last = end // page * page
+        if hi == total_rows[e]:
+            pad_end = (end + page - 1) // page * page
+            for j in range(end - first, pad_end - first):
+                staging[o + j] = 0
+        else:
+            for j in range(end - last):
+                carry[e, j] = staging[o + last - first + j]
 
 
 @numba.njit(cache=True, nogil=True)

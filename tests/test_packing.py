@@ -13,7 +13,8 @@ from diskgnn.io import ALIGN
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows, gather_rows_lut,
                                     scatter_bytes, scatter_words, split_map)
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
-                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, tier_hits)
+                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, stage_block,
+                                     tier_hits)
 from diskgnn.packing import BUCKET_BYTES_PER_ROW, PackConfig, belady_hit_rate, convert_rows, pack, pack_memory, plan_pack
 from diskgnn.sampling import SampleConfig, presample
 from diskgnn.store import FeatureStore, Packed, to_float32, upcast_table, verify_packed
@@ -72,6 +73,45 @@ def _batches(rng, n=50, nb=6, dup=False):
     return inputs, offsets
 
 
+@pytest.mark.parametrize("rb,words", [(12, False), (20, False), (4096 + 40, False), (40, True), (4096 + 40, True)])
+def test_stage_block_builds_each_extent_piece_by_piece(rb, words):
+    """Staging every block in turn and writing its pieces rebuilds every extent exactly (numpy twin: the extent)."""
+    rng = np.random.default_rng(rb)
+    n, block_rows, page = 61, 9, 4096
+    nblocks = -(-n // block_rows)
+    feats = rng.integers(0, 256, (n, rb), dtype=np.uint8)
+    ext_nodes = [np.sort(rng.choice(n, k, replace=False)) for k in (0, 1, 5, 40, 61)]
+    ext_nodes = [x[np.argsort(x // block_rows, kind="stable")] for x in ext_nodes]
+    ext_rows = np.array([x.size for x in ext_nodes], dtype=np.int64)
+    row_starts = np.concatenate([[0], np.cumsum(ext_rows)]).astype(np.int64)
+    row_nodes = np.concatenate(ext_nodes).astype(np.int64)
+    bs = np.array([np.concatenate([[0], np.cumsum(np.bincount(x // block_rows, minlength=nblocks))])
+                   for x in ext_nodes], dtype=np.int64)
+    files = [np.full(-(-x.size * rb // page) * page, 0xEE, dtype=np.uint8) for x in ext_nodes]
+    carry = np.zeros((len(ext_nodes), page), dtype=np.uint8)
+    for c in range(nblocks):
+        chunk = feats[c * block_rows:(c + 1) * block_rows]
+        lo, hi = bs[:, c], bs[:, c + 1]
+        has = hi > lo
+        first = lo * rb // page * page
+        alloc = np.where(has, (hi * rb + page - 1) // page * page - first, 0)
+        offs = np.where(has, np.cumsum(alloc) - alloc, -1)
+        staging = np.full(max(int(alloc.sum()), 8), 0xAB, dtype=np.uint8)
+        if words:  # the packer's fast path: the same copy over 8-byte words, offsets in words
+            stage_block(np.ascontiguousarray(chunk).view(np.uint64), c * block_rows, row_nodes, row_starts, lo, hi,
+                        ext_rows, np.where(has, offs // 8, -1), carry.view(np.uint64), staging.view(np.uint64))
+        else:
+            stage_block(chunk, c * block_rows, row_nodes, row_starts, lo, hi, ext_rows, offs, carry, staging)
+        for e in np.flatnonzero(has):
+            done = hi[e] == ext_rows[e]
+            end = (hi[e] * rb + page - 1) // page * page if done else hi[e] * rb // page * page
+            files[e][first[e]:end] = staging[offs[e]:offs[e] + end - first[e]]
+    for e, x in enumerate(ext_nodes):
+        want = np.zeros(files[e].size, dtype=np.uint8)
+        want[:x.size * rb] = feats[x].reshape(-1)
+        assert np.array_equal(files[e], want), e
+
+
 def test_plan_kernels_match_numpy():
     rng = np.random.default_rng(0)
     n = 50
@@ -85,18 +125,27 @@ def test_plan_kernels_match_numpy():
     twin = [int((slot[inputs[offsets[b]:offsets[b + 1]]] < 0).sum()) for b in range(nb)]
     assert counts.tolist() == twin
     row_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    maps = np.empty(inputs.size, dtype=np.int32)
-    row_nodes = np.full(inputs.size, -1, dtype=np.int64)
-    counts2 = np.zeros(nb, dtype=np.int64)
-    assert plain_maps(inputs, offsets, slot, 12, maps, row_nodes, counts2) == row_off[-1]
-    assert np.array_equal(counts2, counts)
-    for b in range(nb):
-        x = inputs[offsets[b]:offsets[b + 1]]
-        unc = x[slot[x] < 0]
-        assert np.array_equal(row_nodes[row_off[b]:row_off[b + 1]], unc)
-        m = maps[offsets[b]:offsets[b + 1]]
-        assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
-        assert np.array_equal(m[slot[x] < 0], 12 + np.arange(unc.size))
+    for block_rows in (n, 7, 1):  # input order, node blocks of 7, fully sorted by node
+        nblocks = -(-n // block_rows)
+        maps = np.empty(inputs.size, dtype=np.int32)
+        row_nodes = np.full(inputs.size, -1, dtype=np.int64)
+        starts = np.full((nb, nblocks + 1), -9, dtype=np.int64)
+        coded = slot.copy()  # rows on disk carry -1 - their node block
+        coded[slot < 0] = -1 - np.flatnonzero(slot < 0) // block_rows
+        plain_maps(inputs, offsets, coded, 12, row_off, nblocks, maps, row_nodes, starts)
+        assert np.all(row_nodes[row_off[-1]:] == -1)  # nothing written past the packed rows
+        for b in range(nb):
+            x = inputs[offsets[b]:offsets[b + 1]]
+            unc = x[slot[x] < 0]
+            order = np.argsort(unc // block_rows, kind="stable")  # by block, input order inside a block
+            assert np.array_equal(row_nodes[row_off[b]:row_off[b + 1]], unc[order])
+            m = maps[offsets[b]:offsets[b + 1]]
+            assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
+            rank = np.empty(unc.size, dtype=np.int64)
+            rank[order] = np.arange(unc.size)
+            assert np.array_equal(m[slot[x] < 0], 12 + rank)
+            twin_starts = np.concatenate([[0], np.cumsum(np.bincount(unc // block_rows, minlength=nblocks))])
+            assert np.array_equal(starts[b], twin_starts)
     bounds = np.array([0, 2, 5, nb], dtype=np.int64)
     got = segment_row_counts(inputs, offsets, slot, bounds, np.empty(n, dtype=np.int64))
     for s in range(3):
@@ -308,6 +357,63 @@ def test_round_trip_is_exact(samples, tiny_dataset, tmp_path, kw):
     if kw.get("host_cache") == "100%":
         assert stats["packed_bytes"] == 0 and st["bytes_read"] == 0
     verify_packed(packed)
+
+
+STREAMS = [
+    dict(host_cache="10%", order_block="4K"),
+    dict(host_cache="0", store_dtype="fp16", order_block="12K"),
+    dict(device_cache="3%", pinned_cache="2%", host_cache="5%", store_dtype="bf16", order_block="8K"),
+    dict(host_cache="1%", order_block="1G"),  # one block: whole extents at once
+    dict(host_cache="100%", order_block="4K"),  # nothing on disk
+]
+
+
+@pytest.mark.parametrize("kw", STREAMS)
+def test_stream_and_groups_write_the_same_bytes(samples, tiny_dataset, tmp_path, kw):
+    """The stream write mode (one pass, each block's stretch of every extent written at once) is exact and
+    writes byte for byte what the group mode writes; the packed file's checksums are the per-run ones."""
+    streamed = pack(samples.path, tmp_path / "s", PackConfig(**kw, write_mode="stream"), memory_budget="200M")
+    grouped = pack(samples.path, tmp_path / "g", PackConfig(**kw, write_mode="groups"), memory_budget="200M")
+    assert streamed.stats["write_mode"] == ("stream" if streamed.stats["packed_bytes"] else "groups")
+    assert grouped.stats["write_mode"] == "groups"
+    assert streamed.stats["passes"] == 1
+    _same_files(streamed, grouped)
+    assert (tmp_path / "s" / "packed.bin").stat().st_size == streamed.stats["packed_bytes"]
+    _check_all_batches(streamed, samples, tiny_dataset)
+    verify_packed(streamed)
+    verify_packed(grouped)
+    size = (tmp_path / "s" / "packed.bin").stat().st_size
+    if size:  # no whole-file crc: a flipped byte is caught by its run's checksum
+        assert streamed.specs["packed"].crc32 is None
+        with open(tmp_path / "s" / "packed.bin", "r+b") as fh:
+            fh.seek(size // 2)
+            byte = fh.read(1)
+            fh.seek(size // 2)
+            fh.write(bytes([byte[0] ^ 0x10]))
+        with pytest.raises(IntegrityError, match="do not match their checksum"):
+            verify_packed(Packed.open(tmp_path / "s"))
+
+
+def test_stream_mode_stages_every_block(wide_samples, tmp_path, monkeypatch):
+    """Many blocks, extents that take several blocks to fill a page, the smallest budget that streams."""
+    import diskgnn.packing
+    from diskgnn.packing import _stream_memory, plan_pack_memory
+    monkeypatch.setattr(diskgnn.packing, "AUTO_CHUNK_MIN", ALIGN)  # the group mode may shrink its chunk
+    ds = wide_samples.open_dataset()
+    cfg = PackConfig(host_cache="4%", order_block="4K", write_mode="stream")
+    plan = plan_pack(wide_samples, cfg)
+    assert plan.block_starts.shape[1] - 1 == -(-ds.feature_bytes // ALIGN)
+    need = _stream_memory(plan, ds, cfg, 1 << 40).total_bytes
+    packed = pack(wide_samples.path, tmp_path / "p", cfg, memory_budget=need)
+    assert packed.stats["write_mode"] == "stream" and packed.stats["memory_plan_bytes"] <= need
+    _check_all_batches(packed, wide_samples, ds)
+    verify_packed(packed)
+    with pytest.raises(MemoryBudgetError, match="streaming the packed rows needs"):
+        plan_pack_memory(plan, ds, cfg, need - 1)
+    # auto falls back to the group mode below that (same bytes)
+    auto = pack(wide_samples.path, tmp_path / "a", replace(cfg, write_mode="auto"), memory_budget=need - 1)
+    assert auto.stats["write_mode"] == "groups"
+    _same_files(packed, auto)
 
 
 def test_round_trip_fp16_dataset_many_passes(fp16_samples, tmp_path):
