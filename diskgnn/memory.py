@@ -83,10 +83,12 @@ class HostMemoryPlan:
     """Bytes of the largest batch's assembled float32 matrix (a pinned staging copy with CUDA)."""
     model: int
     """Parameters, gradients and optimizer state on the host."""
+    spare_batches: int = 0
+    """Assembled matrices kept for reuse once their batch is done (fresh pages cost more than copying rows)."""
 
     @property
     def in_flight(self) -> int:
-        return self.in_flight_batches * self.batch_bytes
+        return (self.in_flight_batches + self.spare_batches) * self.batch_bytes
 
     @property
     def total(self) -> int:

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,6 +453,10 @@ class ExtentRead:
     _pooled: np.ndarray | None = field(default=None, repr=False)
 
 
+SPARE_OUTPUTS = 2
+"""Assembled matrices a CPU store keeps for reuse (see :meth:`FeatureStore._take_output`)."""
+
+
 class FeatureStore:
     """Serves exact input feature matrices from the memory tiers and the packed extents.
 
@@ -502,6 +507,8 @@ class FeatureStore:
                                     depth=io_depth)
         self._pool: list[np.ndarray] = []
         self._pool_size = pool_size
+        self._spare_outputs: list[np.ndarray] = []
+        self._closed = False
         self._lock = threading.Lock()
         self._staging: list = []
         self.reset_stats()
@@ -511,15 +518,16 @@ class FeatureStore:
         p = self.packed
         tiers = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
         batch_bytes = self.max_input_nodes * self.feat_dim * 4
+        spare = 0 if self.cuda else SPARE_OUTPUTS
         if training is None:
             return HostMemoryPlan(tiers=int(tiers), read_buffers=pool_size * self.max_read_bytes,
-                                  in_flight_batches=0, batch_bytes=batch_bytes, model=0)
+                                  in_flight_batches=0, batch_bytes=batch_bytes, model=0, spare_batches=spare)
         # an extent per batch between read and assembly (the pool keeps up to pool_size); assembled
         # matrices in the queue, in assembly and in the forward/backward pass
         return HostMemoryPlan(tiers=int(tiers),
                               read_buffers=max(pool_size, training.in_flight_batches) * self.max_read_bytes,
                               in_flight_batches=training.in_flight_batches, batch_bytes=batch_bytes,
-                              model=int(training.model_bytes))
+                              model=int(training.model_bytes), spare_batches=spare)
 
     def _check_memory(self, memory_budget, pool_size: int, training: TrainingMemory | None) -> None:
         budget = resolve_memory_budget(memory_budget)
@@ -535,7 +543,8 @@ class FeatureStore:
         raise MemoryBudgetError(
             f"{self.packed.path}: training needs {format_bytes(plan.total)} of host memory, more than {what}: "
             f"memory tiers {format_bytes(plan.tiers)}, read buffers {format_bytes(plan.read_buffers)}, "
-            f"{plan.in_flight_batches} batches in flight (queue depth {training.queue_depth} + 2) of up to "
+            f"{plan.in_flight_batches} batches in flight (queue depth {training.queue_depth} + 2) and "
+            f"{plan.spare_batches} kept for reuse, of up to "
             f"{format_bytes(plan.batch_bytes)} each ({self.max_input_nodes} input nodes x {self.feat_dim} "
             f"features x 4 B) = {format_bytes(plan.in_flight)}, model and optimizer state "
             f"{format_bytes(plan.model)}; re-pack with smaller --host-cache/--pinned-cache/--device-cache, "
@@ -592,6 +601,28 @@ class FeatureStore:
                 if len(buf) >= nbytes:
                     return self._pool.pop(k)
         return aligned_empty(max(nbytes, self.max_read_bytes, ALIGN))
+
+    def _take_output(self, n: int) -> np.ndarray:
+        """A float32 [n, F] matrix for an assembled batch, reusing one whose batch is done.
+
+        A new matrix of tens of MB is fresh memory: the kernel faults its pages in
+        one by one (more slowly in a VM) on every batch. A matrix handed out is
+        returned here when the last reference to it (the tensor) goes away; if the
+        caller keeps it, a new one is made.
+        """
+        with self._lock:
+            base = self._spare_outputs.pop() if self._spare_outputs else None
+        if base is None:
+            base = np.empty((max(self.max_input_nodes, n), self.feat_dim), dtype=np.float32)
+        out = base[:n]
+        fin = weakref.finalize(out, self._give_output, base)
+        fin.atexit = False
+        return out
+
+    def _give_output(self, base: np.ndarray) -> None:
+        with self._lock:
+            if not self._closed and len(self._spare_outputs) < SPARE_OUTPUTS:
+                self._spare_outputs.append(base)
 
     def _give_buffer(self, buf: np.ndarray | None) -> None:
         if buf is None:
@@ -666,7 +697,7 @@ class FeatureStore:
             host_side = [(t, self.tiers[t] if t < len(self.tiers) else ext) for t in range(len(self.tiers) + 1)
                          if not (self.cuda and t == 0)]
             if not self.cuda:
-                out = np.empty((n, self.feat_dim), dtype=np.float32)
+                out = self._take_output(n)
                 for t, tier in host_side:
                     c = int(counts[t])
                     if c:
@@ -730,6 +761,10 @@ class FeatureStore:
 
     def close(self) -> None:
         self.reader.close()
+        with self._lock:
+            self._pool.clear()
+            self._spare_outputs.clear()
+            self._closed = True
 
     def __enter__(self) -> "FeatureStore":
         return self

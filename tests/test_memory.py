@@ -1,4 +1,5 @@
 """``--memory-budget``: one resolver for every step (prepare, sample, pack, train), and what each step plans with it."""
+import numpy as np
 import pytest
 
 from diskgnn.distributed import rank_memory_budget
@@ -7,7 +8,7 @@ from diskgnn.ingest import PrepareConfig
 from diskgnn.memory import MIN_BUDGET, resolve_memory_budget
 from diskgnn.packing import PackConfig, pack
 from diskgnn.sampling import SampleConfig, presample, resolve_mmap_topology, topology_bytes
-from diskgnn.store import FeatureStore
+from diskgnn.store import SPARE_OUTPUTS, FeatureStore
 
 SCFG = SampleConfig(fanouts=(4, 3), batch_size=97, epochs=1, seed=5)
 FAKE_AVAILABLE = 3 << 30
@@ -121,10 +122,29 @@ def test_store_plan_adds_the_in_flight_batches(packed, samples):
         alone = store.memory_plan()
         training = store.memory_plan(training=TrainingMemory(queue_depth=4, model_bytes=12345))
     batch = _largest_batch_inputs(samples) * packed.feat_dim * 4
-    assert alone.in_flight == 0 and alone.model == 0 and alone.tiers > 0 and alone.read_buffers > 0
-    assert training.batch_bytes == batch and training.in_flight == 6 * batch
+    spare = SPARE_OUTPUTS * batch  # assembled matrices kept for reuse on a CPU store
+    assert alone.in_flight == spare and alone.model == 0 and alone.tiers > 0 and alone.read_buffers > 0
+    assert training.batch_bytes == batch and training.in_flight == 6 * batch + spare
     assert training.tiers == alone.tiers and training.read_buffers == 6 * alone.read_buffers // 4
-    assert training.total == alone.tiers + training.read_buffers + 6 * batch + 12345
+    assert training.total == alone.tiers + training.read_buffers + 6 * batch + spare + 12345
+
+
+def test_assembled_matrices_are_reused_once_released(packed, samples):
+    """A CPU store hands out a kept matrix again once the last tensor on it is gone, never one still in use."""
+    import gc
+    part = samples.train_parts[0]
+    with FeatureStore(packed, "cpu", memory_budget="1G") as store:
+        first = store.assemble(part, 0)
+        held = first.numpy().__array_interface__["data"][0]
+        second = store.assemble(part, 1)  # the first is still alive: a different matrix
+        assert second.numpy().__array_interface__["data"][0] != held
+        want = store.lookup_nodes(part, 0).copy()
+        del first
+        gc.collect()
+        third = store.assemble(part, 0)  # reuses the released matrix, content exact
+        assert third.numpy().__array_interface__["data"][0] == held
+        assert np.array_equal(third.numpy(), want)
+        assert len(store._spare_outputs) <= SPARE_OUTPUTS
 
 
 def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples, tmp_path):
