@@ -8,7 +8,10 @@ Two experiments, both driven through the real command line:
   ``--resume`` once a checkpoint exists) and compare the result with an
   uninterrupted run: every file's bytes (crc32 of the file, not of the
   manifest's claim), the manifest minus its timestamps and timings, and for
-  training the checkpoint's weights, optimizer state and per-epoch losses.
+  training the checkpoint's weights, optimizer state and per-epoch losses and
+  the ``--metrics`` file's records (minus timings). For ``synth`` and
+  ``prepare`` it also counts the reruns that resumed from the killed run's
+  journal (their manifest's stats say where from) rather than from zero.
 * **fuzz** — copy a good dataset / samples / packed / checkpoint / raw input
   directory, corrupt it (truncate, extend, flip or zero bytes, delete a file;
   junk, truncated or mutated manifest: missing keys, wrong types, wrong dtype,
@@ -158,6 +161,17 @@ def snapshot_dir(directory: Path) -> dict:
     return {"files": files, "manifest": _normalized_manifest(manifest) if manifest.exists() else None}
 
 
+# What a --metrics record says about learning (the rest are timings, RSS and cache counters of this process).
+METRIC_KEYS = ("event", "epoch", "part", "batches", "seeds", "loss", "train_acc", "val_acc", "test_acc", "val_loss",
+               "test_loss", "epochs", "best_val_acc", "best_epoch", "final_loss", "final_train_acc")
+
+
+def snapshot_metrics(path: Path) -> list[dict]:
+    """The records of a ``--metrics`` file, each reduced to :data:`METRIC_KEYS`."""
+    return [{k: rec[k] for k in METRIC_KEYS if k in rec}
+            for rec in map(json.loads, Path(path).read_text().splitlines())]
+
+
 def snapshot_checkpoint(directory: Path) -> dict:
     """The checkpoint's epoch, tensors (by crc32 of their bytes) and per-epoch losses and accuracies."""
     import torch
@@ -217,9 +231,25 @@ class Step:
     resume_argv: list[str] | None = None
     """train: the command to continue with once a checkpoint exists."""
     extra_cleanup: tuple[Path, ...] = ()
+    metrics: Path | None = None
+    """train: the --metrics file, compared too."""
 
     def snapshot(self) -> dict:
-        return snapshot_checkpoint(self.out) if self.name == "train" else snapshot_dir(self.out)
+        if self.name != "train":
+            return snapshot_dir(self.out)
+        snap = snapshot_checkpoint(self.out)
+        if self.metrics is not None:
+            snap["metrics"] = snapshot_metrics(self.metrics)
+        return snap
+
+    def resumed_from(self) -> str | None:
+        """synth / prepare: where the run that published the output resumed (its stats say), None if from zero."""
+        try:
+            stats = json.loads((self.out / "manifest.json").read_text()).get("stats") or {}
+        except (OSError, ValueError):
+            return None
+        where = stats.get("resumed_from_node", stats.get("resumed_from"))
+        return None if where is None else str(where)
 
     def clean(self) -> None:
         for p in (self.out, *self.extra_cleanup):
@@ -229,15 +259,33 @@ class Step:
                 p.unlink()
 
 
+def kill_prepare_input(fx: Fixtures, *, big: bool = False) -> Path:
+    """A raw input for the prepare kill trials (60k / 200k nodes), made once under the fixtures' root."""
+    from diskgnn.synth import SynthConfig, synthesize
+    nodes = 200_003 if big else 60_001
+    raw = fx.root / f"kill_raw_{nodes}"
+    if not (raw / "test_idx.npy").exists():  # written last
+        src = fx.root / f"kill_raw_{nodes}_dataset"
+        ds = synthesize(SynthConfig(nodes=nodes, avg_degree=8, dim=32, classes=5, seed=12, train_fraction=0.3),
+                        src, overwrite=True)
+        shutil.rmtree(raw, ignore_errors=True)
+        write_raw_input(ds, raw)
+        shutil.rmtree(src)
+    return raw
+
+
 def make_steps(fx: Fixtures, work: Path, *, big: bool = False) -> list[Step]:
     """The steps to kill: synth, prepare, sample, and (when the packer exists) pack and train."""
     work = Path(work)
-    nodes = "60000" if big else "9001"
+    # 20 / 40 chunks, each journaled: most kills land after the first (loading the kernels takes longest)
+    nodes, chunk = ("200000", "5000") if big else ("40000", "2000")
     steps = [
         Step("synth", cli_argv("synth", "--scale", "tiny", "--nodes", nodes, "--dim", "32", "--seed", "4",
-                               "--out", work / "synth"), work / "synth", work / "synth" / ".diskgnn-partial"),
-        Step("prepare", cli_argv("prepare", "--format", "npz", fx.raw, "--out", work / "prepare",
-                                 "--memory-budget", "64M", "--undirected"),
+                               "--chunk-nodes", chunk, "--out", work / "synth"),
+             work / "synth", work / "synth" / ".diskgnn-partial"),
+        # a larger input and the smallest budget: several destination ranges and feature chunks to resume from
+        Step("prepare", cli_argv("prepare", "--format", "npz", kill_prepare_input(fx, big=big), "--out",
+                                 work / "prepare", "--memory-budget", "16M", "--undirected"),
              work / "prepare", work / "prepare" / ".diskgnn-partial"),
         Step("sample", cli_argv("sample", fx.dataset, "--out", work / "sample", "--fanouts", "5,4",
                                 "--batch-size", "37", "--epochs", "6" if big else "3", "--seed", "9",
@@ -253,7 +301,7 @@ def make_steps(fx: Fixtures, work: Path, *, big: bool = False) -> list[Step]:
         base = ["train", fx.packed, *fx.train_args, "--epochs", "6" if big else "3", "--checkpoint", ck,
                 "--metrics", metrics]
         steps.append(Step("train", cli_argv(*base), ck, metrics, resume_argv=cli_argv(*base, "--resume"),
-                          extra_cleanup=(metrics,)))
+                          extra_cleanup=(metrics,), metrics=metrics))
     return steps
 
 
@@ -332,6 +380,8 @@ class KillResult:
     """identical | already_complete (rerun refused: the manifest was published before the kill) | wrong | failed"""
     detail: str = ""
     state_after_kill: str = ""
+    resumed_from: str | None = None
+    """synth / prepare: where the rerun resumed from (None: it redid the step from zero)."""
 
 
 def _state_after_kill(step: Step) -> str:
@@ -341,7 +391,8 @@ def _state_after_kill(step: Step) -> str:
         return "no dir"
     if (step.out / "manifest.json").exists():
         return "manifest" + (" + partial marker" if (step.out / ".diskgnn-partial").exists() else "")
-    return f"partial ({sum(1 for _ in step.out.iterdir())} entries)"
+    journal = ", journal" if (step.out / "resume.json").exists() else ""
+    return f"partial ({sum(1 for _ in step.out.iterdir())} entries{journal})"
 
 
 def kill_trial(step: Step, ref: Reference, rng: random.Random, *, max_reruns: int = 3) -> KillResult:
@@ -384,7 +435,12 @@ def kill_trial(step: Step, ref: Reference, rng: random.Random, *, max_reruns: in
         if vrc != 0:
             return KillResult(step.name, delay, killed, reruns, "wrong", f"verify: {err_buf.getvalue()[-500:]}",
                               state)
-    return KillResult(step.name, delay, killed, reruns, outcome, "", state)
+    resumed = step.resumed_from() if step.name in RESUMING_STEPS and outcome == "identical" else None
+    return KillResult(step.name, delay, killed, reruns, outcome, "", state, resumed)
+
+
+# Steps whose manifest records where a rerun resumed from (a resumed sample run only logs it).
+RESUMING_STEPS = ("synth", "prepare")
 
 
 def run_kill_trials(steps: list[Step], kills: int, *, seed: int = 0, max_attempts_factor: int = 3,
@@ -418,10 +474,15 @@ def run_kill_trials(steps: list[Step], kills: int, *, seed: int = 0, max_attempt
     by_step: dict[str, dict] = {}
     for r in results:
         s = by_step.setdefault(r.step, {"trials": 0, "kills": 0, "identical": 0, "already_complete": 0,
-                                        "wrong": 0, "failed": 0})
+                                        "wrong": 0, "failed": 0,
+                                        **({"reruns_resumed": 0, "reruns_from_zero": 0}
+                                           if r.step in RESUMING_STEPS else {})})
         s["trials"] += 1
         s["kills"] += r.killed
         s[r.outcome] += 1
+        if r.step in RESUMING_STEPS and r.killed and r.outcome == "identical":
+            # a rerun that ended identical either resumed from the killed run's journal or redid the step
+            s["reruns_resumed" if r.resumed_from is not None else "reruns_from_zero"] += 1
     bad = [asdict(r) for r in results if r.outcome in ("wrong", "failed")]
     return {"kill_points": landed, "trials": len(results),
             "wrong_outputs": sum(r.outcome == "wrong" for r in results),
@@ -1013,8 +1074,9 @@ def main(argv=None) -> int:
         result: dict = {"packer": fx.packed is not None}
         if args.kills:
             def show_kill(r):
-                log.info("kill %s after %.3f s: killed=%s state=%s -> %s %s", r.step, r.delay_s, r.killed,
-                         r.state_after_kill, r.outcome, r.detail[:200])
+                log.info("kill %s after %.3f s: killed=%s state=%s -> %s%s %s", r.step, r.delay_s, r.killed,
+                         r.state_after_kill, r.outcome, f" (resumed from {r.resumed_from})" if r.resumed_from else "",
+                         r.detail[:200])
             result["kill_resume"] = run_kill_trials(make_steps(fx, work / "kill", big=args.big), args.kills,
                                                     seed=args.seed, progress=show_kill)
         if args.fuzz:

@@ -324,13 +324,15 @@ class _MetricsLog:
     def _line(record: dict) -> str:
         return json.dumps(record, sort_keys=True, default=_json_default) + "\n"
 
-    def resume(self, history: list[dict]) -> None:
+    def resume(self, history: list[dict], training_left: bool) -> None:
         """Make the file end with the epoch records of a checkpoint's ``history``, as an uninterrupted run's would.
 
         A killed run may have written records of epochs after its last checkpoint
         (they are trained again) or, killed between saving the checkpoint and
-        writing the record, lack the checkpoint's last epochs. Records before the
-        interrupted run's are kept; the file is replaced atomically.
+        writing the record, lack the checkpoint's last epochs. When the
+        checkpoint's run had finished, its final report stays if this run trains
+        further (``training_left``) and is replaced by this run's otherwise.
+        Records before the interrupted run's are kept; the file is replaced atomically.
         """
         if self.path is None:
             return
@@ -362,10 +364,14 @@ class _MetricsLog:
         while lines and (epoch_of(lines[-1]) or 0) > epochs:
             lines.pop()  # trained after the checkpoint: this run trains it again
         last = record(lines[-1]) if lines else None
-        if lines and epoch_of(lines[-1]) is not None:
-            have = epoch_of(lines[-1])
-        elif last is not None and last.get("event") == "final" and last.get("epochs") == epochs:
+        finished = last is not None and last.get("event") == "final" and last.get("epochs") == epochs
+        if finished and not training_left:
+            lines.pop()  # this run only reports again: its final record replaces the finished run's
+            finished = False
+        if finished:
             have = epochs  # the run that wrote the checkpoint finished; this one trains further
+        elif lines and epoch_of(lines[-1]) is not None:
+            have = epoch_of(lines[-1])
         else:
             have = 0
         lines += [self._line(h) for h in history[have:]]
@@ -618,7 +624,7 @@ class Trainer:
             where = str(Path(cfg.checkpoint) / CHECKPOINT_NAME)
             self.restore(load_checkpoint(cfg.checkpoint), where)
             log.info("resuming from %s after epoch %d", where, self.epoch)
-            self.metrics.resume(self.history)
+            self.metrics.resume(self.history, training_left=self.epoch < cfg.epochs)
             if self.epoch >= cfg.epochs:
                 log.warning("the checkpoint already holds %d epochs (>= --epochs %d); nothing to train",
                             self.epoch, cfg.epochs)

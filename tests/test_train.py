@@ -215,9 +215,12 @@ class Killed(BaseException):
     """Stands in for SIGKILL: nothing after it runs (fit has no handler for it)."""
 
 
+def metric_records_of(text: str) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in text.splitlines()]
+
+
 def metric_records(path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in path.read_text().splitlines()]
+    return metric_records_of(path.read_text())
 
 
 @pytest.mark.parametrize("kill", ["before_epoch_record", "after_unsaved_epoch"])
@@ -269,3 +272,6 @@ def test_resume_keeps_the_records_of_earlier_runs(tiny_samples, tiny_dataset, tm
     assert text.startswith(before)
     assert [r.get("event") for r in metric_records(metrics)] == ["final", "epoch", "final", "epoch", "final"]
     assert [r.get("epoch") for r in metric_records(metrics)][3] == 2
+    # resuming a run that already holds every epoch only reports again: its final record replaces the last one
+    make_trainer(tiny_samples, tiny_dataset, epochs=2, metrics=str(metrics), checkpoint=str(ck), resume=True).fit()
+    assert metric_records(metrics) == metric_records_of(text)
