@@ -385,19 +385,25 @@ class AlignedWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, direct: bool | None = None, request_size: int = 4 << 20,
-                 depth: int = 4, staging_bytes: int = 16 << 20):
+                 depth: int = 4, staging_bytes: int = 16 << 20, resume: dict | None = None):
         self.path = Path(path)
+        start = 0 if resume is None else int(resume["bytes"])
+        if start % ALIGN:
+            raise ConfigError(f"cannot resume {self.path} at {start} bytes: not a multiple of {ALIGN}")
         try:
-            self.fd, self.direct = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, direct)
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if resume is None else 0)
+            self.fd, self.direct = _open(self.path, flags, direct)
+            if resume is not None:
+                os.ftruncate(self.fd, start)
         except OSError as exc:
             raise_if_disk_full(exc, self.path.parent)
             raise
         self.request_size = align_up(request_size)
         self._pool = cf.ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="diskgnn-write")
         self._crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-crc")
-        self.crc = 0
-        self.pos = 0          # bytes handed to the file so far (a multiple of 4096 until close)
-        self.logical = 0      # bytes of data written by the caller
+        self.crc = 0 if resume is None else int(resume["crc32"])
+        self.pos = start      # bytes handed to the file so far (a multiple of 4096 until close)
+        self.logical = start  # bytes of data written by the caller
         self._staging_bytes = align_up(staging_bytes)
         self._staging = [aligned_empty(self._staging_bytes), aligned_empty(self._staging_bytes)]
         self._staging_handles: list = [None, None]
@@ -479,6 +485,24 @@ class AlignedWriter:
             fut.result()
         self._pending = []
 
+    def checkpoint(self) -> tuple[dict, bytes]:
+        """Wait for the writes in flight and fsync: ``({"bytes", "crc32"} on disk, bytes still staged)``.
+
+        ``AlignedWriter(path, resume=info)`` followed by ``write(staged)`` continues the file as if
+        it had never stopped.
+        """
+        for h in self._staging_handles:
+            if h is not None:
+                h.wait()
+        self.wait()
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
+        staged = self._staging[self._cur][:self._fill].tobytes()
+        return {"bytes": self.pos, "crc32": self.crc}, staged
+
     def close(self, *, keep_padding: bool = False) -> dict:
         try:
             self._flush_staging_if_any(final=True)
@@ -518,11 +542,12 @@ class PositionalWriter:
     ``depth`` threads and returns a handle whose ``wait()`` says when the buffer may be reused.
     """
 
-    def __init__(self, path: str | os.PathLike, size: int, *, direct: bool | None = None, depth: int = 8):
+    def __init__(self, path: str | os.PathLike, size: int, *, direct: bool | None = None, depth: int = 8,
+                 keep: bool = False):
         self.path = Path(path)
         self.size = int(size)
-        try:
-            self.fd, self.direct = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, direct)
+        try:  # ``keep``: go on writing a file of this size that an interrupted run began
+            self.fd, self.direct = _open(self.path, os.O_WRONLY | os.O_CREAT | (0 if keep else os.O_TRUNC), direct)
         except OSError as exc:
             raise_if_disk_full(exc, self.path.parent)
             raise
@@ -573,6 +598,17 @@ class PositionalWriter:
                    for k in range(min(self.depth, len(pieces)))]
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None] + futures
         return _WriteHandle(futures)
+
+    def sync(self) -> None:
+        """Wait for every piece written so far and fsync (raises the first write error)."""
+        try:
+            for fut in self._pending:
+                fut.result()
+            self._pending = []
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise_if_disk_full(exc, self.path.parent)
+            raise
 
     def close(self) -> None:
         """Wait for every piece, fsync and close (raises the first write error)."""

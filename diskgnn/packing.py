@@ -41,8 +41,9 @@ from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
                                      plain_maps, segment_maps, segment_minhash, segment_row_counts, stage_block,
                                      tier_hits)
-from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
-                              finish_output_dir, prepare_output_dir, write_manifest)
+from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes,
+                              finish_output_dir, prepare_output_dir, prepare_resumable_output_dir,
+                              write_manifest, write_resume_journal)
 from diskgnn.memory import resolve_memory_budget
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes, parse_factor, parse_size
@@ -737,10 +738,16 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
              format_bytes(memory.total_bytes), format_bytes(budget), format_bytes(memory.fixed_bytes),
              memory.buffers, format_bytes(group_bytes), format_bytes(memory.bucket_bytes),
              format_bytes(chunk_bytes), memory.passes, ds.features_path, memory.reason)
-    out = prepare_output_dir(out, overwrite=overwrite)
+    journal = None
+    if memory.mode == "stream":  # a run of the same command killed midway is resumed from its last journal
+        key = _resume_key(samples, ds, cfg, plan, memory, num_shards, shard)
+        out, journal = prepare_resumable_output_dir(out, key, overwrite=overwrite)
+    else:
+        out = prepare_output_dir(out, overwrite=overwrite)
     need = footprint_bytes(plan)["total"]  # exact: the plan fixes every file's size
     expect_output_bytes(out, need)
-    check_free_space(out, need, "the packed features")
+    if journal is None:
+        check_free_space(out, need, "the packed features")
     try:
         files = _write_index(out, plan)
         belady = None
@@ -750,7 +757,14 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         t_io = time.perf_counter()
         try:
             if memory.mode == "stream":
-                io_stats = _stream_rows(out, plan, ds, memory, progress)
+                try:
+                    io_stats = _stream_rows(out, plan, ds, memory, progress, key, journal)
+                except _CannotResume as exc:
+                    log.warning("cannot resume %s (%s): packing from the start", out, exc)
+                    out = prepare_output_dir(out, overwrite=False)  # clears the unfinished directory
+                    files = _write_index(out, plan)
+                    plan.runs[:, 2] = 0
+                    io_stats = _stream_rows(out, plan, ds, memory, progress, key, None)
             else:
                 io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
         finally:
@@ -770,6 +784,8 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         if belady is not None:
             stats["belady_hit_rate"], stats["belady_seconds"] = belady_future.result()
         total_bytes = sum(ArraySpec.from_json(f, "pack").nbytes for f in files.values())
+        (out / RESUME_JOURNAL).unlink(missing_ok=True)  # the output is the same as an uninterrupted run's
+        (out / RESUME_CARRY).unlink(missing_ok=True)
         stats["footprint"] = total_bytes / ds.feature_bytes
         stats["footprint_bytes"] = total_bytes
         stats["seconds"] = time.perf_counter() - t0
@@ -822,6 +838,47 @@ def _run_checksums(plan: PackPlan, buf: np.ndarray, g_lo: int, g_hi: int) -> Non
             plan.runs[r, 2] = zlib.crc32(buf[a:a + int(plan.runs[r, 1]) * ALIGN])
 
 
+RESUME_CARRY = "resume-carry.bin"
+"""Beside the journal of a streamed pack: the carried partial pages and the tier files' staged bytes."""
+JOURNAL_BYTES = 1 << 30
+"""A streamed pack journals its progress after about this many bytes of features.bin."""
+
+
+class _CannotResume(Exception):
+    """The files an interrupted pack left do not match its journal: start from zero."""
+
+
+def _resume_key(samples, ds: Dataset, cfg: PackConfig, plan: PackPlan, memory: "PackMemory", num_shards: int,
+                shard: int) -> dict:
+    return {"format": FORMAT, "version": VERSION, "config": cfg.to_json(), "samples": samples_fingerprint(samples),
+            "dataset": ds.fingerprint, "shard": [num_shards, shard], "mode": memory.mode,
+            "block_bytes": memory.chunk_bytes, "packed_bytes": plan.packed_bytes,
+            "tier_rows": [plan.tier_rows[t] for t in TIER_NAMES]}
+
+
+def _extent_written(plan: PackPlan, c: int) -> np.ndarray:
+    """Bytes of each extent on disk once blocks 0 .. c-1 are written (whole pages; a complete extent padded)."""
+    rows = plan.block_starts[:, c]
+    full = rows == plan.extent_rows
+    return np.where(full, (rows * plan.row_bytes + ALIGN - 1) // ALIGN * ALIGN, rows * plan.row_bytes // ALIGN * ALIGN)
+
+
+def _check_resumed_extents(path: Path, plan: PackPlan, written: np.ndarray, crcs: np.ndarray) -> None:
+    """Every extent's written prefix must have the journaled crc32 (else :class:`_CannotResume`)."""
+    with open(path, "rb", buffering=0) as fh:
+        for e in np.flatnonzero(written > 0):
+            lo, n = int(plan.extent_offsets[e]), int(written[e])
+            crc, done = 0, 0
+            while done < n:
+                block = os.pread(fh.fileno(), min(n - done, 64 << 20), lo + done)
+                if not block:
+                    raise _CannotResume(f"{path} ends before extent {e}")
+                crc = zlib.crc32(block, crc)
+                done += len(block)
+            if crc != int(crcs[e]):
+                raise _CannotResume(f"extent {e} of {path} does not match its journaled checksum")
+
+
 def _extent_crcs(view: np.ndarray, extents: np.ndarray, buf_offsets: np.ndarray, lengths: np.ndarray,
                  crcs: np.ndarray, done: np.ndarray, run_of_extent: np.ndarray, runs: np.ndarray) -> None:
     """Extend each extent's running crc32 with its piece (pieces of an extent arrive in file order)."""
@@ -831,7 +888,8 @@ def _extent_crcs(view: np.ndarray, extents: np.ndarray, buf_offsets: np.ndarray,
             runs[run_of_extent[e], 2] = crcs[e]
 
 
-def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, progress: ProgressFn) -> dict:
+def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, progress: ProgressFn,
+                 key: dict | None = None, journal: dict | None = None) -> dict:
     """Read features.bin once, block by block; write each block's stretch of every extent as soon as it is staged.
 
     The plain layout orders an extent's rows by node block (:func:`plain_maps`), so block c's rows
@@ -869,15 +927,31 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
     crcs = np.zeros(num_ext, dtype=np.int64)
     phase = {"read_wait_s": 0.0, "convert_and_tiers_s": 0.0, "stage_s": 0.0, "staging_wait_s": 0.0}
 
+    first_block, tier_resume, staged = 0, [None] * len(TIER_NAMES), [b""] * len(TIER_NAMES)
+    if journal is not None:
+        first_block, tier_resume, staged = _load_stream_journal(out, plan, journal, carry, crcs, run_of_extent)
+        log.info("resuming %s from block %d of %d", out, first_block, nblocks)
+    journal_every = max(1, JOURNAL_BYTES // max(chunk_bytes, 1))
+
     reader = AlignedReader(ds.features_path)
-    writer = PositionalWriter(out / "packed.bin", plan.packed_bytes, depth=STREAM_WRITE_DEPTH)
-    tier_writers = [AlignedWriter(out / f"tier_{t}.bin") for t in TIER_NAMES]
+    writer = PositionalWriter(out / "packed.bin", plan.packed_bytes, depth=STREAM_WRITE_DEPTH,
+                              keep=journal is not None)
+    tier_writers = [AlignedWriter(out / f"tier_{t}.bin", resume=tier_resume[k]) for k, t in enumerate(TIER_NAMES)]
+    for k, data in enumerate(staged):
+        if data:
+            tier_writers[k].write(np.frombuffer(data, dtype=np.uint8))
     crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-runcrc")
     handles: list = [None, None]
     bytes_read = 0
     try:
-        with reader.stream(chunk_bytes, 0, file_end) as chunks:
-            for c in range(nblocks):
+        with reader.stream(chunk_bytes, first_block * chunk_bytes, file_end) as chunks:
+            for c in range(first_block, nblocks):
+                if key is not None and c > first_block and (c - first_block) % journal_every == 0:
+                    for h in handles:  # everything up to block c - 1 on disk, then the journal
+                        if h is not None:
+                            h.wait()
+                    handles = [None, None]
+                    _write_stream_journal(out, key, c, writer, tier_writers, carry, crcs)
                 t_wait = time.perf_counter()
                 off, raw = next(chunks)
                 t_got = time.perf_counter()
@@ -926,7 +1000,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
                 handles[c % 2] = _Both(handle, crc)
                 phase["stage_s"] += time.perf_counter() - t_staged
                 bytes_read += len(raw)
-                progress("pack", len(raw), file_end)
+                progress("pack", len(raw), file_end - first_block * chunk_bytes)
         t_tail = time.perf_counter()
         for h in handles:
             if h is not None:
@@ -949,7 +1023,60 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
         crc_pool.shutdown(wait=True)
         reader.close()
     return {"files": files, "passes": 1, "bytes_read": bytes_read, "bytes_written": written,
-            "group_bytes": memory.group_bytes, "chunk_bytes": chunk_bytes, "phases": phase, "write_mode": "stream"}
+            "group_bytes": memory.group_bytes, "chunk_bytes": chunk_bytes, "phases": phase, "write_mode": "stream",
+            "resumed_from_block": first_block}
+
+
+def _write_stream_journal(out: Path, key: dict, c: int, writer: "PositionalWriter", tier_writers: list,
+                          carry: np.ndarray, crcs: np.ndarray) -> None:
+    """Record that blocks 0 .. c-1 are on disk: fsynced files, the carried pages, every extent's crc."""
+    writer.sync()
+    tiers, staged = [], []
+    for w in tier_writers:
+        info, data = w.checkpoint()
+        tiers.append(info)
+        staged.append(data)
+    side = Crc32Writer(out / (RESUME_CARRY + ".tmp"))
+    with side:
+        side.write(carry)
+        for data in staged:
+            side.write(data)
+        side_info = side.close()
+    os.replace(out / (RESUME_CARRY + ".tmp"), out / RESUME_CARRY)
+    files = {"packed.bin": {"bytes": 0, "crc32": 0}, RESUME_CARRY: side_info}
+    files.update({f"tier_{t}.bin": info for t, info in zip(TIER_NAMES, tiers)})
+    write_resume_journal(out, key, files, {"next_block": c, "extent_crcs": [int(x) for x in crcs],
+                                           "staged_bytes": [len(d) for d in staged]})
+
+
+def _load_stream_journal(out: Path, plan: PackPlan, journal: dict, carry: np.ndarray, crcs: np.ndarray,
+                         run_of_extent: np.ndarray) -> tuple[int, list, list]:
+    """Restore a streamed pack's state from its journal (the journal's files were checked by the caller)."""
+    try:
+        state = journal["state"]
+        c = int(state["next_block"])
+        got = np.asarray(state["extent_crcs"], dtype=np.int64)
+        staged_bytes = [int(x) for x in state["staged_bytes"]]
+        tiers = [journal["files"][f"tier_{t}.bin"] for t in TIER_NAMES]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _CannotResume(f"the journal is incomplete ({exc})") from None
+    if not 0 < c < plan.block_starts.shape[1] or got.shape != crcs.shape or len(staged_bytes) != len(TIER_NAMES):
+        raise _CannotResume("the journal does not fit this plan")
+    side = np.fromfile(out / RESUME_CARRY, dtype=np.uint8)
+    if side.size != carry.nbytes + sum(staged_bytes):
+        raise _CannotResume(f"{RESUME_CARRY} has {side.size} bytes, the journal expects {carry.nbytes + sum(staged_bytes)}")
+    written = _extent_written(plan, c)
+    _check_resumed_extents(out / "packed.bin", plan, written, got)
+    carry[:] = side[:carry.nbytes].reshape(carry.shape)
+    crcs[:] = got
+    complete = plan.block_starts[:, c] == plan.extent_rows
+    for e in np.flatnonzero(complete & (plan.extent_rows > 0)):
+        plan.runs[run_of_extent[e], 2] = crcs[e]
+    staged, pos = [], carry.nbytes
+    for n in staged_bytes:
+        staged.append(side[pos:pos + n].tobytes())
+        pos += n
+    return c, tiers, staged
 
 
 class _Both:

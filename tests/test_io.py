@@ -175,3 +175,27 @@ def test_many_small_runs_and_checksums(tmp_path):
         assert np.array_equal(out[pos:pos + n], data[off:off + n])
         assert crc == zlib.crc32(data[off:off + n].tobytes())
         pos += align_up(n)
+
+
+def test_aligned_writer_checkpoint_and_resume_equal_one_write(tmp_path):
+    """A writer checkpointed midway and continued by a new one (as a resumed pack does) writes the same file."""
+    rng = np.random.default_rng(5)
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8) for n in (5000, 12288, 777, 9000, 40000, 3)]
+    with AlignedWriter(tmp_path / "one.bin", staging_bytes=8192) as w:
+        for p in pieces:
+            w.write(p)
+        whole = w.close()
+    w = AlignedWriter(tmp_path / "two.bin", staging_bytes=8192)
+    for p in pieces[:4]:
+        w.write(p)
+    info, staged = w.checkpoint()
+    assert info["bytes"] % 4096 == 0 and info["bytes"] + len(staged) == sum(p.size for p in pieces[:4])
+    w.write(rng.integers(0, 256, 10000, dtype=np.uint8))  # written after the checkpoint: a killed run's tail
+    w.abort()
+    w = AlignedWriter(tmp_path / "two.bin", staging_bytes=8192, resume=info)
+    w.write(np.frombuffer(staged, dtype=np.uint8))
+    for p in pieces[4:]:
+        w.write(p)
+    again = w.close()
+    assert again == whole
+    assert (tmp_path / "two.bin").read_bytes() == (tmp_path / "one.bin").read_bytes()

@@ -1,0 +1,141 @@
+"""Resuming a killed streamed ``pack`` after its last journaled block.
+
+The kill is real: the pack runs in a subprocess whose journal writer SIGKILLs the process right
+after its k-th journal (patched in that subprocess only). The rerun, in this process, must end in
+the files of an uninterrupted pack, really resume (it logs the block, records it in the stats and
+reads less of features.bin), and start from zero, still ending identical, when the journal belongs
+to another command or a file it vouches for was damaged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import diskgnn.packing as packing
+from diskgnn.bench.reliability import snapshot_dir
+from diskgnn.manifest import RESUME_JOURNAL
+from diskgnn.packing import RESUME_CARRY, PackConfig, pack
+from diskgnn.sampling import SampleConfig, presample
+from diskgnn.synth import SynthConfig, synthesize
+
+CFG = dict(host_cache="4%", order_block="8K", write_mode="stream", belady=False)
+JOURNAL = 64 << 10  # a journal every 8 blocks of 8 KiB
+BUDGET = "256M"
+
+KILLED_PACK = textwrap.dedent("""
+    import os, signal, sys
+    import diskgnn.packing as packing
+    from diskgnn.packing import PackConfig, pack
+    real_journal, left = packing.write_resume_journal, int(sys.argv[1])
+
+    def journal_then_die(*args, **kwargs):
+        global left
+        real_journal(*args, **kwargs)
+        left -= 1
+        if left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+    packing.write_resume_journal = journal_then_die
+    packing.JOURNAL_BYTES = int(sys.argv[2])
+    pack(sys.argv[3], sys.argv[4], PackConfig(**eval(sys.argv[5])), memory_budget=sys.argv[6])
+""")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(samples, uninterrupted pack, pack killed after its 3rd journal)."""
+    root = tmp_path_factory.mktemp("packresume")
+    ds = synthesize(SynthConfig(nodes=3001, avg_degree=5, dim=64, classes=3, seed=4, train_fraction=0.3,
+                                val_fraction=0.1, test_fraction=0.1), root / "ds")
+    samples = presample(ds.path, root / "samples", SampleConfig(fanouts=(3, 4), batch_size=83, epochs=1, seed=2))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(packing, "JOURNAL_BYTES", JOURNAL)
+    try:
+        ref = pack(samples.path, root / "ref", PackConfig(**CFG), memory_budget=BUDGET)
+    finally:
+        mp.undo()
+    assert ref.stats["write_mode"] == "stream" and ref.stats["resumed_from_block"] == 0
+    killed = root / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", KILLED_PACK, "3", str(JOURNAL), str(samples.path), str(killed),
+                        repr(CFG), BUDGET], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    return samples, ref.path, killed
+
+
+def snapshot(directory) -> dict:
+    """Files and manifest, without the relative paths to the inputs (the outputs live in different folders)."""
+    snap = snapshot_dir(directory)
+    for key in ("samples", "dataset"):
+        snap["manifest"][key].pop("relpath")
+    return snap
+
+
+def _rerun(samples, out, caplog, monkeypatch, overwrite=False, **overrides):
+    monkeypatch.setattr(packing, "JOURNAL_BYTES", JOURNAL)
+    with caplog.at_level(logging.INFO, logger="diskgnn.packing"):
+        return pack(samples.path, out, PackConfig(**{**CFG, **overrides}), memory_budget=BUDGET, overwrite=overwrite)
+
+
+def test_killed_pack_resumes_after_its_last_journal(runs, tmp_path, caplog, monkeypatch):
+    samples, ref, killed = runs
+    out = tmp_path / "out"
+    shutil.copytree(killed, out)
+    assert not (out / "manifest.json").exists() and (out / RESUME_CARRY).exists()
+    state = json.loads((out / RESUME_JOURNAL).read_text())["state"]
+    assert state["next_block"] == 3 * 8
+    packed = _rerun(samples, out, caplog, monkeypatch)
+    assert f"resuming {out} from block 24 of" in caplog.text
+    st = packed.stats
+    assert st["resumed_from_block"] == 24 and st["bytes_read"] < packed.dataset.feature_bytes - 24 * 8192 + 8192
+    assert snapshot(out) == snapshot(ref)  # byte for byte, and no journal or carry left behind
+    assert not (out / RESUME_JOURNAL).exists() and not (out / RESUME_CARRY).exists()
+
+
+@pytest.mark.parametrize("damage", ["flip_packed", "flip_carry", "truncate_carry", "other_config", "overwrite"])
+def test_pack_starts_again_when_the_journal_does_not_fit(runs, tmp_path, caplog, monkeypatch, damage):
+    samples, ref, killed = runs
+    out = tmp_path / "out"
+    shutil.copytree(killed, out)
+    overrides = {}
+    if damage == "flip_packed":  # a byte that the journal vouches for (the first extent's first page)
+        with open(out / "packed.bin", "r+b") as f:
+            b = f.read(1)
+            f.seek(0)
+            f.write(bytes([b[0] ^ 0x5A]))
+    elif damage == "flip_carry":  # its last bytes are the tier rows not yet written to tier_host.bin
+        with open(out / RESUME_CARRY, "r+b") as f:
+            at = f.seek(0, 2) - 3
+            f.seek(at)
+            b = f.read(1)
+            f.seek(at)
+            f.write(bytes([b[0] ^ 0x5A]))
+    elif damage == "truncate_carry":
+        with open(out / RESUME_CARRY, "r+b") as f:
+            f.truncate(100)
+    elif damage == "other_config":
+        overrides = {"host_cache": "5%"}
+    packed = _rerun(samples, out, caplog, monkeypatch, overwrite=damage == "overwrite", **overrides)
+    assert "resuming" not in caplog.text and packed.stats["resumed_from_block"] == 0
+    if overrides:
+        fresh = pack(samples.path, tmp_path / "fresh", PackConfig(**{**CFG, **overrides}), memory_budget=BUDGET)
+        assert snapshot(out) == snapshot(fresh.path)
+    else:
+        assert snapshot(out) == snapshot(ref)
+
+
+def test_groups_mode_never_resumes_but_redoes(runs, tmp_path, caplog, monkeypatch):
+    """The group mode has no journal: a killed stream pack rerun in group mode starts afresh, same bytes."""
+    samples, ref, killed = runs
+    out = tmp_path / "out"
+    shutil.copytree(killed, out)
+    packed = _rerun(samples, out, caplog, monkeypatch, write_mode="groups")
+    assert packed.stats["write_mode"] == "groups" and "resuming" not in caplog.text
+    assert snapshot_dir(out)["files"] == snapshot_dir(ref)["files"]
