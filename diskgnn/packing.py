@@ -5,20 +5,30 @@
 1. ranks rows by access count and fills the device, pinned and host tiers
    (most-used first) up to their byte sizes;
 2. plans the disk layout: one 4096-aligned extent per batch holding its
-   uncached rows in input order (plain), or, when that exceeds
-   ``--disk-budget``, one extent per segment of consecutive batches with each
-   row stored once and rows ordered by MinHash of the batches that use them,
-   so a batch's rows fall on few pages (it reads the covering page runs);
-3. streams ``features.bin`` sequentially in large aligned chunks and scatters
-   each row to the tier files and to the output buffer of a *group* of
-   extents; a group is written sequentially while the next group's pass over
-   ``features.bin`` runs. Groups are as large as the memory budget allows, so
-   there are few passes, and there is never a random row read; without
-   ``--chunk-size`` the chunk shrinks under a tight budget until the passes
-   are as few as they can be (:func:`plan_pack_memory`).
+   uncached rows ordered by node block of features.bin, in input order inside
+   a block (plain), or, when that exceeds ``--disk-budget``, one extent per
+   segment of consecutive batches with each row stored once and rows ordered
+   by MinHash of the batches that use them, so a batch's rows fall on few
+   pages (it reads the covering page runs);
+3. writes the rows in one of two modes (same bytes either way):
+
+   * ``stream`` (plain layout, the default when it fits the budget): reads
+     ``features.bin`` once, block by block; block c's rows of every extent are
+     one contiguous stretch right after block c-1's, so they are staged in
+     page-aligned pieces and written at once, while the next block is read.
+     Memory is a few blocks and two staging buffers whatever the graph's size,
+     and a killed run resumes after its last journal (every ~1 GiB).
+   * ``groups``: scatters each row into the output buffer of a *group* of
+     extents; a group is written sequentially while the next group's pass over
+     ``features.bin`` runs. Groups are as large as the memory budget allows;
+     without ``--chunk-size`` the chunk shrinks under a tight budget until the
+     passes are as few as they can be (:func:`plan_pack_memory`).
+
+   Neither ever reads a row at random.
 
 The directory is marked partial until its manifest (with a crc32 of every
-file) is written, last. See :mod:`diskgnn.store` for the format.
+file, or of every read run for a streamed packed.bin) is written, last. See
+:mod:`diskgnn.store` for the format.
 """
 from __future__ import annotations
 
@@ -799,7 +809,8 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
             "source_dtype": ds.feat_dtype, "store_dtype": plan.store_dtype, "row_bytes": plan.row_bytes,
             "n_cached": int(plan.cache_nodes.size),
             "tiers": [{"name": t, "rows": plan.tier_rows[t]} for t in TIER_NAMES],
-            "layout": plan.layout, "segment_batches": plan.segment_batches, "parts": plan.parts,
+            "layout": plan.layout, "segment_batches": plan.segment_batches, "block_rows": plan.block_rows,
+            "parts": plan.parts,
             "shard": {"num_shards": num_shards, "shard": shard},
             "files": files, "stats": stats,
         }

@@ -9,10 +9,14 @@ A packed directory holds, besides ``manifest.json`` (format ``diskgnn.packed``):
   streaming ``features.bin``).
 * ``cache_nodes.bin`` int64 [n_cached]: the node held by each slot.
 * ``packed.bin``: every batch's uncached rows. Plain layout: one extent per
-  batch, rows in input order, starting on a 4096-byte boundary. Under a disk
-  budget: one extent per *segment* of consecutive batches, each row stored
-  once per segment (MinHash order); a batch reads the page runs covering its
-  rows.
+  batch, starting on a 4096-byte boundary, its rows ordered by node block of
+  features.bin (``block_rows`` in the manifest) and in input order inside a
+  block, so a streamed pack writes each block's stretch of every extent as
+  soon as the block was read. Under a disk budget: one extent per *segment* of
+  consecutive batches, each row stored once per segment (MinHash order); a
+  batch reads the page runs covering its rows. A streamed pack records no
+  whole-file crc32 for packed.bin (its writes are not sequential): the
+  per-run checksums in runs.bin cover every byte a batch reads.
 * ``maps.bin`` int32/int64 [T]: per input node of every batch, in the
   samples' order: a value v < n_cached is a cache slot; v >= n_cached is row
   v - n_cached of the batch's extent (plain) or segment.
