@@ -21,9 +21,10 @@ removed; on any error :class:`~diskgnn.dataset.DatasetWriter` clears the
 output, so nothing that looks like a dataset is left behind.
 
 After a kill (SIGKILL, power cut) the same command resumes: the end of the
-scan, of the grouping, each built destination range and each copied feature
-chunk are journaled in ``OUT/resume.json`` (see :class:`_Journal`), and a rerun
-continues after the last of them with the output of an uninterrupted run.
+scan and of the grouping, and the progress of the CSR build and of the feature
+copy (every ``journal_bytes`` of output) are journaled in ``OUT/resume.json``
+(see :class:`_Journal`), and a rerun continues after the last of them with the
+output of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -920,6 +921,8 @@ class _Plan:
     range_edges: int
     """In-edges per destination range built in memory."""
     feature_chunk_bytes: int
+    journal_bytes: int
+    """Output bytes between two journals of the CSR build or the feature copy (what a kill can cost)."""
 
 
 def _plan(budget: int, num_nodes: int, id_bytes: int, max_range_edges: int | None) -> _Plan:
@@ -934,7 +937,9 @@ def _plan(budget: int, num_nodes: int, id_bytes: int, max_range_edges: int | Non
     if max_range_edges is not None:
         range_edges = min(range_edges, max(1, int(max_range_edges)))
     chunk_edges = int(min(max(work // 4 // 56, 4096), 4 << 20))
-    return _Plan(budget, chunk_edges, int(range_edges), int(min(max(work // 16, 1 << 20), 64 << 20)))
+    # each journal fsyncs: often enough that a kill costs little, rarely enough that it costs nothing
+    journal_bytes = int(min(max(work // 4, 1 << 20), 64 << 20))
+    return _Plan(budget, chunk_edges, int(range_edges), int(min(max(work // 16, 1 << 20), 64 << 20)), journal_bytes)
 
 
 # --- resuming ----------------------------------------------------------------------------------------
@@ -1197,6 +1202,7 @@ def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _
     task = "prepare: build CSR"
     progress(task, int(bounds[first]), n)
     single = np.array([0, n], dtype=np.int64)
+    unjournaled = 0
     for r in range(first, num_ranges):
         lo_node, hi_node = int(bounds[r]), int(bounds[r + 1])
         size = int(range_sizes[r])
@@ -1229,9 +1235,11 @@ def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _
         indices_w.write(indices[:stored])
         indptr_w.write(indptr[1:] + base)
         base += int(stored)
+        unjournaled += int(stored) * id_dtype.itemsize + num_dst * 8
         del indices, indptr, kept
-        if r + 1 < num_ranges:
+        if r + 1 < num_ranges and unjournaled >= plan.journal_bytes:
             journal.save((indptr_w, indices_w), next_range=r + 1, base=base)
+            unjournaled = 0
         progress(task, num_dst, n)
     stats.update(pairs=total, edges=base, duplicates_dropped=total - base if cfg.drop_duplicates else 0,
                  destination_ranges=int(num_ranges), build_seconds=round(time.perf_counter() - t_group, 3))
@@ -1258,6 +1266,7 @@ def _copy_features(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _P
     task = "prepare: copy features"
     progress(task, copied, n)
     t0 = time.perf_counter()
+    unjournaled = 0
     for block in feat.chunks(rows, copied):
         if block.shape[1:] != (feat.dim,):
             raise InputFormatError(f"{feat.where}: a row has {block.shape[1:]} values, expected {feat.dim}")
@@ -1285,8 +1294,10 @@ def _copy_features(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _P
                                        f"store fp32 or bf16 (--dtype), or rescale the features")
         out.write(stored)
         copied += block.shape[0]
-        if copied < n:
+        unjournaled += stored.nbytes
+        if copied < n and unjournaled >= plan.journal_bytes:
             journal.save((out,), copied=copied, nonfinite=nonfinite)
+            unjournaled = 0
         progress(task, block.shape[0], n)
     if copied != n:
         raise InputFormatError(f"{feat.where} is truncated: it holds {copied} feature rows but the graph has "
