@@ -457,6 +457,8 @@ class ExtentRead:
     _pooled: np.ndarray | None = field(default=None, repr=False)
 
 
+GATHER_CHUNK_ROWS = 2048
+"""Rows per work item of the parallel gathers (numba's dynamic chunking)."""
 SPARE_OUTPUTS = 2
 """Assembled matrices a CPU store keeps for reuse (see :meth:`FeatureStore._take_output`)."""
 
@@ -695,6 +697,10 @@ class FeatureStore:
         if (extent_read.part, extent_read.index) != (part, int(index)):
             raise ConfigError(f"assemble({part!r}, {index}) was given the read of batch "
                               f"{extent_read.part}/{extent_read.index}")
+        import numba
+        # dynamic scheduling of the gathers: with the reader's threads on the same cores, a static half
+        # per thread leaves the kernel waiting for its slowest thread
+        prev = numba.set_parallel_chunksize(GATHER_CHUNK_ROWS)
         try:
             n, counts, rows, positions = self._split(part, index)
             ext = ExtentTier(extent_read, self.row_bytes, self.feat_dim, self.store_dtype)
@@ -710,6 +716,7 @@ class FeatureStore:
             else:
                 result = self._assemble_cuda(n, counts, rows, positions, host_side)
         finally:
+            numba.set_parallel_chunksize(prev)
             self._give_buffer(extent_read._pooled)
             extent_read._pooled = None
         with self._lock:
