@@ -9,8 +9,8 @@ Two experiments, both driven through the real command line:
   uninterrupted run: every file's bytes (crc32 of the file, not of the
   manifest's claim), the manifest minus its timestamps and timings, and for
   training the checkpoint's weights, optimizer state and per-epoch losses and
-  the ``--metrics`` file's records (minus timings). For ``synth`` and
-  ``prepare`` it also counts the reruns that resumed from the killed run's
+  the ``--metrics`` file's records (minus timings). For ``synth``,
+  ``prepare`` and ``pack`` it also counts the reruns that resumed from the killed run's
   journal (their manifest's stats say where from) rather than from zero.
 * **fuzz** — copy a good dataset / samples / packed / checkpoint / raw input
   directory, corrupt it (truncate, extend, flip or zero bytes, delete a file;
@@ -243,12 +243,14 @@ class Step:
         return snap
 
     def resumed_from(self) -> str | None:
-        """synth / prepare: where the run that published the output resumed (its stats say), None if from zero."""
+        """synth / prepare / pack: where the run that published the output resumed (its stats say), None if from zero."""
         try:
             stats = json.loads((self.out / "manifest.json").read_text()).get("stats") or {}
         except (OSError, ValueError):
             return None
         where = stats.get("resumed_from_node", stats.get("resumed_from"))
+        if where is None and stats.get("resumed_from_block"):  # pack: 0 = from the start
+            where = f"block {stats['resumed_from_block']}"
         return None if where is None else str(where)
 
     def clean(self) -> None:
@@ -274,6 +276,19 @@ def kill_prepare_input(fx: Fixtures, *, big: bool = False) -> Path:
     return raw
 
 
+def kill_pack_input(fx: Fixtures, *, big: bool = False) -> Path:
+    """Samples for the pack kill trials (60k / 200k nodes x 32 dims), made once under the fixtures' root."""
+    from diskgnn.sampling import SampleConfig, presample
+    from diskgnn.synth import SynthConfig, synthesize
+    nodes = 200_003 if big else 60_001
+    samples = fx.root / f"kill_pack_{nodes}_samples"
+    if not (samples / "manifest.json").exists():
+        ds = synthesize(SynthConfig(nodes=nodes, avg_degree=8, dim=32, classes=5, seed=13, train_fraction=0.3),
+                        fx.root / f"kill_pack_{nodes}_dataset", overwrite=True)
+        presample(ds.path, samples, SampleConfig(fanouts=(5, 4), batch_size=509, epochs=2, seed=3), overwrite=True)
+    return samples
+
+
 def make_steps(fx: Fixtures, work: Path, *, big: bool = False) -> list[Step]:
     """The steps to kill: synth, prepare, sample, and (when the packer exists) pack and train."""
     work = Path(work)
@@ -293,8 +308,10 @@ def make_steps(fx: Fixtures, work: Path, *, big: bool = False) -> list[Step]:
              work / "sample", work / "sample" / ".diskgnn-partial"),
     ]
     if fx.packed is not None:
-        steps.append(Step("pack", cli_argv("pack", fx.samples, "--out", work / "pack", "--host-cache", "10%",
-                                           "--memory-budget", "256M"),
+        # the stream write mode in small blocks, journaled often: kills land between journals to resume from
+        steps.append(Step("pack", cli_argv("pack", kill_pack_input(fx, big=big), "--out", work / "pack",
+                                           "--host-cache", "10%", "--memory-budget", "256M", "--write-mode",
+                                           "stream", "--order-block", "16K", "--journal-every", "64K"),
                           work / "pack", work / "pack" / ".diskgnn-partial"))
     if fx.checkpoint is not None:
         ck, metrics = work / "train", work / "train.metrics.jsonl"
@@ -381,7 +398,7 @@ class KillResult:
     detail: str = ""
     state_after_kill: str = ""
     resumed_from: str | None = None
-    """synth / prepare: where the rerun resumed from (None: it redid the step from zero)."""
+    """synth / prepare / pack: where the rerun resumed from (None: it redid the step from zero)."""
 
 
 def _state_after_kill(step: Step) -> str:
@@ -440,7 +457,7 @@ def kill_trial(step: Step, ref: Reference, rng: random.Random, *, max_reruns: in
 
 
 # Steps whose manifest records where a rerun resumed from (a resumed sample run only logs it).
-RESUMING_STEPS = ("synth", "prepare")
+RESUMING_STEPS = ("synth", "prepare", "pack")
 
 
 def run_kill_trials(steps: list[Step], kills: int, *, seed: int = 0, max_attempts_factor: int = 3,

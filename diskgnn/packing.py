@@ -128,7 +128,8 @@ class PackConfig:
     @classmethod
     def from_cli(cls, args) -> "PackConfig":
         kw = {}
-        for name in ("device_cache", "pinned_cache", "host_cache", "disk_budget", "store_dtype", "chunk_size"):
+        for name in ("device_cache", "pinned_cache", "host_cache", "disk_budget", "store_dtype", "chunk_size",
+                     "write_mode", "order_block"):
             value = getattr(args, name, None)
             if value is not None:
                 kw[name] = value
@@ -734,9 +735,17 @@ def _groups_memory(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget: int) ->
 
 
 def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = False,
-         progress: ProgressFn = no_progress, memory_budget=None, num_shards: int = 1, shard: int = 0) -> Packed:
-    """Pack the features of the samples in ``samples_dir`` into the directory ``out``; see the module doc."""
+         progress: ProgressFn = no_progress, memory_budget=None, num_shards: int = 1, shard: int = 0,
+         journal_every=None) -> Packed:
+    """Pack the features of the samples in ``samples_dir`` into the directory ``out``; see the module doc.
+
+    ``journal_every`` (bytes or text such as ``64M``; default :data:`JOURNAL_BYTES`): in the stream
+    write mode, how much of features.bin is read between two resume journals.
+    """
     t0 = time.perf_counter()
+    journal_bytes = JOURNAL_BYTES if journal_every is None else parse_size(journal_every, name="--journal-every")
+    if journal_bytes < 1:
+        raise ConfigError(f"--journal-every must be positive, got {journal_every!r}")
     samples = _open_samples(samples_dir)
     ds = _open_dataset(samples, dataset)
     budget = resolve_memory_budget(memory_budget, fraction=0.7)
@@ -768,13 +777,13 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         try:
             if memory.mode == "stream":
                 try:
-                    io_stats = _stream_rows(out, plan, ds, memory, progress, key, journal)
+                    io_stats = _stream_rows(out, plan, ds, memory, progress, key, journal, journal_bytes)
                 except _CannotResume as exc:
                     log.warning("cannot resume %s (%s): packing from the start", out, exc)
                     out = prepare_output_dir(out, overwrite=False)  # clears the unfinished directory
                     files = _write_index(out, plan)
                     plan.runs[:, 2] = 0
-                    io_stats = _stream_rows(out, plan, ds, memory, progress, key, None)
+                    io_stats = _stream_rows(out, plan, ds, memory, progress, key, None, journal_bytes)
             else:
                 io_stats = _write_rows(out, plan, ds, chunk_bytes, group_bytes, progress)
         finally:
@@ -900,7 +909,7 @@ def _extent_crcs(view: np.ndarray, extents: np.ndarray, buf_offsets: np.ndarray,
 
 
 def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, progress: ProgressFn,
-                 key: dict | None = None, journal: dict | None = None) -> dict:
+                 key: dict | None = None, journal: dict | None = None, journal_bytes: int | None = None) -> dict:
     """Read features.bin once, block by block; write each block's stretch of every extent as soon as it is staged.
 
     The plain layout orders an extent's rows by node block (:func:`plain_maps`), so block c's rows
@@ -942,7 +951,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
     if journal is not None:
         first_block, tier_resume, staged = _load_stream_journal(out, plan, journal, carry, crcs, run_of_extent)
         log.info("resuming %s from block %d of %d", out, first_block, nblocks)
-    journal_every = max(1, JOURNAL_BYTES // max(chunk_bytes, 1))
+    journal_every = max(1, (JOURNAL_BYTES if journal_bytes is None else journal_bytes) // max(chunk_bytes, 1))
 
     reader = AlignedReader(ds.features_path)
     writer = PositionalWriter(out / "packed.bin", plan.packed_bytes, depth=STREAM_WRITE_DEPTH,

@@ -75,7 +75,16 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store-dtype", choices=["fp32", "fp16", "bf16"], default=None,
                    help="precision of packed rows (default: the dataset's)")
     g.add_argument("--chunk-size", default=None,
-                   help="feature bytes streamed per packing chunk (default: from --memory-budget, at most 256M)")
+                   help="feature bytes streamed per chunk in the groups write mode (default: from "
+                        "--memory-budget, at most 256M)")
+    g.add_argument("--write-mode", choices=["auto", "stream", "groups"], default=None,
+                   help="stream: read features.bin once in blocks and write each block's rows of every batch "
+                        "at once (bounded memory, resumable); groups: fill output buffers as large as the "
+                        "budget allows, one pass each; auto (default): stream when it fits and its writes "
+                        "are large. Same output either way")
+    g.add_argument("--order-block", default=None,
+                   help="bytes of features.bin per block of the row order and of streaming (default: sized so "
+                        "each batch gets ~256 KiB per block, 64M-1G)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -179,13 +188,17 @@ def _add_commands(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("pack", help="choose cache tiers and lay minibatch features out contiguously",
-                       description="Stream features.bin once per pass and write every minibatch's uncached "
-                                   "rows contiguously (4 KiB-aligned) plus the cache tier contents.")
+                       description="Read features.bin sequentially (once, in the stream write mode) and write "
+                                   "every minibatch's uncached rows contiguously (4 KiB-aligned) plus the cache "
+                                   "tier contents. A killed streamed pack resumes when the same command is run "
+                                   "again.")
     p.add_argument("samples", help="samples directory")
     p.add_argument("--out", required=True, help="packed directory to write")
     p.add_argument("--dataset", default=None, help="dataset directory (default: the one the samples came from)")
     _pack_args(p)
     p.add_argument("--memory-budget", default=None, help="memory to use, e.g. 2G (default: available memory)")
+    p.add_argument("--journal-every", default=None,
+                   help="stream mode: bytes of features.bin between resume journals (default 1G)")
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -376,7 +389,7 @@ def cmd_pack(args, progress) -> int:
     cfg = PackConfig.from_cli(args)
     packed = pack(args.samples, args.out, cfg, dataset=args.dataset, overwrite=args.overwrite,
                   progress=progress, memory_budget=args.memory_budget,
-                  num_shards=args.num_shards, shard=args.shard)
+                  num_shards=args.num_shards, shard=args.shard, journal_every=args.journal_every)
     if not args.quiet:
         _print_summary(packed.summary())
     return 0
