@@ -17,7 +17,7 @@ def markdown(result: dict) -> str:
              f"{result['date']}, memory cap {format_bytes(cap) if cap else 'none'} "
              f"({'cgroup' if result.get('cgroup') else 'NO cgroup: not a capped comparison'}).",
              "",
-             f"Disk measured in the same run (best of a probe before and after the systems): O_DIRECT sequential read {disk.get('seq_read_GBps', float('nan')):.2f} GB/s, "
+             f"Disk measured in the same run (best of the probes before and after the systems and next to diskgnn-10%): O_DIRECT sequential read {disk.get('seq_read_GBps', float('nan')):.2f} GB/s, "
              f"write {disk.get('seq_write_GBps', float('nan')):.2f} GB/s, 4 KiB random read "
              f"{disk.get('rand4k_iops_qd1', 0):.0f} IOPS (qd1) / {disk.get('rand4k_iops_qd64', 0):.0f} IOPS (qd64).",
              "",
