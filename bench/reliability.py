@@ -123,7 +123,10 @@ def build_fixtures(root: Path, *, nodes: int = 2311, dim: int = 13, with_train: 
     if have_packer():
         from diskgnn.packing import PackConfig, pack
         packed = root / "packed"
-        pack(root / "samples", packed, PackConfig(host_cache="20%"), overwrite=True)
+        # the stream write mode (the default on real data; here forced, in small blocks): packed.bin has no
+        # whole-file crc32, so damage must be caught by the per-run checksums
+        pack(root / "samples", packed, PackConfig(host_cache="20%", write_mode="stream", order_block="8K"),
+             overwrite=True)
         if with_train:
             from diskgnn.tools.cli import main
             checkpoint = root / "checkpoint"
