@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class ArraySpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     def to_json(self) -> dict:
         return {"path": self.path, "dtype": self.dtype, "shape": list(self.shape),
@@ -116,6 +117,8 @@ class ArraySpec:
                        shape=tuple(int(s) for s in obj["shape"]), crc32=crc)
             if any(d < 0 for d in spec.shape) or np.dtype(spec.dtype).hasobject:
                 raise ValueError("negative dimension or object dtype")
+            if spec.nbytes >= 2**62:  # no file is that large; numpy's int64 arithmetic would overflow
+                raise ValueError(f"{spec.nbytes} bytes is beyond any file size")
             return spec
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IntegrityError(f"{where}: malformed file entry {obj!r} ({exc}); re-create the directory") from None

@@ -216,3 +216,13 @@ def test_prepared_with_allow_nonfinite_still_verifies(tmp_path):
     edit_manifest(tmp_path / "nan", config={"allow_nonfinite": False})
     with pytest.raises(IntegrityError, match="row 0 holds NaN or inf"):
         verify_dataset(Dataset.open(tmp_path / "nan"), check_crc=False)
+
+
+def test_manifest_shape_beyond_any_file_size_is_an_integrity_error():
+    """A corrupted shape whose product overflows int64 is the project's error, not an OverflowError."""
+    from diskgnn.dataset import ArraySpec
+    from diskgnn.errors import IntegrityError
+    for shape in ([2**40, 2**40], [9223372036854775807], [2**62 // 8 + 1]):
+        with pytest.raises(IntegrityError, match="malformed file entry"):
+            ArraySpec.from_json({"path": "x.bin", "dtype": "<i8", "shape": shape}, "manifest.json")
+    assert ArraySpec.from_json({"path": "x.bin", "dtype": "<i8", "shape": [3, 5]}, "m").nbytes == 120
