@@ -21,7 +21,8 @@ def available_memory() -> int:
     avail = int(psutil.virtual_memory().available)
     limit = cgroup_memory_limit()
     if limit is not None:
-        used = cgroup_memory_usage() or 0
+        # the page cache charged to the cgroup is reclaimed before anything is killed: it is available
+        used = max((cgroup_memory_usage() or 0) - cgroup_file_cache(), 0)
         avail = min(avail, max(limit - used, 0))
     return avail
 
@@ -75,6 +76,24 @@ def cgroup_memory_usage() -> int | None:
             if value is not None:
                 return value
     return None
+
+
+def cgroup_file_cache() -> int:
+    """Reclaimable page cache charged to this process's memory cgroup (active + inactive file pages), or 0."""
+    for base in _own_cgroup_paths():
+        try:
+            with open(os.path.join(base, "memory.stat")) as f:
+                stat = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+        except OSError:
+            continue
+        for prefix in ("total_", ""):  # v1 reports the hierarchy's totals with a prefix; v2 has no prefix
+            keys = (f"{prefix}inactive_file", f"{prefix}active_file")
+            if all(k in stat for k in keys):
+                try:
+                    return sum(int(stat[k]) for k in keys)
+                except ValueError:
+                    return 0
+    return 0
 
 
 @functools.lru_cache(maxsize=None)

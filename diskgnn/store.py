@@ -50,7 +50,8 @@ from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_emp
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
                                     gather_rows_lut, split_map)
 from diskgnn.manifest import file_crc32, read_manifest
-from diskgnn.memory import HostMemoryPlan, TrainingMemory, describe_budget, resolve_memory_budget
+from diskgnn.memory import (HostMemoryPlan, TrainingMemory, describe_budget, process_anon_bytes,
+                            resolve_memory_budget)
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes
 
@@ -528,12 +529,15 @@ class FeatureStore:
         if training is None:
             return HostMemoryPlan(tiers=int(tiers), read_buffers=pool_size * self.max_read_bytes,
                                   in_flight_batches=0, batch_bytes=batch_bytes, model=0, spare_batches=spare)
+        # a trainer's budget is for the whole process: what the runtimes already hold counts too
         # an extent per batch between read and assembly (the pool keeps up to pool_size); assembled
         # matrices in the queue, in assembly and in the forward/backward pass
         return HostMemoryPlan(tiers=int(tiers),
                               read_buffers=max(pool_size, training.in_flight_batches) * self.max_read_bytes,
                               in_flight_batches=training.in_flight_batches, batch_bytes=batch_bytes,
-                              model=int(training.model_bytes), spare_batches=spare)
+                              model=int(training.model_bytes), spare_batches=spare,
+                              process=process_anon_bytes(),
+                              activation_batches=0 if self.cuda else training.activation_batches)
 
     def _check_memory(self, memory_budget, pool_size: int, training: TrainingMemory | None) -> None:
         budget = resolve_memory_budget(memory_budget)
@@ -550,10 +554,11 @@ class FeatureStore:
             f"{self.packed.path}: training needs {format_bytes(plan.total)} of host memory, more than {what}: "
             f"memory tiers {format_bytes(plan.tiers)}, read buffers {format_bytes(plan.read_buffers)}, "
             f"{plan.in_flight_batches} batches in flight (queue depth {training.queue_depth} + 2) and "
-            f"{plan.spare_batches} kept for reuse, of up to "
+            f"{plan.spare_batches} kept for reuse and {plan.activation_batches} for the model's temporaries, "
+            f"of up to "
             f"{format_bytes(plan.batch_bytes)} each ({self.max_input_nodes} input nodes x {self.feat_dim} "
             f"features x 4 B) = {format_bytes(plan.in_flight)}, model and optimizer state "
-            f"{format_bytes(plan.model)}; re-pack with smaller --host-cache/--pinned-cache/--device-cache, "
+            f"{format_bytes(plan.model)}, this process's runtimes {format_bytes(plan.process)}; re-pack with smaller --host-cache/--pinned-cache/--device-cache, "
             f"sample smaller batches (--batch-size, --fanouts), or raise --memory-budget")
 
     def _load_tier(self, tier: str, mmap: bool) -> np.ndarray:

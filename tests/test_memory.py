@@ -124,9 +124,11 @@ def test_store_plan_adds_the_in_flight_batches(packed, samples):
     batch = _largest_batch_inputs(samples) * packed.feat_dim * 4
     spare = SPARE_OUTPUTS * batch  # assembled matrices kept for reuse on a CPU store
     assert alone.in_flight == spare and alone.model == 0 and alone.tiers > 0 and alone.read_buffers > 0
-    assert training.batch_bytes == batch and training.in_flight == 6 * batch + spare
+    assert training.batch_bytes == batch and training.in_flight == (6 + 4) * batch + spare
     assert training.tiers == alone.tiers and training.read_buffers == 6 * alone.read_buffers // 4
-    assert training.total == alone.tiers + training.read_buffers + 6 * batch + spare + 12345
+    assert 0 < training.process < 4 << 30 and alone.process == 0  # the trainer's runtimes count in its budget
+    assert training.total == (alone.tiers + training.read_buffers + (6 + 4) * batch + spare + 12345
+                              + training.process)
 
 
 def test_assembled_matrices_are_reused_once_released(packed, samples):
@@ -173,3 +175,26 @@ def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples,
     deeper = TrainConfig(model="sage", epochs=1, hidden=16, device="cpu", threads=1, queue_depth=6)
     with pytest.raises(MemoryBudgetError, match=r"8 batches in flight \(queue depth 6 \+ 2\)"):
         train(packed, deeper, memory_budget=need.total)
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_cgroup_page_cache_counts_as_available(tmp_path, monkeypatch, v1):
+    """Page cache charged to the cgroup is reclaimable: the default budget must not shrink to nothing when
+    a previous step's files fill the cgroup's usage (it refused a 1 GiB-capped run with 16 MiB 'available')."""
+    import diskgnn.capabilities as caps
+    mib = 1 << 20
+    if v1:
+        (tmp_path / "memory.limit_in_bytes").write_text(str(1024 * mib))
+        (tmp_path / "memory.usage_in_bytes").write_text(str(1000 * mib))
+        (tmp_path / "memory.stat").write_text(f"cache 1\ntotal_inactive_file {600 * mib}\n"
+                                              f"total_active_file {150 * mib}\ninactive_file 5\nactive_file 5\n")
+    else:
+        (tmp_path / "memory.max").write_text(str(1024 * mib))
+        (tmp_path / "memory.current").write_text(str(1000 * mib))
+        (tmp_path / "memory.stat").write_text(f"anon {250 * mib}\nfile {750 * mib}\ninactive_file {600 * mib}\n"
+                                              f"active_file {150 * mib}\n")
+    monkeypatch.setattr(caps, "_own_cgroup_paths", lambda: [str(tmp_path)])
+    assert caps.cgroup_file_cache() == 750 * mib
+    assert caps.available_memory() == min(774 * mib, __import__("psutil").virtual_memory().available)
+    (tmp_path / "memory.stat").write_text("garbage\n")  # unreadable stats: the usage counts whole
+    assert caps.available_memory() == min(24 * mib, __import__("psutil").virtual_memory().available)
