@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -760,13 +761,38 @@ class Samples:
         idx = self.index(part)
         return np.array(self.all_input_nodes(part)[idx[i, 0]:idx[i + 1, 0]])
 
+    def _read(self, part: str, name: str, lo: int, hi: int) -> np.ndarray:
+        """Elements lo..hi-1 of one 1-d array of the part, read with pread into a new array.
+
+        Not through the memory map: pages a map has touched stay in the process's resident set
+        (file-mapped) for as long as the map lives, which a long training run would fill with
+        every batch it read; a read leaves them to the page cache, which the kernel can drop.
+        """
+        self._array(part, name)  # the file was checked to have exactly its promised size
+        spec = self._specs[part][name]
+        out = np.empty(max(int(hi) - int(lo), 0), dtype=spec.dtype)
+        if out.size == 0:
+            return out
+        path = self.path / spec.path
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
+            while done < out.nbytes:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; run diskgnn sample again")
+                done += got
+        finally:
+            os.close(fd)
+        return out
+
     def batch(self, part: str, i: int) -> MiniBatch:
         i = self._check_batch(part, i)
         idx = self.index(part)
         row, nxt = idx[i], idx[i + 1]
-        input_nodes = np.array(self._array(part, "input_nodes")[row[0]:nxt[0]])
-        block_indptr = np.array(self._array(part, "block_indptr")[row[1]:nxt[1]])
-        block_indices = np.array(self._array(part, "block_indices")[row[2]:nxt[2]])
+        input_nodes = self._read(part, "input_nodes", row[0], nxt[0])
+        block_indptr = self._read(part, "block_indptr", row[1], nxt[1])
+        block_indices = self._read(part, "block_indices", row[2], nxt[2])
         self._check_batch_arrays(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
         return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
 
