@@ -122,6 +122,17 @@ def _open(path: str | os.PathLike, flags: int, direct: bool | None, mode: int = 
     return os.open(path, flags, mode), False
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    """Write all of ``view`` at ``offset`` (short writes continued); a full disk raises DiskFullError."""
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwritev(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise_if_disk_full(exc, path.parent)
+            raise
+
+
 def _warn_buffered(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if directory not in _warned_buffered:
@@ -130,7 +141,26 @@ def _warn_buffered(path: str) -> None:
                     "the page cache and I/O figures there do not measure the disk", directory)
 
 
-class AlignedReader:
+class _Closing:
+    """``with`` support and a last-resort ``close()`` when garbage-collected, for classes with a ``close``."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class AlignedReader(_Closing):
     """Reads byte ranges of one file into aligned buffers with several requests in flight.
 
     Thread-safe: several threads may call :meth:`read_runs` at once (they share
@@ -164,18 +194,6 @@ class AlignedReader:
             self._pool.shutdown(wait=True)
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> "AlignedReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def _read_one(self, view: memoryview, offset: int, need: int) -> int:
         """Fill ``view`` from ``offset``; return bytes read. Fewer than ``need`` means the file ended."""
@@ -313,7 +331,7 @@ class AlignedReader:
         return ChunkStream(self, int(chunk_bytes), int(start), end, prefetch)
 
 
-class ChunkStream:
+class ChunkStream(_Closing):
     """Chunks of one file region from an :class:`AlignedReader`; see :meth:`AlignedReader.stream`."""
 
     def __init__(self, reader: AlignedReader, chunk_bytes: int, start: int, end: int, prefetch: bool):
@@ -361,18 +379,6 @@ class ChunkStream:
             self._ahead.shutdown(wait=True)
             self._ahead = None
 
-    def __enter__(self) -> "ChunkStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
 
 class AlignedWriter:
     """Appends to a new file sequentially with several aligned writes in flight, computing crc32.
@@ -413,13 +419,7 @@ class AlignedWriter:
         self._error: BaseException | None = None
 
     def _pwrite(self, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            try:
-                done += os.pwritev(self.fd, [view[done:]], offset + done)
-            except OSError as exc:
-                raise_if_disk_full(exc, self.path.parent)
-                raise
+        _pwrite_all(self.fd, view, offset, self.path)
 
     def _crc(self, view: memoryview) -> None:
         self.crc = zlib.crc32(view, self.crc)
@@ -571,13 +571,7 @@ class PositionalWriter:
 
     def _write_list(self, view: memoryview, pieces: list) -> None:
         for file_off, buf_off, length in pieces:
-            done = 0
-            while done < length:
-                try:
-                    done += os.pwritev(self.fd, [view[buf_off + done:buf_off + length]], file_off + done)
-                except OSError as exc:
-                    raise_if_disk_full(exc, self.path.parent)
-                    raise
+            _pwrite_all(self.fd, view[buf_off:buf_off + length], file_off, self.path)
 
     def write_pieces(self, buf: np.ndarray, file_offsets, buf_offsets, lengths) -> "_WriteHandle":
         """Write ``buf[buf_offsets[i]:+lengths[i]]`` at ``file_offsets[i]`` (all multiples of 4096)."""

@@ -521,17 +521,11 @@ def _chunk_bytes(ds: Dataset, wanted: int) -> int:
 
 def _fixed_bytes(plan: PackPlan, ds: Dataset, cfg: PackConfig, chunk_bytes: int) -> int:
     """Memory of packing besides the output buffers and their bucketed rows, with chunks of ``chunk_bytes``."""
-    return _fixed_bytes_of(plan.inputs.size, plan.maps.itemsize, plan.row_nodes.size, sum(plan.tier_rows.values()),
-                           ds, cfg, chunk_bytes)
-
-
-def _fixed_bytes_of(inputs: int, map_itemsize: int, rows: int, cached: int, ds: Dataset, cfg: PackConfig,
-                    chunk_bytes: int) -> int:
-    # indexes (int64 inputs, maps, int64 packed-row nodes, three per-node arrays), two chunk buffers and a
-    # converted copy
-    fixed = inputs * (8 + map_itemsize) + rows * 8 + 3 * 8 * ds.num_nodes + 3 * chunk_bytes
+    # indexes, two chunk buffers and a converted copy
+    fixed = (plan.inputs.nbytes + plan.maps.nbytes + plan.row_nodes.nbytes + 3 * 8 * ds.num_nodes
+             + 3 * chunk_bytes)
     if cfg.belady:  # the Belady bound runs beside the writes: its arrays share the budget
-        fixed += belady_memory(int(inputs), ds.num_nodes, cached)
+        fixed += belady_memory(int(plan.inputs.size), ds.num_nodes, sum(plan.tier_rows.values()))
     return int(fixed)
 
 
@@ -899,6 +893,54 @@ def _check_resumed_extents(path: Path, plan: PackPlan, written: np.ndarray, crcs
                 raise _CannotResume(f"extent {e} of {path} does not match its journaled checksum")
 
 
+class _TierFiles:
+    """The memory tiers' files, written while features.bin streams by (nodes ascending inside a tier).
+
+    :meth:`add` gathers a chunk's cached rows (nogil) into one reused buffer, sized up front for the
+    chunk holding the most, and appends them to their tier's file; ``resume``/``staged`` continue the
+    files of an interrupted streamed pack (see :meth:`AlignedWriter.checkpoint`).
+    """
+
+    def __init__(self, out: Path, plan: PackPlan, rows_per_chunk: int, nchunks: int,
+                 resume: list | None = None, staged: list | None = None):
+        bounds = np.cumsum([0] + [plan.tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
+        self.nodes = [plan.cache_nodes[bounds[k]:bounds[k + 1]] for k in range(len(TIER_NAMES))]
+        most = max((int(np.diff(np.searchsorted(tn, np.arange(0, nchunks + 1) * rows_per_chunk)).max())
+                    for tn in self.nodes if tn.size), default=0)
+        self._picked = np.empty((most, plan.row_bytes), dtype=np.uint8)
+        self._positions = np.arange(most, dtype=np.int64)
+        self.plan = plan
+        resume = resume or [None] * len(TIER_NAMES)
+        self.writers = [AlignedWriter(out / f"tier_{t}.bin", resume=resume[k]) for k, t in enumerate(TIER_NAMES)]
+        for w, data in zip(self.writers, staged or ()):
+            if data:
+                w.write(np.frombuffer(data, dtype=np.uint8))
+
+    def add(self, rows: np.ndarray, lo_node: int) -> None:
+        """Append the cached rows among ``rows`` (uint8 [R, row bytes], nodes lo_node ..) to their tiers."""
+        for tn, w in zip(self.nodes, self.writers):
+            a, b = np.searchsorted(tn, [lo_node, lo_node + rows.shape[0]])
+            if b > a:
+                picked = self._picked[:b - a]
+                gather_rows(rows, tn[a:b] - lo_node, self._positions[:b - a], picked)
+                w.write(picked)
+
+    def close(self, files: dict, feat_dim: int) -> int:
+        """Finish every tier file, add its spec to ``files``; returns the bytes written."""
+        store_dtype = feature_dtype(self.plan.store_dtype).newbyteorder("<").str
+        written = 0
+        for t, w in zip(TIER_NAMES, self.writers):
+            info = w.close()
+            files[f"tier_{t}"] = ArraySpec(path=f"tier_{t}.bin", dtype=store_dtype,
+                                           shape=(self.plan.tier_rows[t], feat_dim), crc32=info["crc32"]).to_json()
+            written += info["bytes"]
+        return written
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
+
+
 def _extent_crcs(view: np.ndarray, extents: np.ndarray, buf_offsets: np.ndarray, lengths: np.ndarray,
                  crcs: np.ndarray, done: np.ndarray, run_of_extent: np.ndarray, runs: np.ndarray) -> None:
     """Extend each extent's running crc32 with its piece (pieces of an extent arrive in file order)."""
@@ -920,7 +962,6 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
     """
     n, f = ds.num_nodes, ds.feat_dim
     src_dtype = feature_dtype(ds.feat_dtype)
-    store_dtype = feature_dtype(plan.store_dtype)
     rb, src_rb = plan.row_bytes, ds.row_bytes
     block_rows = plan.block_rows
     chunk_bytes = memory.chunk_bytes
@@ -933,14 +974,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
     row_starts = np.concatenate([[0], np.cumsum(ext_rows)]).astype(np.int64)
     ext_offsets = plan.extent_offsets.astype(np.int64)
     run_of_extent = np.cumsum(ext_rows > 0) - 1  # plain layout: one run per non-empty extent, in order
-    tier_bounds = np.cumsum([0] + [plan.tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
-    tier_nodes = [plan.cache_nodes[tier_bounds[k]:tier_bounds[k + 1]] for k in range(len(TIER_NAMES))]
     nblocks = bs.shape[1] - 1
-    rows_per_chunk = chunk_bytes // src_rb
-    tier_chunk_rows = max((int(np.diff(np.searchsorted(tn, np.arange(0, nblocks + 1) * rows_per_chunk)).max())
-                           for tn in tier_nodes if tn.size), default=0)
-    picked_buf = np.empty((tier_chunk_rows, rb), dtype=np.uint8) if tier_chunk_rows else None
-    positions = np.arange(max(tier_chunk_rows, 1), dtype=np.int64)
     carry = np.zeros((num_ext, ALIGN), dtype=np.uint8)
     staging = [aligned_empty(memory.group_bytes), aligned_empty(memory.group_bytes)]
     words = rb % 8 == 0
@@ -956,10 +990,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
     reader = AlignedReader(ds.features_path)
     writer = PositionalWriter(out / "packed.bin", plan.packed_bytes, depth=STREAM_WRITE_DEPTH,
                               keep=journal is not None)
-    tier_writers = [AlignedWriter(out / f"tier_{t}.bin", resume=tier_resume[k]) for k, t in enumerate(TIER_NAMES)]
-    for k, data in enumerate(staged):
-        if data:
-            tier_writers[k].write(np.frombuffer(data, dtype=np.uint8))
+    tiers = _TierFiles(out, plan, chunk_bytes // src_rb, nblocks, resume=tier_resume, staged=staged)
     crc_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-runcrc")
     handles: list = [None, None]
     bytes_read = 0
@@ -971,7 +1002,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
                         if h is not None:
                             h.wait()
                     handles = [None, None]
-                    _write_stream_journal(out, key, c, writer, tier_writers, carry, crcs)
+                    _write_stream_journal(out, key, c, writer, tiers.writers, carry, crcs)
                 t_wait = time.perf_counter()
                 off, raw = next(chunks)
                 t_got = time.perf_counter()
@@ -980,13 +1011,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
                 rows = raw.view(src_dtype).reshape(-1, f)
                 conv = convert_rows(rows, ds.feat_dtype, plan.store_dtype)
                 conv_bytes = conv.view(np.uint8).reshape(conv.shape[0], rb)
-                hi_node = lo_node + rows.shape[0]
-                for k, tn in enumerate(tier_nodes):
-                    a, b = np.searchsorted(tn, [lo_node, hi_node])
-                    if b > a:  # a nogil gather of the tier's rows in this block
-                        picked = picked_buf[:b - a]
-                        gather_rows(conv_bytes, tn[a:b] - lo_node, positions[:b - a], picked)
-                        tier_writers[k].write(picked)
+                tiers.add(conv_bytes, lo_node)
                 t_stage = time.perf_counter()
                 phase["convert_and_tiers_s"] += t_stage - t_got
                 lo, hi = bs[:, c], bs[:, c + 1]
@@ -1029,15 +1054,10 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
         phase["write_tail_s"] = time.perf_counter() - t_tail
         files = {"packed": ArraySpec(path="packed.bin", dtype="|u1", shape=(plan.packed_bytes,),
                                      crc32=None).to_json()}
-        written = writer.bytes_written
-        for k, t in enumerate(TIER_NAMES):
-            info = tier_writers[k].close()
-            files[f"tier_{t}"] = ArraySpec(path=f"tier_{t}.bin", dtype=store_dtype.newbyteorder("<").str,
-                                           shape=(plan.tier_rows[t], f), crc32=info["crc32"]).to_json()
-            written += info["bytes"]
+        written = writer.bytes_written + tiers.close(files, f)
     except BaseException:
-        for w in (writer, *tier_writers):
-            w.abort()
+        writer.abort()
+        tiers.abort()
         raise
     finally:
         crc_pool.shutdown(wait=True)
@@ -1115,7 +1135,6 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
     """Stream features.bin once per group, scatter rows to the tier files and the group buffer, write."""
     n, f = ds.num_nodes, ds.feat_dim
     src_dtype = feature_dtype(ds.feat_dtype)
-    store_dtype = feature_dtype(plan.store_dtype)
     rb = plan.row_bytes
     src_rb = ds.row_bytes
     file_end = n * src_rb
@@ -1123,20 +1142,14 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
     nchunks = max(1, -(-n // rows_per_chunk))
     groups = _groups(plan, group_bytes)
     row_starts = np.concatenate([[0], np.cumsum(plan.extent_rows)]).astype(np.int64)
-    tier_bounds = np.cumsum([0] + [plan.tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
-    tier_nodes = [plan.cache_nodes[tier_bounds[k]:tier_bounds[k + 1]] for k in range(len(TIER_NAMES))]
     passes = max(len(groups), 1 if plan.cache_nodes.size else 0)
     words = rb % 8 == 0
 
-    # Buffers reused for every chunk, allocated before the output buffers are faulted in (a fault
-    # elsewhere waits for the process's mmap lock while they are).
-    tier_chunk_rows = max((int(np.diff(np.searchsorted(tn, np.arange(0, nchunks + 1) * rows_per_chunk)).max())
-                           for tn in tier_nodes if tn.size), default=0)
-    picked_buf = np.empty((tier_chunk_rows, rb), dtype=np.uint8) if tier_chunk_rows else None
-    positions = np.arange(max(tier_chunk_rows, 1), dtype=np.int64)
+    # the tiers' gather buffer is allocated before the output buffers are faulted in (a fault elsewhere
+    # waits for the process's mmap lock while they are)
+    tiers = _TierFiles(out, plan, rows_per_chunk, nchunks)
     reader = AlignedReader(ds.features_path)
     writer = AlignedWriter(out / "packed.bin")
-    tier_writers = [AlignedWriter(out / f"tier_{t}.bin") for t in TIER_NAMES]
     bufs = [aligned_empty(group_bytes) if groups else None, aligned_empty(group_bytes) if len(groups) > 1 else None]
     # fault the output buffers in on another core while the first chunks are read
     faulting = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-prefault")
@@ -1196,15 +1209,7 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
                     conv = convert_rows(rows, ds.feat_dtype, plan.store_dtype)
                     conv_bytes = conv.view(np.uint8).reshape(conv.shape[0], rb)
                     if need_tiers:
-                        hi_node = lo_node + rows.shape[0]
-                        for k, tn in enumerate(tier_nodes):
-                            a, b = np.searchsorted(tn, [lo_node, hi_node])
-                            if b > a:  # a nogil gather of the tier's rows in this chunk
-                                if picked_buf is None or picked_buf.shape[0] < b - a:
-                                    picked_buf = np.empty((max(b - a, tier_chunk_rows), rb), dtype=np.uint8)
-                                picked = picked_buf[:b - a]
-                                gather_rows(conv_bytes, tn[a:b] - lo_node, positions[:b - a], picked)
-                                tier_writers[k].write(picked)
+                        tiers.add(conv_bytes, lo_node)
                     t_scatter = time.perf_counter()
                     phase["convert_and_tiers_s"] += t_scatter - t_got
                     if group is not None and starts[c + 1] > starts[c]:
@@ -1231,15 +1236,10 @@ def _write_rows(out: Path, plan: PackPlan, ds: Dataset, chunk_bytes: int, group_
         phase["write_tail_s"] = time.perf_counter() - t_tail
         files["packed"] = ArraySpec(path="packed.bin", dtype="|u1", shape=(info["bytes"],),
                                     crc32=info["crc32"]).to_json()
-        written = info["bytes"]
-        for k, t in enumerate(TIER_NAMES):
-            info = tier_writers[k].close()
-            files[f"tier_{t}"] = ArraySpec(path=f"tier_{t}.bin", dtype=store_dtype.newbyteorder("<").str,
-                                           shape=(plan.tier_rows[t], f), crc32=info["crc32"]).to_json()
-            written += info["bytes"]
+        written = info["bytes"] + tiers.close(files, f)
     except BaseException:
-        for w in (writer, *tier_writers):
-            w.abort()
+        writer.abort()
+        tiers.abort()
         raise
     finally:
         crc_pool.shutdown(wait=True)

@@ -42,6 +42,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, array_crc32, bf16_bits_to_float32, feature_dtype, open_array
@@ -702,7 +703,6 @@ class FeatureStore:
         if (extent_read.part, extent_read.index) != (part, int(index)):
             raise ConfigError(f"assemble({part!r}, {index}) was given the read of batch "
                               f"{extent_read.part}/{extent_read.index}")
-        import numba
         # dynamic scheduling of the gathers: with the reader's threads on the same cores, a static half
         # per thread leaves the kernel waiting for its slowest thread
         prev = numba.set_parallel_chunksize(GATHER_CHUNK_ROWS)

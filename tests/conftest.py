@@ -1,12 +1,56 @@
 """Shared fixtures: tiny odd-sized datasets made by the project's own generator."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 HAS_DGL = importlib.util.find_spec("dgl") is not None
 requires_dgl = pytest.mark.skipif(not HAS_DGL, reason="DGL is not installed (reference stack only)")
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    """Run ``diskgnn ARGV -q`` in this process: (exit code, what it wrote to stderr)."""
+    from diskgnn.tools.cli import main as cli_main
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = cli_main([str(a) for a in argv] + ["-q"])
+    return rc, err.getvalue()
+
+
+_KILL_AFTER_JOURNALS = """
+import os, signal, sys
+import {module} as journaling
+real_journal, left = journaling.write_resume_journal, int(sys.argv[1])
+
+def journal_then_die(*args, **kwargs):
+    global left
+    real_journal(*args, **kwargs)
+    left -= 1
+    if left == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+journaling.write_resume_journal = journal_then_die
+"""
+
+
+def run_killed(code: str, journals: int, module: str = "diskgnn.dataset") -> None:
+    """Run ``code`` in a fresh interpreter that is SIGKILLed right after its ``journals``-th journal.
+
+    ``module`` is where the step looks up ``write_resume_journal``; it is patched in that subprocess
+    only (the library has no test hook).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    script = _KILL_AFTER_JOURNALS.format(module=module) + textwrap.dedent(code)
+    r = subprocess.run([sys.executable, "-c", script, str(journals)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
 
 
 def pytest_configure(config):

@@ -6,8 +6,6 @@ checks that specific corruptions are reported with a useful message.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -15,19 +13,13 @@ import numpy as np
 import pytest
 
 from diskgnn.bench.reliability import FuzzCase, apply_mutation, build_fixtures, run_fuzz
-from diskgnn.tools.cli import main as cli_main
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     return build_fixtures(tmp_path_factory.mktemp("fuzz") / "fx", nodes=1409, dim=11)
-
-
-def run_cli(*argv) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = cli_main([str(a) for a in argv] + ["-q"])
-    return rc, err.getvalue()
 
 
 def corrupt_copy(src, dst):

@@ -10,43 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-import diskgnn.packing as packing
 from diskgnn.bench.reliability import snapshot_dir
 from diskgnn.manifest import RESUME_JOURNAL
 from diskgnn.packing import RESUME_CARRY, PackConfig, pack
 from diskgnn.sampling import SampleConfig, presample
 from diskgnn.synth import SynthConfig, synthesize
 
+from conftest import run_killed
+
 CFG = dict(host_cache="4%", order_block="8K", write_mode="stream", belady=False)
 JOURNAL = 64 << 10  # a journal every 8 blocks of 8 KiB
 BUDGET = "256M"
-
-KILLED_PACK = textwrap.dedent("""
-    import os, signal, sys
-    import diskgnn.packing as packing
-    from diskgnn.packing import PackConfig, pack
-    real_journal, left = packing.write_resume_journal, int(sys.argv[1])
-
-    def journal_then_die(*args, **kwargs):
-        global left
-        real_journal(*args, **kwargs)
-        left -= 1
-        if left == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-    packing.write_resume_journal = journal_then_die
-    packing.JOURNAL_BYTES = int(sys.argv[2])
-    pack(sys.argv[3], sys.argv[4], PackConfig(**eval(sys.argv[5])), memory_budget=sys.argv[6])
-""")
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -55,18 +33,14 @@ def runs(tmp_path_factory):
     ds = synthesize(SynthConfig(nodes=3001, avg_degree=5, dim=64, classes=3, seed=4, train_fraction=0.3,
                                 val_fraction=0.1, test_fraction=0.1), root / "ds")
     samples = presample(ds.path, root / "samples", SampleConfig(fanouts=(3, 4), batch_size=83, epochs=1, seed=2))
-    mp = pytest.MonkeyPatch()
-    mp.setattr(packing, "JOURNAL_BYTES", JOURNAL)
-    try:
-        ref = pack(samples.path, root / "ref", PackConfig(**CFG), memory_budget=BUDGET)
-    finally:
-        mp.undo()
+    ref = pack(samples.path, root / "ref", PackConfig(**CFG), memory_budget=BUDGET, journal_every=JOURNAL)
     assert ref.stats["write_mode"] == "stream" and ref.stats["resumed_from_block"] == 0
     killed = root / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-c", KILLED_PACK, "3", str(JOURNAL), str(samples.path), str(killed),
-                        repr(CFG), BUDGET], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    run_killed(f"""
+        from diskgnn.packing import PackConfig, pack
+        pack({str(samples.path)!r}, {str(killed)!r}, PackConfig(**{CFG!r}), memory_budget={BUDGET!r},
+             journal_every={JOURNAL})
+        """, 3, module="diskgnn.packing")
     return samples, ref.path, killed
 
 
@@ -78,20 +52,20 @@ def snapshot(directory) -> dict:
     return snap
 
 
-def _rerun(samples, out, caplog, monkeypatch, overwrite=False, **overrides):
-    monkeypatch.setattr(packing, "JOURNAL_BYTES", JOURNAL)
+def _rerun(samples, out, caplog, overwrite=False, **overrides):
     with caplog.at_level(logging.INFO, logger="diskgnn.packing"):
-        return pack(samples.path, out, PackConfig(**{**CFG, **overrides}), memory_budget=BUDGET, overwrite=overwrite)
+        return pack(samples.path, out, PackConfig(**{**CFG, **overrides}), memory_budget=BUDGET, overwrite=overwrite,
+                    journal_every=JOURNAL)
 
 
-def test_killed_pack_resumes_after_its_last_journal(runs, tmp_path, caplog, monkeypatch):
+def test_killed_pack_resumes_after_its_last_journal(runs, tmp_path, caplog):
     samples, ref, killed = runs
     out = tmp_path / "out"
     shutil.copytree(killed, out)
     assert not (out / "manifest.json").exists() and (out / RESUME_CARRY).exists()
     state = json.loads((out / RESUME_JOURNAL).read_text())["state"]
     assert state["next_block"] == 3 * 8
-    packed = _rerun(samples, out, caplog, monkeypatch)
+    packed = _rerun(samples, out, caplog)
     assert f"resuming {out} from block 24 of" in caplog.text
     st = packed.stats
     assert st["resumed_from_block"] == 24 and st["bytes_read"] < packed.dataset.feature_bytes - 24 * 8192 + 8192
@@ -100,7 +74,7 @@ def test_killed_pack_resumes_after_its_last_journal(runs, tmp_path, caplog, monk
 
 
 @pytest.mark.parametrize("damage", ["flip_packed", "flip_carry", "truncate_carry", "other_config", "overwrite"])
-def test_pack_starts_again_when_the_journal_does_not_fit(runs, tmp_path, caplog, monkeypatch, damage):
+def test_pack_starts_again_when_the_journal_does_not_fit(runs, tmp_path, caplog, damage):
     samples, ref, killed = runs
     out = tmp_path / "out"
     shutil.copytree(killed, out)
@@ -122,7 +96,7 @@ def test_pack_starts_again_when_the_journal_does_not_fit(runs, tmp_path, caplog,
             f.truncate(100)
     elif damage == "other_config":
         overrides = {"host_cache": "5%"}
-    packed = _rerun(samples, out, caplog, monkeypatch, overwrite=damage == "overwrite", **overrides)
+    packed = _rerun(samples, out, caplog, overwrite=damage == "overwrite", **overrides)
     assert "resuming" not in caplog.text and packed.stats["resumed_from_block"] == 0
     if overrides:
         fresh = pack(samples.path, tmp_path / "fresh", PackConfig(**{**CFG, **overrides}), memory_budget=BUDGET)
@@ -131,11 +105,11 @@ def test_pack_starts_again_when_the_journal_does_not_fit(runs, tmp_path, caplog,
         assert snapshot(out) == snapshot(ref)
 
 
-def test_groups_mode_never_resumes_but_redoes(runs, tmp_path, caplog, monkeypatch):
+def test_groups_mode_never_resumes_but_redoes(runs, tmp_path, caplog):
     """The group mode has no journal: a killed stream pack rerun in group mode starts afresh, same bytes."""
     samples, ref, killed = runs
     out = tmp_path / "out"
     shutil.copytree(killed, out)
-    packed = _rerun(samples, out, caplog, monkeypatch, write_mode="groups")
+    packed = _rerun(samples, out, caplog, write_mode="groups")
     assert packed.stats["write_mode"] == "groups" and "resuming" not in caplog.text
     assert snapshot_dir(out)["files"] == snapshot_dir(ref)["files"]

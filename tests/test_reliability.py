@@ -10,8 +10,6 @@
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import random
@@ -24,19 +22,13 @@ import pytest
 
 from diskgnn.bench.reliability import (build_fixtures, kill_trial, make_steps, reference_run, snapshot_dir,
                                        write_raw_input)
-from diskgnn.tools.cli import main as cli_main
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     return build_fixtures(tmp_path_factory.mktemp("rel") / "fx", nodes=1733, dim=12)
-
-
-def run_cli(*argv) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = cli_main([str(a) for a in argv] + ["-q"])
-    return rc, err.getvalue()
 
 
 # --- kill and resume ------------------------------------------------------------------------------

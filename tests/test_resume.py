@@ -15,10 +15,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -33,27 +29,7 @@ from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, file_crc32, prepare_r
                               read_resume_journal, write_resume_journal)
 from diskgnn.synth import SynthConfig, synthesize
 
-KILL_AFTER_JOURNALS = textwrap.dedent("""
-    import os, signal, sys
-    import diskgnn.dataset
-    real_journal, left = diskgnn.dataset.write_resume_journal, int(sys.argv[1])
-
-    def journal_then_die(*args, **kwargs):
-        global left
-        real_journal(*args, **kwargs)
-        left -= 1
-        if left == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-    diskgnn.dataset.write_resume_journal = journal_then_die
-""")
-
-
-def run_killed(code: str, journals: int) -> None:
-    """Run ``code`` in a fresh interpreter that is SIGKILLed right after its ``journals``-th journal."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-c", KILL_AFTER_JOURNALS + textwrap.dedent(code), str(journals)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+from conftest import run_killed
 
 
 @pytest.fixture
