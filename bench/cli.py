@@ -37,6 +37,17 @@ def bench_cli(args, progress) -> int:
         print(markdown(result))
         print(f"results: {path}")
         return 0
+    if args.what == "compute":
+        from diskgnn.bench.compute import markdown, measure, write
+        if not args.file:
+            raise ConfigError("bench compute needs --file SAMPLES_DIR (a samples directory: `diskgnn sample` output)")
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        result = measure(args.file, models=models, batches=args.batches, threads=args.threads)
+        result["command"] = "diskgnn " + " ".join(sys.argv[1:])
+        path = write(result, results, Path(args.out) if args.out else None, tag=Path(args.file).name)
+        print(markdown(result))
+        print(f"results: {path}")
+        return 0
     if args.what == "cache":
         from diskgnn.bench.cache import markdown_table, plot, policy_study, access_trace
         from diskgnn.sampling import Samples

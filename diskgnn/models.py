@@ -14,7 +14,7 @@ destination's own representation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from diskgnn.errors import ConfigError
+from diskgnn.ops import aggregate, edge_softmax, gat_aggregate, linear  # noqa: F401 (edge_softmax re-exported)
 
 MODELS = ("sage", "gat", "gcn")
 
@@ -40,6 +41,8 @@ class TorchBlock:
     """float32 [num_dst, 1]: number of in-edges of each destination."""
     num_src: int
     num_dst: int
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+    """Derived arrays of this block built on demand (the transpose of :mod:`diskgnn.ops`)."""
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, num_src: int, num_dst: int) -> "TorchBlock":
@@ -79,27 +82,9 @@ def to_torch_blocks(blocks: Sequence) -> list[TorchBlock]:
     return [TorchBlock.from_block(b) for b in blocks]
 
 
-def _sum_into_dst(block: TorchBlock, edge_values: torch.Tensor) -> torch.Tensor:
-    """Sum per-edge values ``[nnz, ...]`` into their destinations ``[num_dst, ...]``."""
-    out = edge_values.new_zeros((block.num_dst, *edge_values.shape[1:]))
-    return out.index_add_(0, block.dst, edge_values)
-
-
 def mean_aggregate(block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
     """Mean of the in-neighbours' rows for each destination (0 for a node without in-edges)."""
-    total = _sum_into_dst(block, h_src.index_select(0, block.src))
-    return total / block.in_degree.clamp(min=1.0).to(total.dtype)
-
-
-def edge_softmax(block: TorchBlock, scores: torch.Tensor) -> torch.Tensor:
-    """Softmax of ``scores`` [nnz, H] over the in-edges of each destination."""
-    index = block.dst.unsqueeze(1).expand_as(scores)
-    with torch.no_grad():  # the shift cancels out of the softmax, so it needs no gradient
-        peak = scores.new_full((block.num_dst, scores.shape[1]), float("-inf"))
-        peak = peak.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
-    weights = torch.exp(scores - peak.index_select(0, block.dst))
-    denom = _sum_into_dst(block, weights)
-    return weights / denom.index_select(0, block.dst)
+    return aggregate(block, h_src, "mean")
 
 
 class SAGEConv(nn.Module):
@@ -120,12 +105,12 @@ class SAGEConv(nn.Module):
         nn.init.xavier_uniform_(self.fc_neigh.weight, gain=gain)
 
     def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
-        h_dst = h_src[:block.num_dst]
         if self.in_dim > self.out_dim:
-            neigh = mean_aggregate(block, self.fc_neigh(h_src))
-        else:
-            neigh = self.fc_neigh(mean_aggregate(block, h_src))
-        return self.fc_self(h_dst) + neigh + self.bias
+            neigh = mean_aggregate(block, linear(h_src, self.fc_neigh.weight))
+            return torch.addmm(neigh + self.bias, h_src[:block.num_dst], self.fc_self.weight.t())
+        # [h_dst, mean] @ [W_self, W_neigh]^T: both projections in one matmul
+        both = aggregate(block, h_src, "mean", concat_self=True)
+        return linear(both, torch.cat([self.fc_self.weight, self.fc_neigh.weight], 1), self.bias)
 
 
 class GCNConv(nn.Module):
@@ -142,12 +127,9 @@ class GCNConv(nn.Module):
         self.fc = nn.Linear(in_dim, out_dim, bias=True)
 
     def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
-        project_first = self.in_dim > self.out_dim
-        if project_first:
-            h_src = F.linear(h_src, self.fc.weight)
-        h = h_src[:block.num_dst] + _sum_into_dst(block, h_src.index_select(0, block.src))
-        h = h / (block.in_degree + 1.0).to(h.dtype)
-        return h + self.fc.bias if project_first else self.fc(h)
+        if self.in_dim > self.out_dim:
+            return aggregate(block, linear(h_src, self.fc.weight), "gcn") + self.fc.bias
+        return linear(aggregate(block, h_src, "gcn"), self.fc.weight, self.fc.bias)
 
 
 class GATConv(nn.Module):
@@ -169,15 +151,22 @@ class GATConv(nn.Module):
         nn.init.xavier_normal_(self.attn_src, gain=gain)
         nn.init.xavier_normal_(self.attn_dst, gain=gain)
 
+    def attention_projections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[H, in_dim]`` maps of input rows straight to their source and destination attention terms.
+
+        ``<fc(h)[head], attn[head]> = h . (fc.weight[head]^T attn[head])``: folding the attention
+        vectors into the weights turns two ``[rows, H, D]`` products into thin matmuls.
+        """
+        w = self.fc.weight.view(self.heads, self.out_dim, self.in_dim)
+        return ((w * self.attn_src.view(self.heads, self.out_dim, 1)).sum(1),
+                (w * self.attn_dst.view(self.heads, self.out_dim, 1)).sum(1))
+
     def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
-        feat = self.fc(h_src).view(-1, self.heads, self.out_dim)
-        score_src = (feat * self.attn_src).sum(-1)                    # [num_src, H]
-        score_dst = (feat[:block.num_dst] * self.attn_dst).sum(-1)     # [num_dst, H]
-        scores = F.leaky_relu(score_src.index_select(0, block.src) + score_dst.index_select(0, block.dst),
-                              self.negative_slope)
-        alpha = edge_softmax(block, scores)                           # [nnz, H]
-        messages = feat.index_select(0, block.src) * alpha.unsqueeze(-1)
-        out = _sum_into_dst(block, messages)
+        feat = linear(h_src, self.fc.weight).view(-1, self.heads, self.out_dim)
+        proj_src, proj_dst = self.attention_projections()
+        score_src = h_src @ proj_src.t()                               # [num_src, H]
+        score_dst = h_src[:block.num_dst] @ proj_dst.t()               # [num_dst, H]
+        out = gat_aggregate(block, feat, score_src, score_dst, self.negative_slope)
         return out + self.bias.view(1, self.heads, self.out_dim)
 
 

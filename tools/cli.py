@@ -230,8 +230,9 @@ def _add_commands(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: disk limits, loaders, training, cache policies, report",
                        description="Measure diskgnn against baselines, side by side in one run, under a memory "
                                    "cgroup; see bench/README.md.")
-    p.add_argument("what", choices=["io", "loader", "train", "cache", "sample", "report"])
-    p.add_argument("--file", default=None, help="io: test file path (default: in --workdir)")
+    p.add_argument("what", choices=["io", "loader", "train", "compute", "cache", "sample", "report"])
+    p.add_argument("--file", default=None, help="io: test file path (default: in --workdir); compute, cache, "
+                                                "sample: the samples (compute, cache) or dataset (sample) directory")
     p.add_argument("--size", default="2G", help="io: test file size (default 2G)")
     p.add_argument("--scale", choices=["tiny", "s", "m"], default="s")
     p.add_argument("--workdir", default="bench/work", help="where generated data goes (deleted afterwards "
@@ -244,6 +245,9 @@ def _add_commands(sub) -> None:
                         "batches per epoch and scale up; the result says so (default 0 = all batches)")
     p.add_argument("--dataset", default=None, help="use this dataset directory instead of generating --scale")
     p.add_argument("--keep", action="store_true", help="keep generated data")
+    p.add_argument("--models", default="sage,gcn,gat", help="compute: models to time (default sage,gcn,gat)")
+    p.add_argument("--batches", type=int, default=20, help="compute: timed batches per model (after 3 warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="compute: torch threads (default 2)")
     p.add_argument("--results", default="bench/results", help="results directory")
     p.add_argument("--out", default=None, help="result JSON path")
     _common(p)

@@ -27,8 +27,9 @@ def _import_dgl():
 def _create_block(dgl, indptr, indices, num_src: int, num_dst: int, device):
     indptr = torch.as_tensor(np.asarray(indptr, dtype=np.int64)) if not torch.is_tensor(indptr) else indptr
     indices = torch.as_tensor(np.asarray(indices, dtype=np.int64)) if not torch.is_tensor(indices) else indices
-    empty = torch.empty(0, dtype=torch.int64)
-    block = dgl.create_block(("csc", (indptr.cpu().long(), indices.cpu().long(), empty)),
+    # explicit edge ids: DGL's CPU SpMM (libxsmm path) refuses a CSR without them in backward passes (GATConv)
+    edge_ids = torch.arange(indices.shape[0], dtype=torch.int64)
+    block = dgl.create_block(("csc", (indptr.cpu().long(), indices.cpu().long(), edge_ids)),
                              num_src_nodes=int(num_src), num_dst_nodes=int(num_dst), idtype=torch.int64)
     return block.to(device) if device is not None else block
 
