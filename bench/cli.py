@@ -28,9 +28,11 @@ def bench_cli(args, progress) -> int:
         from diskgnn.bench.report import markdown, write_outputs
         cap = parse_size(args.memory_cap, name="--memory-cap") if args.memory_cap else DEFAULT_CAPS[args.scale]
         systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(args.what)
+        from diskgnn.sampling import parse_fanouts
         cfg = BenchConfig(kind=args.what, scale=args.scale, workdir=Path(args.workdir), results=results,
                           memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
-                          slow_max_batches=args.slow_batches or 0, dataset=args.dataset)
+                          slow_max_batches=args.slow_batches or 0, dataset=args.dataset, model=args.model,
+                          fanouts=tuple(parse_fanouts(args.fanouts)), batch_size=args.batch_size)
         result = run_bench(cfg, progress)
         result["command"] = "diskgnn " + " ".join(sys.argv[1:])
         path = write_outputs(result, results, Path(args.out) if args.out else None)

@@ -1,10 +1,16 @@
-"""The real-library baseline: DGL's NeighborSampler + DataLoader with memmap features.
+"""The real-library baselines: DGL's NeighborSampler + DataLoader, features on disk or in RAM.
 
 Online sampling every epoch on an int64 DGL graph (DGL 2.1 with int32 ids was
-seen to corrupt blocks from the second batch on), features gathered from a
-``numpy.memmap`` of features.bin with MADV_RANDOM, the model from
-:mod:`diskgnn.models` on the converted blocks (or DGL's own SAGEConv when
-``--model dgl-sage``). Reference stack only.
+seen to corrupt blocks from the second batch on), on the main thread.
+
+* ``dgl-online``: features gathered from a ``numpy.memmap`` of features.bin
+  with MADV_RANDOM (under the memory cap), the model from
+  :mod:`diskgnn.models` on the converted blocks;
+* ``dgl-inmem``: every feature in RAM as a float32 torch tensor gathered with
+  ``index_select``, and DGL's own layers (:class:`diskgnn.bench.compute.DGLStack`):
+  what a user with enough RAM runs (no cap).
+
+Reference stack only.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from diskgnn.bench.packed_systems import _widen
 
 
 class DGLOnline:
-    def __init__(self, ds, sample_config, *, kind: str, model: str, hidden):
+    def __init__(self, ds, sample_config, *, kind: str, model: str, hidden, in_memory: bool = False):
         try:
             import dgl
         except ImportError:
@@ -33,16 +39,26 @@ class DGLOnline:
         self.train_idx = torch.from_numpy(np.asarray(ds.split("train"), dtype=np.int64))
         self.sampler = dgl.dataloading.NeighborSampler(list(sample_config.fanouts))
         self.batch_size = sample_config.batch_size
-        self.features = np.memmap(ds.features_path, dtype=ds.features.dtype, mode="r", shape=(ds.num_nodes, ds.feat_dim))
-        import mmap as _mmap
-        self.features._mmap.madvise(_mmap.MADV_RANDOM)
+        self.in_memory = in_memory
         self.feat_dtype = ds.feat_dtype
+        if in_memory:
+            self.features = torch.from_numpy(_widen(np.array(ds.features), ds.feat_dtype))
+        else:
+            self.features = np.memmap(ds.features_path, dtype=ds.features.dtype, mode="r",
+                                      shape=(ds.num_nodes, ds.feat_dim))
+            import mmap as _mmap
+            self.features._mmap.madvise(_mmap.MADV_RANDOM)
         self.labels = np.asarray(ds.labels)
         self.kind = kind
         self.rows = 0
         self.read = 0
         self.row_bytes = ds.row_bytes
-        if kind == "train":
+        if kind == "train" and in_memory:
+            from diskgnn.bench.compute import DGLStack
+            self.model = DGLStack(model, ds.feat_dim, ds.num_classes, len(sample_config.fanouts),
+                                  hidden or (32 if model == "gat" else 128), 4)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        elif kind == "train":
             from diskgnn.models import build_model
             self.model = build_model(model, in_dim=ds.feat_dim, num_classes=ds.num_classes,
                                      num_layers=len(sample_config.fanouts), hidden=hidden)
@@ -74,19 +90,22 @@ class DGLOnline:
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            ids = input_nodes.numpy()
-            order = np.argsort(ids, kind="stable")
-            rows = np.empty((ids.shape[0], self.features.shape[1]), dtype=self.features.dtype)
-            before = thread_read_bytes()
-            rows[order] = self.features[ids[order]]
-            self.read += thread_read_bytes() - before
-            x = torch.from_numpy(_widen(rows, self.feat_dtype))
+            if self.in_memory:
+                x = self.features.index_select(0, input_nodes)
+            else:
+                ids = input_nodes.numpy()
+                order = np.argsort(ids, kind="stable")
+                rows = np.empty((ids.shape[0], self.features.shape[1]), dtype=self.features.dtype)
+                before = thread_read_bytes()
+                rows[order] = self.features[ids[order]]
+                self.read += thread_read_bytes() - before
+                x = torch.from_numpy(_widen(rows, self.feat_dtype))
             self.rows += int(input_nodes.shape[0])
             t2 = time.perf_counter()
             clock.add("sample", busy=t1 - t0)
             clock.add("fetch", busy=t2 - t1)
             if self.kind == "train":
-                tb = self._blocks(blocks)
+                tb = blocks if self.in_memory else self._blocks(blocks)
                 y = torch.from_numpy(self.labels[seeds.numpy()])
                 loss = F.cross_entropy(self.model(tb, x), y)
                 self.opt.zero_grad()

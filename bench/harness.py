@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CAPS = {"tiny": 512 << 20, "s": 1 << 30, "m": 2 << 30}
 TIERS = (5, 10, 20)
+SLOW_SYSTEMS = ("pread", "mmap", "mmap-readahead", "dgl-online")
+"""Systems orders of magnitude slower: measured on ``--slow-batches`` batches per epoch and scaled."""
+UNCAPPED_SYSTEMS = ("in-memory", "dgl-inmem")
+"""The in-memory ceilings: every feature in RAM, run without the memory cap."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +51,11 @@ class BenchConfig:
     slow_max_batches: int = 0
     keep: bool = False
     dataset: str | None = None
+    model: str = "sage"
+    """Model of ``train`` runs (sage, gcn, gat)."""
+    fanouts: tuple[int, ...] = (10, 15)
+    """Sampling fanouts (DGL order: the last one is the seeds' layer); their count is the model's depth."""
+    batch_size: int = 1024
 
     def __post_init__(self):
         if self.kind not in ("loader", "train"):
@@ -60,7 +69,7 @@ def default_systems(kind: str) -> tuple[str, ...]:
     try:
         import importlib.util
         if importlib.util.find_spec("dgl") is not None:
-            systems.append("dgl-online")
+            systems += ["dgl-online", "dgl-inmem"]
     except ImportError:
         pass
     return tuple(systems)
@@ -109,7 +118,7 @@ def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict
     info["feature_bytes"] = ds.feature_bytes
     samples_dir = cfg.workdir / "samples"
     t0 = time.perf_counter()
-    scfg = SampleConfig(fanouts=(10, 15), batch_size=1024, epochs=1, seed=0)
+    scfg = SampleConfig(fanouts=tuple(cfg.fanouts), batch_size=cfg.batch_size, epochs=1, seed=0)
     presample(ds.path, samples_dir, scfg, overwrite=True, progress=progress)
     info["preprocessing"]["sample_s"] = time.perf_counter() - t0
     info["preprocessing"]["samples_bytes"] = _dir_bytes(samples_dir)
@@ -131,17 +140,18 @@ def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict
 def run_system(cfg: BenchConfig, system: str, inputs: dict) -> dict:
     """Run one system's worker under the memory cap and return its result dict."""
     args = ["--system", "diskgnn" if system.startswith("diskgnn") else system, "--kind", cfg.kind,
-            "--samples", inputs["samples"], "--epochs", str(cfg.epochs), "--warmup", str(cfg.warmup)]
+            "--samples", inputs["samples"], "--epochs", str(cfg.epochs), "--warmup", str(cfg.warmup),
+            "--model", cfg.model]
     if system.startswith("diskgnn"):
         tier = int(system.split("-")[1].rstrip("%"))
         args += ["--packed", inputs["packed"][tier]]
     elif system == "pread":
         args += ["--packed", inputs["packed"][10]]
-    slow = system in ("pread", "mmap", "mmap-readahead", "dgl-online") or cfg.kind == "train"
+    slow = system in SLOW_SYSTEMS
     limit = cfg.slow_max_batches if slow else cfg.max_batches
     if limit:
         args += ["--max-batches", str(limit)]
-    cap = None if system == "in-memory" else cfg.memory_cap
+    cap = None if system in UNCAPPED_SYSTEMS else cfg.memory_cap
     log.info("running %s (%s) under %s", system, cfg.kind, f"{cap >> 20} MiB" if cap else "no cap")
     run = run_capped(python_module_cmd("diskgnn.bench.worker", *args), cap, timeout=3600)
     result = None
@@ -199,13 +209,16 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
         for name, s in by_name.items():
             if name != "diskgnn-10%":
                 ratios[f"{name}_over_diskgnn-10%"] = s["epoch_time_s"] / base
+        for ceiling in UNCAPPED_SYSTEMS:  # how far the capped system is from each in-memory ceiling
+            if ceiling in by_name:
+                ratios[f"diskgnn-10%_over_{ceiling}"] = base / by_name[ceiling]["epoch_time_s"]
     result = {
         "scale": cfg.scale, "kind": cfg.kind, "commit": git_commit(), "memory_cap_bytes": cfg.memory_cap,
-        "cgroup": all(s.get("cgroup") for s in systems if s["name"] != "in-memory"),
+        "cgroup": all(s.get("cgroup") for s in systems if s["name"] not in UNCAPPED_SYSTEMS),
         "machine": machine_facts(cfg.workdir), "disk": disk,
         "config": {"epochs": cfg.epochs, "warmup": cfg.warmup, "max_batches": cfg.max_batches,
-                   "slow_max_batches": cfg.slow_max_batches, "fanouts": [10, 15], "batch_size": 1024,
-                   "model": "sage" if cfg.kind == "train" else None},
+                   "slow_max_batches": cfg.slow_max_batches, "fanouts": list(cfg.fanouts),
+                   "batch_size": cfg.batch_size, "model": cfg.model if cfg.kind == "train" else None},
         "preprocessing": inputs["preprocessing"], "feature_bytes": inputs["feature_bytes"],
         "systems": systems, "ratios": ratios,
         "bench_wall_s": time.perf_counter() - t_start,

@@ -12,6 +12,7 @@ pipeline load > read > assemble > compute, except dgl-online):
   pread           per-row O_DIRECT reads of uncached rows, same memory tiers as diskgnn
   diskgnn         the packed extents through diskgnn's FeatureStore
   dgl-online      DGL NeighborSampler + DataLoader over an int64 graph, memmap features
+  dgl-inmem       the same with every feature in RAM (torch tensor, index_select) and DGL's own layers
 """
 from __future__ import annotations
 
@@ -60,10 +61,11 @@ def main(argv=None) -> int:
     measured = min(nb, args.max_batches) if args.max_batches else nb
     hit_rate = None
 
-    if args.system == "dgl-online":
+    if args.system in ("dgl-online", "dgl-inmem"):
         from diskgnn.bench.dgl_online import DGLOnline
         from diskgnn.bench.worker_clock import StageClock
-        runner = DGLOnline(ds, samples.config, kind=args.kind, model=args.model, hidden=args.hidden)
+        runner = DGLOnline(ds, samples.config, kind=args.kind, model=args.model, hidden=args.hidden,
+                           in_memory=args.system == "dgl-inmem")
         clocks = []
 
         def run_epoch(e):
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     read_bytes = self_io_bytes().get("read_bytes", 0) - io0
     useful = useful_fn() - useful0
     feature_read = feature_read_fn() - fread0
-    if args.system not in ("dgl-online",):
+    if args.system not in ("dgl-online", "dgl-inmem"):
         fs = features.stats()
         hit_rate = fs.get("hit_rate")
     scale = nb / measured

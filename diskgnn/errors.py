@@ -55,6 +55,10 @@ class PipelineError(DiskGNNError, RuntimeError):
     """A training pipeline stage failed; the message names the stage."""
 
 
+class TrainingDivergedError(DiskGNNError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch and batch."""
+
+
 class CheckpointError(DiskGNNError, ValueError):
     """A checkpoint is missing, corrupt, or belongs to another run."""
 

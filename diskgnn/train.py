@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diskgnn.errors import CheckpointError, ConfigError, MismatchError
+from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
 from diskgnn.models import MODELS, TorchBlock, build_model
 from diskgnn.pipeline import Pipeline
@@ -533,27 +533,68 @@ class Trainer:
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
         with pipe:
-            for batch in pipe:
+            for k, batch in enumerate(pipe):
                 batch.wait()
                 self.optimizer.zero_grad(set_to_none=True)
                 logits = self.train_module(batch.blocks, batch.x)
                 loss = F.cross_entropy(logits, batch.labels)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise self._diverged(epoch, k, batch, value)
                 loss.backward()
                 self.optimizer.step()
                 n = batch.labels.shape[0]
-                loss_sum += loss.item() * n
+                loss_sum += value * n
                 correct += int((logits.argmax(1) == batch.labels).sum())
                 seen += n
                 self.progress(task, 1, len(keys))
         seconds = time.perf_counter() - t0
-        if not math.isfinite(loss_sum):
-            log.warning("epoch %d: the training loss is not finite; try a lower --lr", epoch + 1)
         return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
                 "batches_per_s": len(keys) / seconds if seconds > 0 else None,
                 "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen,
                 "stages": pipe.stats(), **store_epoch_metrics(store_before, self.features.stats())}
 
-    @torch.no_grad()
+    def _diverged(self, epoch: int, k: int, batch, value: float) -> TrainingDivergedError:
+        kept = (f"the checkpoint of epoch {self.epoch} in {self.cfg.checkpoint} is kept (the last good one)"
+                if self.cfg.checkpoint and self.epoch > 0 else
+                "no checkpoint was written yet" if self.cfg.checkpoint else "no --checkpoint was asked for")
+        return TrainingDivergedError(
+            f"training diverged: the loss is {value} at epoch {epoch + 1}, batch {k + 1} of the epoch "
+            f"(presampled batch {batch.part} #{batch.index}); {kept}. Lower --lr (now {self.cfg.lr}), add "
+            f"--dropout, or check the input features for NaN/inf values (diskgnn verify DATASET)")
+
+    def check_model(self) -> None:
+        """Run the model once on a one-edge batch of the packed features' width before training.
+
+        A model built for other data (feature width, classes, layers) then fails
+        here, naming both numbers, instead of in the first batch's matmul.
+        """
+        from diskgnn.sampling import Block
+        width, classes = int(self.dataset.feat_dim), int(self.dataset.num_classes)
+        layers = int(self.samples.config.num_layers)
+        one = Block(indptr=np.array([0, 1], dtype=np.int64), indices=np.array([0], dtype=np.int32),
+                    num_src=1, num_dst=1)
+        blocks = [TorchBlock.from_block(one).to(self.device) for _ in range(layers)]
+        x = torch.zeros((1, width), dtype=torch.float32, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                out = self.model(blocks, x)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"the model does not fit the packed data: it was given {width}-wide feature rows "
+                              f"and {layers} blocks (--fanouts has {layers} layers) and failed with "
+                              f"{type(exc).__name__}: {str(exc)[:300]}; build it with in_dim={width}, "
+                              f"num_classes={classes} and {layers} layers") from None
+        finally:
+            self.model.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"the model does not fit the packed data: it returns {shape} for one seed, but the "
+                              f"dataset has {classes} classes (expected shape (1, {classes})); build it with "
+                              f"num_classes={classes}")
+
+    @torch.inference_mode()
     def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
         """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
         self.model.eval()
@@ -630,6 +671,7 @@ class Trainer:
                             self.epoch, cfg.epochs)
         elif cfg.checkpoint and (Path(cfg.checkpoint) / CHECKPOINT_NAME).exists():
             log.warning("%s holds a checkpoint; it will be replaced (pass --resume to continue it)", cfg.checkpoint)
+        self.check_model()
         while self.epoch < cfg.epochs:
             e = self.epoch
             record: dict[str, Any] = {"event": "epoch", "epoch": e + 1}

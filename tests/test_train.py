@@ -275,3 +275,49 @@ def test_resume_keeps_the_records_of_earlier_runs(tiny_samples, tiny_dataset, tm
     # resuming a run that already holds every epoch only reports again: its final record replaces the last one
     make_trainer(tiny_samples, tiny_dataset, epochs=2, metrics=str(metrics), checkpoint=str(ck), resume=True).fit()
     assert metric_records(metrics) == metric_records_of(text)
+
+
+# --- models that do not fit, losses that diverge --------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(in_dim=7, num_classes=5), r"13-wide feature rows .* in_dim=13"),
+    (dict(in_dim=13, num_classes=4), r"returns \(1, 4\) .* 5 classes"),
+])
+def test_a_model_for_other_data_fails_before_the_first_batch(tiny_samples, tiny_dataset, kwargs, match):
+    from diskgnn.models import build_model
+    model = build_model("sage", num_layers=2, hidden=8, **kwargs)
+    features = DatasetFeatures(tiny_samples, tiny_dataset)
+    tr = Trainer(tiny_samples, tiny_dataset, features, TrainConfig(epochs=1, threads=1), model=model)
+    with pytest.raises(ConfigError, match=match):
+        tr.fit()
+    assert features.stats()["bytes_read"] == 0, "no batch may be read before the model is checked"
+
+
+class _PoisonAfter(torch.nn.Module):
+    """A model that returns NaN logits from its ``calls``-th training forward on."""
+
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls, self.seen = inner, calls, 0
+
+    def forward(self, blocks, x):
+        out = self.inner(blocks, x)
+        if self.training and x.shape[0] > 1:  # not the one-row shape check
+            self.seen += 1
+            if self.seen >= self.calls:
+                return out * float("nan")
+        return out
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_samples, tiny_dataset, tmp_path):
+    from diskgnn.errors import TrainingDivergedError
+    from diskgnn.models import build_model
+    torch.manual_seed(0)
+    nb = tiny_samples.num_batches("train/0")
+    model = _PoisonAfter(build_model("sage", in_dim=13, num_classes=5, num_layers=2, hidden=8), nb + 3)
+    ckpt = tmp_path / "ckpt"
+    tr = Trainer(tiny_samples, tiny_dataset, DatasetFeatures(tiny_samples, tiny_dataset),
+                 TrainConfig(epochs=3, threads=1, checkpoint=str(ckpt)), model=model)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 2, batch 3 .*epoch 1 .* is kept"):
+        tr.fit()
+    assert load_checkpoint(ckpt)["epoch"] == 1

@@ -245,6 +245,10 @@ def _add_commands(sub) -> None:
                         "batches per epoch and scale up; the result says so (default 0 = all batches)")
     p.add_argument("--dataset", default=None, help="use this dataset directory instead of generating --scale")
     p.add_argument("--keep", action="store_true", help="keep generated data")
+    p.add_argument("--model", default="sage", choices=["sage", "gcn", "gat"], help="train: the model (default sage)")
+    p.add_argument("--fanouts", default="10,15", help="loader, train: sampling fanouts, DGL order (default 10,15; "
+                                                      "the DiskGNN paper's deep setting is 5,10,15)")
+    p.add_argument("--batch-size", type=int, default=1024, help="loader, train: seeds per batch (default 1024)")
     p.add_argument("--models", default="sage,gcn,gat", help="compute: models to time (default sage,gcn,gat)")
     p.add_argument("--batches", type=int, default=20, help="compute: timed batches per model (after 3 warm-up)")
     p.add_argument("--threads", type=int, default=2, help="compute: torch threads (default 2)")
