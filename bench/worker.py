@@ -48,9 +48,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="sage")
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--assemble-threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
+        from diskgnn.train import set_numba_threads
         torch.set_num_threads(args.threads)
+        set_numba_threads(args.threads)  # the compute thread's fused kernels
 
     from diskgnn.dataset import Dataset
     from diskgnn.sampling import Samples
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
         from diskgnn.bench.packed_systems import make_features
         from diskgnn.train import BatchStages
         features = make_features(args.system, samples, ds, args.packed)
-        stages = BatchStages(samples, ds.labels, features, torch.device("cpu"))
+        stages = BatchStages(samples, ds.labels, features, torch.device("cpu"),
+                             assemble_threads=args.assemble_threads)
         if args.kind == "train":
             import torch.nn.functional as F
             from diskgnn.models import build_model

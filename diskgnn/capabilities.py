@@ -118,3 +118,11 @@ def supports_o_direct(directory: str) -> bool:
             os.unlink(path)
         except OSError:
             pass
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity; all cores where that is unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

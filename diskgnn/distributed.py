@@ -143,13 +143,10 @@ def rank_memory_budget(memory_budget, local_world_size: int) -> int:
 
 def rank_threads(threads: int | None, local_world_size: int) -> int:
     """Compute threads per rank: ``--threads`` if given, else the node's cores divided among its ranks."""
+    from diskgnn.capabilities import available_cores
     if threads is not None:
         return threads
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, local_world_size))
+    return max(1, available_cores() // max(1, local_world_size))
 
 
 def rank_device(name: str, info: RankInfo) -> torch.device:

@@ -73,7 +73,10 @@ class TrainConfig:
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (CUDA when available)."""
     threads: int | None = None
-    """torch intra-op threads (None: torch's default)."""
+    """Compute threads: torch intra-op threads and the fused kernels' numba threads (None: the cores this
+    process may run on); see :class:`ThreadBudget`."""
+    assemble_threads: int | None = None
+    """numba threads of the assembly stage's gathers (None: the same as ``threads``)."""
     eval_every: int = 1
     """Evaluate on val/test every this many epochs (and after the last)."""
     nproc: int = 1
@@ -97,6 +100,8 @@ class TrainConfig:
                   ("seed", self.seed, 0)]
         if self.threads is not None:
             checks.append(("threads", self.threads, 1))
+        if self.assemble_threads is not None:
+            checks.append(("assemble_threads", self.assemble_threads, 1))
         for name, value, low in checks:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
@@ -117,7 +122,8 @@ class TrainConfig:
                    hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4),
                    dropout=getattr(args, "dropout", 0.0), lr=getattr(args, "lr", 1e-3),
                    seed=getattr(args, "train_seed", 0) or 0, device=getattr(args, "device", "auto") or "auto",
-                   threads=getattr(args, "threads", None), eval_every=getattr(args, "eval_every", 1),
+                   threads=getattr(args, "threads", None),
+                   assemble_threads=getattr(args, "assemble_threads", None), eval_every=getattr(args, "eval_every", 1),
                    nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
                    checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)))
 
@@ -192,6 +198,44 @@ class DatasetFeatures:
         return {"bytes_read": self._bytes_useful, "bytes_useful": self._bytes_useful}
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadBudget:
+    """How the trainer's threads share the cores.
+
+    The pipeline's stages run at once: while the consumer computes batch k
+    (torch's intra-op threads, then the fused message-passing kernels' numba
+    threads, one after the other in the same thread), the assembly stage
+    gathers batch k+1 with its own numba threads, and the read stage's I/O
+    threads wait on the disk (they need almost no CPU). Measured at 2 cores on
+    scale m (``python -m diskgnn.bench.threads``): compute 2 + assembly 2 and
+    2 + 1 and 1 + 1 are within the run-to-run spread, 1 + 2 is about 15 % slower,
+    so both get every core by default and the OS shares them.
+    """
+    compute: int
+    """torch intra-op threads and numba threads of the compute thread's kernels."""
+    assemble: int
+    """numba threads of the assembly gathers."""
+
+    @classmethod
+    def from_config(cls, cfg: "TrainConfig") -> "ThreadBudget":
+        from diskgnn.capabilities import available_cores
+        compute = cfg.threads or available_cores()
+        return cls(compute=compute, assemble=cfg.assemble_threads or compute)
+
+    def apply_to_compute_thread(self) -> None:
+        """Set torch's and numba's thread counts for the calling (compute) thread."""
+        torch.set_num_threads(self.compute)
+        set_numba_threads(self.compute)
+
+
+def set_numba_threads(n: int) -> None:
+    """Use ``n`` numba threads in the calling thread (numba's setting is per thread), capped by its pool."""
+    import numba
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+
+
 # --- batches -----------------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -218,10 +262,13 @@ class _Batch:
 class BatchStages:
     """The stage functions of one trainer (load > read > assemble); :meth:`pipeline` chains them."""
 
-    def __init__(self, samples, labels: np.ndarray, features: FeatureSource, device: torch.device):
+    def __init__(self, samples, labels: np.ndarray, features: FeatureSource, device: torch.device, *,
+                 assemble_threads: int | None = None):
         self.samples, self.labels, self.features, self.device = samples, labels, features, device
         self.cuda = device.type == "cuda"
         self.side_stream = torch.cuda.Stream(device) if self.cuda else None
+        self.assemble_threads = assemble_threads
+        """numba threads of the assembly stage's gathers (None: numba's default); see :class:`ThreadBudget`."""
 
     def load(self, key: tuple[str, int]) -> _Batch:
         part, i = key
@@ -238,6 +285,8 @@ class BatchStages:
         return batch
 
     def assemble(self, batch: _Batch) -> _Batch:
+        if self.assemble_threads:
+            set_numba_threads(self.assemble_threads)  # per thread: the compute thread keeps its own count
         if self.cuda:
             with torch.cuda.stream(self.side_stream):
                 batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
@@ -491,8 +540,8 @@ class Trainer:
         self.progress = progress
         self.data_id = data_id or {"dataset_fingerprint": dataset.fingerprint,
                                    "samples": samples.config.to_json()}
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+        self.threads = ThreadBudget.from_config(cfg)
+        self.threads.apply_to_compute_thread()
         self.train_parts = list(samples.train_parts)
         for part in ("val", "test"):
             if samples.num_batches(part) == 0:
@@ -505,7 +554,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.train_module: torch.nn.Module = self.model
         """What training batches run through (a DistributedDataParallel wrapper of ``model`` when data-parallel)."""
-        self.stages = BatchStages(samples, dataset.labels, features, self.device)
+        self.stages = BatchStages(samples, dataset.labels, features, self.device,
+                                  assemble_threads=self.threads.assemble)
         self.metrics = _MetricsLog(cfg.metrics)
         self.epoch = 0
         self.history: list[dict] = []

@@ -17,31 +17,31 @@ LOOKAHEAD = 8
 LINE_BYTES = 64
 
 
+def _emit_prefetch(context, builder, arrty, array_value, index_values, index_types):
+    ary = context.make_array(arrty)(context, builder, array_value)
+    inds = [context.cast(builder, v, t, types.intp) for v, t in zip(index_values, index_types)]
+    ptr = cgutils.get_item_pointer2(context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
+                                    strides=cgutils.unpack_tuple(builder, ary.strides), layout=arrty.layout,
+                                    inds=inds, wraparound=False)
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+    # rw = 0 (read), locality = 3 (keep in every cache level), cache type = 1 (data)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    return context.get_dummy_value()
+
+
 @intrinsic
 def _prefetch_item(typingctx, arr, i, j):
-    """Prefetch the cache line holding ``arr[i, j]`` of a 2-D array (for reading, keep in all levels)."""
+    """Prefetch the cache line holding ``arr[i, j]`` of a 2-D array."""
     if not (isinstance(arr, types.Array) and arr.ndim == 2):
         return None
-    sig = types.void(arr, i, j)
 
     def codegen(context, builder, signature, args):
-        arrty = signature.args[0]
-        ary = context.make_array(arrty)(context, builder, args[0])
-        inds = [context.cast(builder, args[1], signature.args[1], types.intp),
-                context.cast(builder, args[2], signature.args[2], types.intp)]
-        ptr = cgutils.get_item_pointer2(context, builder, data=ary.data,
-                                        shape=cgutils.unpack_tuple(builder, ary.shape),
-                                        strides=cgutils.unpack_tuple(builder, ary.strides),
-                                        layout=arrty.layout, inds=inds, wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        # rw = 0 (read), locality = 3 (keep in every cache level), cache type = 1 (data)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+        return _emit_prefetch(context, builder, signature.args[0], args[0], args[1:], signature.args[1:])
 
-    return sig, codegen
+    return types.void(arr, i, j), codegen
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -50,3 +50,4 @@ def prefetch_row(arr, i):
     step = max(1, LINE_BYTES // arr.itemsize)
     for j in range(0, arr.shape[1], step):
         _prefetch_item(arr, i, j)
+

@@ -104,7 +104,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-budget", default=None,
                    help="memory this machine may use for feature tiers and buffers, e.g. 8G, divided among its "
                         "--nproc processes (default: available memory)")
-    g.add_argument("--threads", type=int, default=None, help="torch/numba threads per process (default: all cores)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="compute threads per process: torch's intra-op threads and the message-passing kernels' "
+                        "(default: every core this process may use; with --nproc N, its share)")
+    g.add_argument("--assemble-threads", type=int, default=None,
+                   help="threads that assemble each batch's feature matrix while the previous batch computes "
+                        "(default: the same as --threads)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
 
 
@@ -241,7 +246,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--systems", default=None, help="comma-separated subset of systems")
     p.add_argument("--epochs", type=int, default=3, help="measured epochs per system (after 1 warm-up)")
     p.add_argument("--slow-batches", type=int, default=0,
-                   help="measure slow systems (mmap, pread, dgl-online; every system under train) on this many "
+                   help="measure slow systems (mmap, pread, dgl-online) on this many "
                         "batches per epoch and scale up; the result says so (default 0 = all batches)")
     p.add_argument("--dataset", default=None, help="use this dataset directory instead of generating --scale")
     p.add_argument("--keep", action="store_true", help="keep generated data")
