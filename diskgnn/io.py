@@ -227,10 +227,21 @@ class AlignedReader(_Closing):
         bytes, computed request by request while later requests are in flight.
         Returns the bytes transferred.
         """
+        return self.submit_runs(runs, out, need=need, checksums=checksums).wait()
+
+    def submit_runs(self, runs, out: np.ndarray, *, need: list[int] | None = None,
+                    checksums: list | None = None) -> "PendingRead":
+        """Start :meth:`read_runs` and return at once; :meth:`PendingRead.wait` finishes it.
+
+        The requests queue behind those already submitted (``depth`` run at a time), so a
+        caller that submits the next read before waiting for the current one keeps the disk
+        busy across reads. ``out`` and ``checksums`` must not be touched before ``wait()``.
+        The crc32 of a run is extended piece by piece, in file order, by the I/O threads as
+        the pieces arrive.
+        """
         if self.direct and not is_aligned(out):
             raise ConfigError("read buffer is not 4096-aligned; allocate it with diskgnn.io.aligned_empty")
         view = memoryview(out).cast("B")
-        want_crc = checksums is not None
         big, small = [], []   # big: one request of a long run; small: a list of short runs read by one worker
         batch, batch_bytes = [], 0
         pos = 0
@@ -246,7 +257,7 @@ class AlignedReader(_Closing):
                 for lo in range(0, span, self.request_size):
                     size = min(self.request_size, span - lo)
                     big.append((pos + lo, offset + lo, size, min(size, max(must - lo, 0)), k,
-                                min(size, length - lo)))
+                                min(size, max(length - lo, 0))))
             elif span:
                 batch.append((pos, offset, span, min(span, must), k, length))
                 batch_bytes += span
@@ -256,40 +267,30 @@ class AlignedReader(_Closing):
             pos += span
         if batch:
             small.append(batch)
-        crcs = [0] * len(runs)
-        total = 0
-        njobs = len(big) + len(small)
-        if njobs == 1 and big:
-            job = big[0]
-            total = self._check(job, self._read_one(view[job[0]:job[0] + job[2]], job[1], job[3]))
-            if want_crc:
-                crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]])
-        elif njobs == 1:
-            total = self._read_small(view, small[0], crcs if want_crc else None)
-        elif njobs:
-            small_futures = [self._pool.submit(self._read_small, view, b, crcs if want_crc else None) for b in small]
-            big_futures = [(job, self._pool.submit(self._read_one, view[job[0]:job[0] + job[2]], job[1], job[3]))
-                           for job in big]
-            for job, fut in big_futures:
-                total += self._check(job, fut.result())
-                if want_crc:  # in file order, overlapping the requests still in flight
-                    crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]], crcs[job[4]])
-            for fut in small_futures:
-                total += fut.result()
-        if want_crc:
-            checksums[:] = crcs
-        with self._lock:
-            self.bytes_read += total
-            self.requests += len(big) + sum(len(b) for b in small)
-        return total
+        crcs = _RunCrcs(view, len(runs), big) if checksums is not None else None
+        pending = PendingRead(self, crcs, checksums, len(big) + sum(len(b) for b in small))
+        if len(big) + len(small) == 1:  # one job: no thread hop
+            job = (lambda: self._read_big(view, big[0], crcs)) if big else (
+                lambda: self._read_small(view, small[0], crcs))
+            pending._finish_inline(job)
+            return pending
+        pending.futures = [self._pool.submit(self._read_big, view, job, crcs) for job in big]
+        pending.futures += [self._pool.submit(self._read_small, view, b, crcs) for b in small]
+        return pending
 
-    def _read_small(self, view: memoryview, jobs, crcs) -> int:
+    def _read_big(self, view: memoryview, job, crcs: "_RunCrcs | None") -> int:
+        got = self._check(job, self._read_one(view[job[0]:job[0] + job[2]], job[1], job[3]))
+        if crcs is not None:
+            crcs.piece_done(job)
+        return got
+
+    def _read_small(self, view: memoryview, jobs, crcs: "_RunCrcs | None") -> int:
         """Read a list of short runs one after the other (one pool task: little Python per request)."""
         total = 0
         for job in jobs:
             total += self._check(job, self._read_one(view[job[0]:job[0] + job[2]], job[1], job[3]))
             if crcs is not None:
-                crcs[job[4]] = zlib.crc32(view[job[0]:job[0] + job[5]])
+                crcs.whole_run(job)
         return total
 
     def _check(self, job, got: int) -> int:
@@ -329,6 +330,89 @@ class AlignedReader(_Closing):
         if start % ALIGN or chunk_bytes % ALIGN or chunk_bytes <= 0:
             raise ConfigError(f"stream start {start} and chunk size {chunk_bytes} must be multiples of {ALIGN}")
         return ChunkStream(self, int(chunk_bytes), int(start), end, prefetch)
+
+
+class _RunCrcs:
+    """crc32 of each run of one :meth:`AlignedReader.submit_runs`, extended in file order as pieces arrive.
+
+    A long run is read in several requests that complete in any order; the thread that
+    completes the next piece in order extends the run's crc with it and with every
+    following piece already there, so checksumming overlaps the requests still in flight
+    and is spread over the I/O threads.
+    """
+
+    def __init__(self, view: memoryview, nruns: int, big: list):
+        self.view = view
+        self.values = [0] * nruns
+        self._lock = threading.Lock()
+        self._pieces: dict[int, list] = {}  # run -> its pieces (jobs) in file order
+        for job in big:
+            self._pieces.setdefault(job[4], []).append(job)
+        self._next = {k: 0 for k in self._pieces}
+        self._ready: dict[int, set] = {k: set() for k in self._pieces}
+        self._busy: set[int] = set()
+
+    def whole_run(self, job) -> None:
+        self.values[job[4]] = zlib.crc32(self.view[job[0]:job[0] + job[5]])
+
+    def piece_done(self, job) -> None:
+        k = job[4]
+        pieces = self._pieces[k]
+        with self._lock:
+            self._ready[k].add(job[0])
+        while True:
+            with self._lock:
+                j = self._next[k]
+                if k in self._busy or j >= len(pieces) or pieces[j][0] not in self._ready[k]:
+                    return
+                self._busy.add(k)
+            piece = pieces[j]
+            if piece[5]:
+                self.values[k] = zlib.crc32(self.view[piece[0]:piece[0] + piece[5]], self.values[k])
+            with self._lock:
+                self._next[k] = j + 1
+                self._busy.discard(k)
+
+
+class PendingRead:
+    """The requests of one :meth:`AlignedReader.submit_runs` in flight."""
+
+    def __init__(self, reader: AlignedReader, crcs: _RunCrcs | None, checksums: list | None, requests: int):
+        self.reader, self._crcs, self._checksums, self._requests = reader, crcs, checksums, requests
+        self.futures: list = []
+        self._result: int | None = None
+        self._error: BaseException | None = None
+        self._counted = False
+
+    def _finish_inline(self, job) -> None:
+        try:
+            self._result = job()
+        except BaseException as exc:  # raised again by wait(), like a failed request in the pool
+            self._error = exc
+
+    def done(self) -> bool:
+        return self._result is not None or self._error is not None or all(f.done() for f in self.futures)
+
+    def wait(self) -> int:
+        """Block until every request is done; return the bytes transferred (fills ``checksums``)."""
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            try:
+                self._result = sum(fut.result() for fut in self.futures)
+            except BaseException:
+                for fut in self.futures:  # the buffer stays in use until no request writes to it
+                    fut.cancel()
+                cf.wait(self.futures)
+                raise
+        if not self._counted:
+            self._counted = True
+            with self.reader._lock:
+                self.reader.bytes_read += self._result
+                self.reader.requests += self._requests
+        if self._checksums is not None and self._crcs is not None:
+            self._checksums[:] = self._crcs.values
+        return self._result
 
 
 class ChunkStream(_Closing):

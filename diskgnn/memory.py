@@ -93,6 +93,8 @@ class HostMemoryPlan:
     """What the process already holds (anonymous memory: the Python, torch and numba runtimes, indexes)."""
     activation_batches: int = 0
     """Forward/backward temporaries, in feature matrices of the largest batch."""
+    segment_buffers: int = 0
+    """Segments of the disk-budget layout held in memory (the one in use and the one read ahead)."""
 
     @property
     def in_flight(self) -> int:
@@ -100,7 +102,7 @@ class HostMemoryPlan:
 
     @property
     def total(self) -> int:
-        return self.tiers + self.read_buffers + self.in_flight + self.model + self.process
+        return self.tiers + self.read_buffers + self.segment_buffers + self.in_flight + self.model + self.process
 
 
 def process_anon_bytes() -> int:

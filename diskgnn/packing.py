@@ -33,6 +33,7 @@ file, or of every read run for a streamed packed.bin) is written, last. See
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import logging
 import math
 import os
@@ -44,12 +45,12 @@ from pathlib import Path
 import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype, node_id_dtype
-from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
+from diskgnn.errors import ConfigError, DiskFullError, MemoryBudgetError, MismatchError
 from diskgnn.io import (ALIGN, HUGE_BUFFER, AlignedReader, AlignedWriter, PositionalWriter, align_up, aligned_empty,
                         prefault)
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
-from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
-                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, stage_block,
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, plain_maps,
+                                     segment_block_maps, segment_row_counts, stage_block,
                                      tier_hits)
 from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, prepare_resumable_output_dir,
@@ -90,11 +91,10 @@ class PackConfig:
     """Bytes of features.bin streamed per chunk; None = chosen from the memory budget (see :func:`plan_pack_memory`)."""
     belady: bool = True
     """Compute the Belady (optimal offline) hit rate of the same cache size as a bound."""
-    seed: int = 0
-    """Seed of the MinHash functions of the disk-budget layout."""
-    gap_pages: int = 8
-    """Holes of at most this many pages inside a batch's page runs are read rather than skipped
-    (one more request costs about as much as 4-10 pages of sequential transfer on the disks here)."""
+    segment_memory: str | int | None = None
+    """Largest segment of the disk-budget layout, in bytes (``512M``): training reads a segment once per
+    pass and keeps it in memory while its batches are assembled (and the next one being read beside it).
+    None = a quarter of the step's memory budget."""
     order_block: str | int | None = None
     """Bytes of features.bin per node block of the plain layout's row order (an extent's rows are ordered
     by block, then by input position): the stream write mode reads one block at a time and writes each
@@ -116,8 +116,10 @@ class PackConfig:
             _check_size_text(self.chunk_size, "--chunk-size")
             if parse_size(self.chunk_size, name="--chunk-size") < ALIGN:
                 raise ConfigError(f"--chunk-size must be at least 4K, got {self.chunk_size!r}")
-        if self.gap_pages < 0:
-            raise ConfigError(f"gap_pages must be >= 0, got {self.gap_pages}")
+        if self.segment_memory is not None:
+            _check_size_text(self.segment_memory, "--segment-memory")
+            if parse_size(self.segment_memory, name="--segment-memory") < ALIGN:
+                raise ConfigError(f"--segment-memory must be at least 4K, got {self.segment_memory!r}")
         if self.order_block is not None:
             _check_size_text(self.order_block, "order_block")
             if parse_size(self.order_block, name="order_block") < ALIGN:
@@ -129,7 +131,7 @@ class PackConfig:
     def from_cli(cls, args) -> "PackConfig":
         kw = {}
         for name in ("device_cache", "pinned_cache", "host_cache", "disk_budget", "store_dtype", "chunk_size",
-                     "write_mode", "order_block"):
+                     "write_mode", "order_block", "segment_memory"):
             value = getattr(args, name, None)
             if value is not None:
                 kw[name] = value
@@ -188,10 +190,10 @@ class PackPlan:
     parts: list
     stats: dict
     block_rows: int = 0
-    """Plain layout: rows of an extent are ordered by node block of this many nodes (then input order);
-    0 for the segment layout."""
+    """Rows of an extent are ordered by node block of this many nodes (plain: then input order; segments:
+    then node id)."""
     block_starts: np.ndarray | None = None
-    """Plain layout: int64 [E, blocks + 1], extent e's rows of block c are block_starts[e, c] .. [e, c + 1] - 1."""
+    """int64 [E, blocks + 1], extent e's rows of block c are block_starts[e, c] .. [e, c + 1] - 1."""
 
 
 def _open_samples(samples):
@@ -237,14 +239,72 @@ def _check_tier_memory(tier_bytes: dict[str, int]) -> None:
                                     f"memory ({format_bytes(free)}); lower it")
 
 
-def plan_pack(samples, cfg: PackConfig, *, dataset=None, num_shards: int = 1, shard: int = 0) -> PackPlan:
+MEMORY_SHARE = 0.5
+"""Without ``--memory-budget``, pack plans for this share of the available memory."""
+FREE_SPACE_MARGIN = 0.05
+"""Share of the output filesystem's free space (at least :data:`FREE_SPACE_MARGIN_MIN`) that an automatic
+disk budget leaves free."""
+FREE_SPACE_MARGIN_MIN = 256 << 20
+
+
+def segment_memory_limit(cfg: PackConfig, memory_budget: int) -> int:
+    """The largest segment a pack with ``cfg`` may lay out (``--segment-memory``, else a quarter of the budget)."""
+    if cfg.segment_memory is not None:
+        return parse_size(cfg.segment_memory, name="--segment-memory")
+    return max(memory_budget // 4, ALIGN)
+
+
+def plan_pack(samples, cfg: PackConfig, *, dataset=None, num_shards: int = 1, shard: int = 0,
+              memory_budget=None) -> PackPlan:
     """Decide tiers, maps and the disk layout without writing anything."""
     samples = _open_samples(samples)
     ds = _open_dataset(samples, dataset)
-    return _plan(samples, ds, cfg, num_shards=num_shards, shard=shard)
+    budget = resolve_memory_budget(memory_budget, fraction=MEMORY_SHARE)
+    return _plan(samples, ds, cfg, num_shards=num_shards, shard=shard,
+                 max_segment_bytes=segment_memory_limit(cfg, budget))
 
 
-def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int) -> PackPlan:
+def _existing_bytes(path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _fit_free_space(plan: PackPlan, samples, ds: Dataset, cfg: PackConfig, out: Path, overwrite: bool, *,
+                    num_shards: int, shard: int, max_segment_bytes: int) -> PackPlan:
+    """Without ``--disk-budget``, a plan whose files would not fit the output filesystem is re-made
+    with the disk budget that does (segments), keeping a margin free; refuses when nothing fits."""
+    from diskgnn.manifest import _free_bytes
+    if cfg.disk_budget is not None:
+        return plan
+    need = footprint_bytes(plan)["total"]
+    free = _free_bytes(out) + _existing_bytes(out)  # an unfinished or replaced output's files are reused
+    margin = max(int(free * FREE_SPACE_MARGIN), FREE_SPACE_MARGIN_MIN)
+    if need <= free - margin:
+        return plan
+    room = free - margin - (need - plan.packed_bytes)  # tiers and index do not shrink with the layout
+    why = (f"the plain layout needs about {format_bytes(need)} but {out}'s filesystem has {format_bytes(free)} free "
+           f"(keeping {format_bytes(margin)} of it free)")
+    if room <= 0:
+        raise DiskFullError(errno.ENOSPC, f"not enough space to pack into {out}: {why}, and the memory tiers and "
+                                          f"the index alone need {format_bytes(need - plan.packed_bytes)}. Free some "
+                                          f"space or choose another --out directory")
+    log.warning("%s: packing with a disk budget of %s (%.2fx the feature bytes) instead", why, format_bytes(room),
+                room / ds.feature_bytes)
+    try:
+        fitted = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard, disk_budget_bytes=room,
+                       max_segment_bytes=max_segment_bytes)
+    except (ConfigError, MemoryBudgetError) as exc:
+        raise DiskFullError(errno.ENOSPC, f"not enough space to pack into {out}: {why}, and no disk-budget layout "
+                                          f"fits in {format_bytes(room)} either ({exc}). Free some space or choose "
+                                          f"another --out directory") from None
+    fitted.stats["disk_budget_auto"] = {"free_bytes": int(free), "margin_bytes": int(margin),
+                                        "budget_bytes": int(room), "plain_total_bytes": int(need)}
+    return fitted
+
+
+def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
+          disk_budget_bytes: int | None = None, max_segment_bytes: int | None = None) -> PackPlan:
     t0 = time.perf_counter()
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ConfigError(f"--shard must lie in 0..--num-shards-1, got shard {shard} of {num_shards}")
@@ -276,6 +336,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
     total_batches = g
     inputs = np.concatenate(inputs_l) if inputs_l else np.zeros(0, dtype=np.int64)
     lens = np.concatenate(lens_l) if lens_l else np.zeros(0, dtype=np.int64)
+    selected_l = selected
     selected = np.concatenate(selected) if selected else np.zeros(0, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     del inputs_l
@@ -315,101 +376,65 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
     count_uncached(inputs, offsets, slot_of_node, uncached)
     row_starts = np.concatenate([[0], np.cumsum(uncached)]).astype(np.int64)
     plain_bytes = int(((uncached * rb + (ALIGN - 1)) // ALIGN * ALIGN).sum())
-    budget = None if cfg.disk_budget is None else int(parse_factor(cfg.disk_budget, name="--disk-budget")
-                                                      * ds.feature_bytes)
+    budget = disk_budget_bytes
+    if budget is None and cfg.disk_budget is not None:
+        budget = int(parse_factor(cfg.disk_budget, name="--disk-budget") * ds.feature_bytes)
+    part_bounds = np.concatenate([[0], np.cumsum([len(x) for x in selected_l])]).astype(np.int64)
     plain = budget is None or plain_bytes <= budget
-    block_bytes = _order_block_bytes(ds, cfg, plain_bytes, int(np.count_nonzero(uncached))) if plain else 0
-    block_rows = max(block_bytes // ds.row_bytes, 1) if plain else max(n, 1)
+    if plain:
+        layout, seg_batches = "plain", None
+        extent_rows = uncached
+        extent_of_batch = np.arange(nsel, dtype=np.int64)
+        block_bytes = _order_block_bytes(ds, cfg, plain_bytes, int(np.count_nonzero(uncached)))
+    else:
+        layout = "segments"
+        seg_batches, bounds, extent_rows = _segments(inputs, offsets, slot_of_node, part_bounds, rb, budget,
+                                                     max_segment_bytes, ds, cfg)
+        extent_of_batch = np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
+        block_bytes = _order_block_bytes(ds, cfg, int(sum(align_up(int(r) * rb) for r in extent_rows)),
+                                         int(np.count_nonzero(extent_rows)))
+    block_rows = max(block_bytes // ds.row_bytes, 1)
     nblocks = max(-(-n // block_rows), 1)
-    maps = np.empty(inputs.size, dtype=map_dtype)
-    row_nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
-    block_starts = np.empty((nsel, nblocks + 1), dtype=np.int64)
     if nblocks > 1:  # rows on disk: -1 - their node block (a lookup the maps need anyway, no division)
         on_disk = np.flatnonzero(slot_of_node < 0)
         slot_of_node[on_disk] = (-1 - on_disk // block_rows).astype(slot_of_node.dtype)
         del on_disk
-    plain_maps(inputs, offsets, slot_of_node, n_cached, row_starts, nblocks, maps, row_nodes, block_starts)
-    batch_runs: list[np.ndarray] = []
-    if budget is None or plain_bytes <= budget:
-        layout, seg_batches = "plain", None
-        extent_rows = uncached
-        extent_bytes = (uncached * rb + (ALIGN - 1)) // ALIGN * ALIGN
-        extent_of_batch = np.arange(nsel, dtype=np.int64)
-        for c in uncached:
-            batch_runs.append(np.array([[0, align_up(int(c) * rb) // ALIGN, 0]], dtype=np.int64) if c
-                              else np.zeros((0, 3), dtype=np.int64))
+    maps = np.empty(inputs.size, dtype=map_dtype)
+    extents = len(extent_rows)
+    block_starts = np.empty((extents, nblocks + 1), dtype=np.int64)
+    if plain:
+        row_nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
+        plain_maps(inputs, offsets, slot_of_node, n_cached, row_starts, nblocks, maps, row_nodes, block_starts)
     else:
-        layout = "segments"
-        del row_nodes
-        block_rows, block_starts = 0, None
-        marker = np.empty(n, dtype=np.int64)
-
-        def seg_bytes(s: int) -> int:
-            bounds = np.unique(np.concatenate([np.arange(0, nsel, s), [nsel]])).astype(np.int64)
-            rows = segment_row_counts(inputs, offsets, slot_of_node, bounds, marker)
-            return int(sum(align_up(int(r) * rb) for r in rows))
-
-        minimum = seg_bytes(max(nsel, 1))
-        if minimum > budget:
-            raise ConfigError(
-                f"--disk-budget {cfg.disk_budget} ({format_bytes(budget)}) is below the smallest possible packed "
-                f"size: even storing each of the rows that batches read from disk once (all batches in one "
-                f"segment) takes {format_bytes(minimum)} = {minimum / ds.feature_bytes:.3f}x the feature bytes. "
-                f"Raise --disk-budget to at least {math.ceil(minimum / ds.feature_bytes * 100) / 100:.2f}x, or "
-                f"cache more rows (--host-cache) so fewer go to disk")
-        hi = 2
-        while hi < nsel and seg_bytes(hi) > budget:
-            hi *= 2
-        hi = min(hi, max(nsel, 1))
-        lo = max(hi // 2, 1)  # seg_bytes(lo) > budget (or lo == 1)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if seg_bytes(mid) <= budget:
-                hi = mid
-            else:
-                lo = mid
-        seg_batches = hi
-        if seg_bytes(seg_batches) > budget:  # sizes are not strictly monotone in the segment length
-            seg_batches = max(nsel, 1)
-        bounds = np.unique(np.concatenate([np.arange(0, nsel, seg_batches), [nsel]])).astype(np.int64)
-        local = np.full(n, -1, dtype=np.int64)
-        pos_of_node = marker
-        nodes_l, extent_rows_l = [], []
-        extent_of_batch = np.empty(nsel, dtype=np.int64)
-        for s in range(len(bounds) - 1):
-            b0, b1 = int(bounds[s]), int(bounds[s + 1])
-            nodes, sig1, sig2 = segment_minhash(inputs, offsets, b0, b1, slot_of_node, local, cfg.seed)
-            seg_nodes = nodes[np.lexsort((nodes, sig2, sig1))]
-            pos_of_node[seg_nodes] = np.arange(seg_nodes.size, dtype=np.int64)
-            segment_maps(inputs, offsets, b0, b1, slot_of_node, pos_of_node, n_cached, maps)
-            for b in range(b0, b1):
-                m = maps[offsets[b]:offsets[b + 1]]
-                rows = m[m >= n_cached].astype(np.int64) - n_cached
-                starts = np.empty(rows.size, dtype=np.int64)
-                npg = np.empty(rows.size, dtype=np.int64)
-                k = page_runs(rows, rb, ALIGN, cfg.gap_pages, starts, npg)
-                batch_runs.append(np.stack([starts[:k], npg[:k], np.zeros(k, dtype=np.int64)], axis=1))
-            extent_of_batch[b0:b1] = s
-            nodes_l.append(seg_nodes)
-            extent_rows_l.append(seg_nodes.size)
-        row_nodes = np.concatenate(nodes_l) if nodes_l else np.zeros(0, dtype=np.int64)
-        extent_rows = np.array(extent_rows_l, dtype=np.int64)
-        extent_bytes = np.array([align_up(int(c) * rb) for c in extent_rows], dtype=np.int64)
+        row_nodes = np.empty(int(extent_rows.sum()), dtype=np.int64)
+        marker = np.full(n, -1, dtype=np.int64)
+        at = 0
+        for e in range(extents):
+            b0, b1 = int(bounds[e]), int(bounds[e + 1])
+            got = segment_block_maps(inputs, offsets, b0, b1, slot_of_node, n_cached, nblocks, marker, maps,
+                                     row_nodes[at:at + int(extent_rows[e])], block_starts[e])
+            if got != extent_rows[e]:
+                raise RuntimeError(f"internal: segment {e} has {got} rows, its size said {int(extent_rows[e])}")
+            at += got
+        del marker
+    # one read run per non-empty extent; a segment's batches share their segment's run (read once, kept)
+    extent_bytes = (extent_rows.astype(np.int64) * rb + (ALIGN - 1)) // ALIGN * ALIGN
+    nonempty = extent_rows > 0
+    run_lo_of_extent = (np.cumsum(nonempty) - nonempty).astype(np.int64)
+    runs = np.zeros((int(nonempty.sum()), 3), dtype=np.int64)
+    runs[:, 1] = extent_bytes[nonempty] // ALIGN
     extent_offsets = np.concatenate([[0], np.cumsum(extent_bytes)[:-1]]).astype(np.int64) if extent_bytes.size \
         else np.zeros(0, dtype=np.int64)
     packed_bytes = int(extent_bytes.sum())
 
     batches = np.zeros((total_batches, 5), dtype=np.int64)
-    run_counts = np.array([len(r) for r in batch_runs], dtype=np.int64)
-    run_lo = np.concatenate([[0], np.cumsum(run_counts)]).astype(np.int64)
     batches[selected, 0] = offsets[:-1]
     batches[selected, 1] = offsets[1:]
-    batches[selected, 2] = run_lo[:-1]
-    batches[selected, 3] = run_lo[1:]
     if nsel:
+        batches[selected, 2] = run_lo_of_extent[extent_of_batch]
+        batches[selected, 3] = run_lo_of_extent[extent_of_batch] + nonempty[extent_of_batch]
         batches[selected, 4] = extent_offsets[extent_of_batch]
-    runs = np.concatenate(batch_runs).astype(np.int64) if batch_runs else np.zeros((0, 3), dtype=np.int64)
-    run_bytes = int(runs[:, 1].sum()) * ALIGN if runs.size else 0
+    run_bytes = int(runs[:, 1].sum()) * ALIGN if runs.size else 0  # every extent read once per pass
     useful = int(uncached.sum()) * rb
     bounds_arr = np.cumsum([0] + [tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
     hits = tier_hits(maps, bounds_arr)
@@ -431,6 +456,69 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int)
                     extent_rows=extent_rows, extent_offsets=extent_offsets, packed_bytes=packed_bytes,
                     plain_bytes=plain_bytes, layout=layout, segment_batches=seg_batches, parts=parts, stats=stats,
                     block_rows=block_rows, block_starts=block_starts)
+
+
+def _segment_bounds(part_bounds: np.ndarray, g: int) -> np.ndarray:
+    """First batch of every segment of ``g`` consecutive batches, never across a part's boundary."""
+    starts = [np.arange(int(part_bounds[p]), int(part_bounds[p + 1]), g) for p in range(len(part_bounds) - 1)]
+    return np.unique(np.concatenate(starts + [part_bounds[-1:]])).astype(np.int64)
+
+
+def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, max_segment_bytes: int | None,
+              ds: Dataset, cfg: PackConfig) -> tuple[int, np.ndarray, np.ndarray]:
+    """The segment layout for a disk budget: ``(batches per segment, segment bounds, rows per segment)``.
+
+    A segment stores each of its batches' uncached rows once; training reads it once per pass
+    and keeps it in memory while its batches are assembled, so a segment must fit in
+    ``max_segment_bytes``. Longer segments share more rows (a smaller file) but need more
+    memory: the shortest length whose file fits ``budget`` is taken.
+    """
+    marker = np.empty(ds.num_nodes, dtype=np.int64)
+
+    def rows_of(g: int) -> tuple[np.ndarray, np.ndarray]:
+        bounds = _segment_bounds(part_bounds, g)
+        return bounds, segment_row_counts(inputs, offsets, slot_of_node, bounds, marker)
+
+    def file_bytes(rows: np.ndarray) -> int:
+        return int(((rows * rb + ALIGN - 1) // ALIGN * ALIGN).sum())
+
+    longest = max(int(np.diff(part_bounds).max(initial=1)), 1)
+    bounds, rows = rows_of(longest)
+    minimum = file_bytes(rows)
+    if minimum > budget:
+        raise ConfigError(
+            f"--disk-budget {cfg.disk_budget or format_bytes(budget)} ({format_bytes(budget)}) is below the smallest "
+            f"possible packed size: even storing each of the rows that batches read from disk once per part (one "
+            f"segment per part) takes {format_bytes(minimum)} = {minimum / ds.feature_bytes:.3f}x the feature "
+            f"bytes. Raise --disk-budget to at least {math.ceil(minimum / ds.feature_bytes * 100) / 100:.2f}x, or "
+            f"cache more rows (--host-cache) so fewer go to disk")
+
+    def fits(g: int) -> bool:
+        return file_bytes(rows_of(g)[1]) <= budget
+
+    lo, hi = 1, longest  # fits(hi); find the smallest g that fits (sizes are close to monotone in g)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    g = lo if fits(lo) else hi
+    bounds, rows = rows_of(g)
+    largest = int(rows.max(initial=0)) * rb
+    if max_segment_bytes is not None and largest > max_segment_bytes:
+        a, b = 1, g  # the longest segments that fit the memory limit, to say what budget they need
+        while b - a > 1:
+            mid = (a + b) // 2
+            a, b = (mid, b) if int(rows_of(mid)[1].max(initial=0)) * rb <= max_segment_bytes else (a, mid)
+        need = file_bytes(rows_of(a)[1])
+        raise MemoryBudgetError(
+            f"--disk-budget {cfg.disk_budget or format_bytes(budget)} needs segments of {g} batches, and the largest "
+            f"holds {format_bytes(largest)} of rows; training reads a segment once and keeps it in memory while its "
+            f"batches are assembled, so a segment may take at most {format_bytes(max_segment_bytes)} "
+            f"(--segment-memory; by default a quarter of --memory-budget). Segments of {a} batches fit, and "
+            f"pack to {format_bytes(need)} = {need / ds.feature_bytes:.2f}x the feature bytes: raise --disk-budget "
+            f"to {math.ceil(need / ds.feature_bytes * 100) / 100:.2f}x, or raise --segment-memory to "
+            f"{format_bytes(largest)} (training then needs that much for a segment, twice to read the next one "
+            f"ahead), or cache more rows (--host-cache)")
+    return g, bounds, rows
 
 
 ORDER_BLOCK_MIN = 64 << 20
@@ -742,8 +830,11 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         raise ConfigError(f"--journal-every must be positive, got {journal_every!r}")
     samples = _open_samples(samples_dir)
     ds = _open_dataset(samples, dataset)
-    budget = resolve_memory_budget(memory_budget, fraction=0.7)
-    plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard)
+    budget = resolve_memory_budget(memory_budget, fraction=MEMORY_SHARE)
+    max_segment = segment_memory_limit(cfg, budget)
+    plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard, max_segment_bytes=max_segment)
+    plan = _fit_free_space(plan, samples, ds, cfg, Path(out), overwrite, num_shards=num_shards, shard=shard,
+                           max_segment_bytes=max_segment)
     memory = plan_pack_memory(plan, ds, cfg, budget)
     chunk_bytes, group_bytes = memory.chunk_bytes, memory.group_bytes
     log.info("pack memory: %s of the %s budget = %s for indexes, chunks and the Belady bound + %d output "
@@ -845,9 +936,10 @@ def _write_index(out: Path, plan: PackPlan) -> dict:
 def _run_checksums(plan: PackPlan, buf: np.ndarray, g_lo: int, g_hi: int) -> None:
     """Fill the crc32 of every read run whose extent lies in the buffer holding packed.bin[g_lo:g_hi]."""
     b = plan.batches
-    for g in np.flatnonzero((b[:, 3] > b[:, 2]) & (b[:, 4] >= g_lo) & (b[:, 4] < g_hi)):
-        base = int(b[g, 4]) - g_lo
-        for r in range(int(b[g, 2]), int(b[g, 3])):
+    inside = b[(b[:, 3] > b[:, 2]) & (b[:, 4] >= g_lo) & (b[:, 4] < g_hi)][:, 2:5]
+    for lo, hi, base in np.unique(inside, axis=0).tolist():  # a segment's batches share its run
+        base -= g_lo
+        for r in range(lo, hi):
             a = base + int(plan.runs[r, 0]) * ALIGN
             plan.runs[r, 2] = zlib.crc32(buf[a:a + int(plan.runs[r, 1]) * ALIGN])
 
@@ -973,7 +1065,7 @@ def _stream_rows(out: Path, plan: PackPlan, ds: Dataset, memory: PackMemory, pro
     ext_rows = plan.extent_rows.astype(np.int64)
     row_starts = np.concatenate([[0], np.cumsum(ext_rows)]).astype(np.int64)
     ext_offsets = plan.extent_offsets.astype(np.int64)
-    run_of_extent = np.cumsum(ext_rows > 0) - 1  # plain layout: one run per non-empty extent, in order
+    run_of_extent = np.cumsum(ext_rows > 0) - 1  # one run per non-empty extent, in order (both layouts)
     nblocks = bs.shape[1] - 1
     carry = np.zeros((num_ext, ALIGN), dtype=np.uint8)
     staging = [aligned_empty(memory.group_bytes), aligned_empty(memory.group_bytes)]

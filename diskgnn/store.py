@@ -455,14 +455,44 @@ class ExtentRead:
     run_buf_pages: np.ndarray
     """int64: first page of each run inside ``buffer``."""
     bytes_read: int
-    """Bytes transferred from disk."""
+    """Bytes transferred from disk (0 for a batch served from a segment another batch read)."""
     _pooled: np.ndarray | None = field(default=None, repr=False)
+    _pending: object = field(default=None, repr=False)
+    """The reader's :class:`~diskgnn.io.PendingRead` until the bytes are checked (see ``FeatureStore._finish``)."""
+    _crcs: list | None = field(default=None, repr=False)
+    _runs: np.ndarray | None = field(default=None, repr=False)
+    _base: int = 0
+    _shared: tuple | None = field(default=None, repr=False)
+    """The key of the segment this batch's rows come from (released after assembly)."""
+
+
+class _HeldSegment:
+    """A segment read into memory, shared by the batches of the segment while they use it."""
+
+    def __init__(self, read: ExtentRead):
+        self.read = read
+        self.refs = 0
+        self.lock = threading.Lock()
+        self.done = False
+        self.error: BaseException | None = None
+
+    def wait_done(self) -> None:
+        """Let the segment's requests finish (its buffer is reused after this)."""
+        pending = self.read._pending
+        if pending is not None:
+            try:
+                pending.wait()
+            except BaseException:
+                pass
 
 
 GATHER_CHUNK_ROWS = 2048
 """Rows per work item of the parallel gathers (numba's dynamic chunking)."""
 SPARE_OUTPUTS = 2
 """Assembled matrices a CPU store keeps for reuse (see :meth:`FeatureStore._take_output`)."""
+READ_AHEAD = 1
+"""Batches (or segments) whose reads are submitted before the read stage asks for them, so the disk has the
+next requests queued while the current ones complete."""
 
 
 class FeatureStore:
@@ -493,11 +523,19 @@ class FeatureStore:
             for name, arr in (("batches", self.batches), ("runs", self.runs), ("maps", self.maps),
                               ("cache_nodes", p.array("cache_nodes"))):
                 self._check_crc(name, arr)
-        runs_pages = np.zeros(len(self.batches) + 1, dtype=np.int64)
+        runs_pages = np.zeros(len(self.batches), dtype=np.int64)
         if len(self.runs):
             cum = np.concatenate([[0], np.cumsum(self.runs[:, 1])])
             runs_pages = cum[self.batches[:, 3]] - cum[self.batches[:, 2]]
-        self.max_read_bytes = int(runs_pages.max(initial=0)) * ALIGN
+        # batches that read the same runs of the same extent share a segment: it is read once and kept
+        keyed = self.batches[self.batches[:, 3] > self.batches[:, 2]][:, 2:5]
+        uniq, users = np.unique(keyed, axis=0, return_counts=True) if len(keyed) else (keyed, np.zeros(0, int))
+        self._segment_keys = {tuple(int(x) for x in k) for k, u in zip(uniq, users) if u > 1}
+        shared = np.array([tuple(int(x) for x in k) in self._segment_keys for k in self.batches[:, 2:5]], dtype=bool) \
+            if self._segment_keys else np.zeros(len(self.batches), dtype=bool)
+        self.max_segment_bytes = int(runs_pages[shared].max(initial=0)) * ALIGN if len(self.batches) else 0
+        self.max_read_bytes = int(runs_pages[~shared].max(initial=0)) * ALIGN if len(self.batches) else 0
+        self.held_segments = 2  # the one being assembled and the next one, read beside it
         self.max_input_nodes = int((self.batches[:, 1] - self.batches[:, 0]).max(initial=0))
         self._check_memory(memory_budget, pool_size, training)
         if self.cuda:
@@ -518,7 +556,13 @@ class FeatureStore:
         self._spare_outputs: list[np.ndarray] = []
         self._closed = False
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._staging: list = []
+        self._ahead: dict[tuple, ExtentRead] = {}
+        """Reads submitted before their batch asked for them (at most :data:`READ_AHEAD`)."""
+        self._held: dict[tuple, list] = {}
+        """Segments in memory: key -> [their ExtentRead, batches using it now, aligned buffer]; insertion
+        order is use order."""
         self.reset_stats()
 
     def memory_plan(self, pool_size: int = 4, training: TrainingMemory | None = None) -> HostMemoryPlan:
@@ -527,14 +571,17 @@ class FeatureStore:
         tiers = sum(p.specs[f"tier_{t}"].nbytes for t in TIER_NAMES if t != "device" or not self.cuda)
         batch_bytes = self.max_input_nodes * self.feat_dim * 4
         spare = 0 if self.cuda else SPARE_OUTPUTS
+        segments = self.held_segments * self.max_segment_bytes
         if training is None:
-            return HostMemoryPlan(tiers=int(tiers), read_buffers=pool_size * self.max_read_bytes,
-                                  in_flight_batches=0, batch_bytes=batch_bytes, model=0, spare_batches=spare)
+            return HostMemoryPlan(tiers=int(tiers), read_buffers=(pool_size + READ_AHEAD) * self.max_read_bytes,
+                                  in_flight_batches=0, batch_bytes=batch_bytes, model=0, spare_batches=spare,
+                                  segment_buffers=segments)
         # a trainer's budget is for the whole process: what the runtimes already hold counts too
         # an extent per batch between read and assembly (the pool keeps up to pool_size); assembled
         # matrices in the queue, in assembly and in the forward/backward pass
-        return HostMemoryPlan(tiers=int(tiers),
-                              read_buffers=max(pool_size, training.in_flight_batches) * self.max_read_bytes,
+        return HostMemoryPlan(tiers=int(tiers), segment_buffers=segments,
+                              read_buffers=(max(pool_size, training.in_flight_batches) + READ_AHEAD)
+                              * self.max_read_bytes,
                               in_flight_batches=training.in_flight_batches, batch_bytes=batch_bytes,
                               model=int(training.model_bytes), spare_batches=spare,
                               process=process_anon_bytes(),
@@ -544,8 +591,22 @@ class FeatureStore:
         budget = resolve_memory_budget(memory_budget)
         what = describe_budget(memory_budget, budget)
         plan = self.memory_plan(pool_size, training)
+        if plan.total > budget and self.max_segment_bytes and plan.total - self.max_segment_bytes <= budget:
+            self.held_segments = 1  # no room to read the next segment while this one is used: one at a time
+            log.warning("%s: %s holds one segment of %s but not two, so the next segment is read only after the "
+                        "current one is done (no overlap); raise the memory budget or pack with a smaller "
+                        "--segment-memory", self.packed.path, what, format_bytes(self.max_segment_bytes))
+            plan = self.memory_plan(pool_size, training)
         if plan.total <= budget:
             return
+        if self.max_segment_bytes and plan.segment_buffers >= plan.total - budget:
+            raise MemoryBudgetError(
+                f"{self.packed.path}: its segments take up to {format_bytes(self.max_segment_bytes)}, and a segment "
+                f"is kept in memory while its batches are assembled, but {what} leaves "
+                f"{format_bytes(max(budget - (plan.total - plan.segment_buffers), 0))} for it beside the rest "
+                f"({format_bytes(plan.total - plan.segment_buffers)}: tiers, batches in flight, model, runtimes); "
+                f"re-pack with --segment-memory {format_bytes(max(budget - (plan.total - plan.segment_buffers), 0))} "
+                f"or less (and a larger --disk-budget if needed), or raise --memory-budget")
         if training is None:
             raise MemoryBudgetError(
                 f"{self.packed.path}: the memory tiers ({format_bytes(plan.tiers)}) and read buffers need "
@@ -643,38 +704,198 @@ class FeatureStore:
             if len(self._pool) < self._pool_size:
                 self._pool.append(buf)
 
+    def segments(self, part: str) -> list[np.ndarray] | None:
+        """The batch indices of ``part`` grouped by the segment they read (disk-budget layout, in index
+        order); None when every batch reads its own extent (plain layout)."""
+        first, nb = self.packed._part(part)
+        rkeys = [tuple(int(x) for x in self.batches[first + i, 2:5]) for i in range(nb)]
+        if not any(k in self._segment_keys for k in rkeys):
+            return None
+        groups: dict[tuple, list[int]] = {}
+        for i, k in enumerate(rkeys):
+            groups.setdefault(k if k in self._segment_keys else ("own", i), []).append(i)
+        return [np.array(v, dtype=np.int64) for v in groups.values()]
+
+    def plan_reads(self, keys) -> None:
+        """The order of the ``(part, index)`` batches the next pass reads: lets :meth:`read` submit the
+        next batch's read (or the next segment's) while the current one is still being read or used."""
+        keys = [(str(p), int(i)) for p, i in keys]
+        rkeys = [tuple(int(x) for x in self.batches[self.packed.batch_id(p, i), 2:5]) for p, i in keys]
+        after: list[int | None] = [None] * len(keys)  # next position whose read differs and is not empty
+        for p in range(len(keys) - 2, -1, -1):
+            q = p + 1
+            while q is not None and (rkeys[q][1] == rkeys[q][0] or rkeys[q] == rkeys[p]):
+                q = after[q]
+            after[p] = q
+        nxt = {keys[p]: keys[q] for p, q in enumerate(after) if q is not None}
+        with self._lock:
+            self._next_read = nxt
+
     def read(self, part: str, index: int) -> ExtentRead:
-        """Read the pages of batch ``index`` of ``part`` that hold its uncached rows (O_DIRECT, GIL released)."""
+        """The pages of batch ``index`` of ``part`` that hold its uncached rows (O_DIRECT, GIL released).
+
+        Batches of one segment (disk-budget layout) share one read of the whole segment, kept in
+        memory while they use it (:meth:`release` after assembly). With :meth:`plan_reads`, the
+        next batch's (or segment's) requests are queued before this one is waited for.
+        """
         g = self.packed.batch_id(part, index)
         _, _, run_lo, run_hi, base = (int(x) for x in self.batches[g])
-        runs = self.runs[run_lo:run_hi]
-        npages = runs[:, 1].astype(np.int64) if len(runs) else np.zeros(0, dtype=np.int64)
-        buf_pages = np.concatenate([[0], np.cumsum(npages)[:-1]]).astype(np.int64) if len(runs) else npages
-        total = int(npages.sum()) * ALIGN
-        pooled = self._take_buffer(total) if total else None
-        buffer = pooled[:total] if pooled is not None else np.zeros(0, dtype=np.uint8)
-        if total:
-            file_runs = [(base + int(pg) * ALIGN, int(n) * ALIGN) for pg, n, _ in runs]
-            crcs = [] if self.check_crc else None
-            try:
-                got = self.reader.read_runs(file_runs, buffer, checksums=crcs)
-                if crcs is not None:
-                    for k, (pg, n, want) in enumerate(runs):
-                        if crcs[k] != int(want):
-                            raise IntegrityError(
-                                f"{self.reader.path}: batch {part}/{index} reads {int(n) * ALIGN} bytes at offset "
-                                f"{base + int(pg) * ALIGN} whose checksum does not match (crc32 {crcs[k]:08x}, "
-                                f"index says {int(want):08x}); the file is corrupt, re-run diskgnn pack")
-            except BaseException:
-                self._give_buffer(pooled)
-                raise
+        key = (run_lo, run_hi, base)
+        if run_hi == run_lo:
+            return ExtentRead(part=part, index=int(index), buffer=np.zeros(0, dtype=np.uint8),
+                              run_pages=np.zeros(0, dtype=np.int64), run_npages=np.zeros(0, dtype=np.int64),
+                              run_buf_pages=np.zeros(0, dtype=np.int64), bytes_read=0)
+        if key in self._segment_keys:
+            with self._cond:
+                seg = self._held.get(key)
+                if seg is None:
+                    seg = self._hold(key, part, index, wait=True)
+                else:
+                    self._held[key] = self._held.pop(key)  # most recently used last
+                seg.refs += 1
+            read = ExtentRead(part=part, index=int(index), buffer=seg.read.buffer, run_pages=seg.read.run_pages,
+                              run_npages=seg.read.run_npages, run_buf_pages=seg.read.run_buf_pages, bytes_read=0,
+                              _shared=key)
         else:
-            got = 0
+            with self._lock:
+                read = self._ahead.pop(key, None)  # None also when its read-ahead is still being submitted
+            if read is None:
+                read = self._submit(part, index, key)
+            read.part, read.index = part, int(index)
+        self._read_ahead(part, int(index))
+        try:
+            if read._shared is not None:
+                read.bytes_read = self._finish_segment(read._shared)
+            else:
+                self._finish(read)
+        except BaseException:
+            self.release(read)
+            raise
+        return read
+
+    def _submit(self, part: str, index: int, key: tuple, buffer: np.ndarray | None = None) -> ExtentRead:
+        run_lo, run_hi, base = key
+        runs = self.runs[run_lo:run_hi]
+        npages = runs[:, 1].astype(np.int64)
+        buf_pages = np.concatenate([[0], np.cumsum(npages)[:-1]]).astype(np.int64)
+        total = int(npages.sum()) * ALIGN
+        pooled = buffer if buffer is not None else self._take_buffer(total)
+        read = ExtentRead(part=part, index=int(index), buffer=pooled[:total],
+                          run_pages=np.ascontiguousarray(runs[:, 0], dtype=np.int64), run_npages=npages,
+                          run_buf_pages=buf_pages, bytes_read=0, _pooled=pooled if buffer is None else None,
+                          _runs=runs, _base=base, _crcs=[] if self.check_crc else None)
+        file_runs = [(base + int(pg) * ALIGN, int(n) * ALIGN) for pg, n, _ in runs]
+        try:
+            read._pending = self.reader.submit_runs(file_runs, read.buffer, checksums=read._crcs)
+        except BaseException:
+            self._give_buffer(read._pooled)
+            raise
+        return read
+
+    def _finish(self, read: ExtentRead) -> None:
+        """Wait for ``read``'s requests and check every run's crc32 against the index."""
+        if read._pending is None:
+            return
+        pending, read._pending = read._pending, None
+        got = pending.wait()
+        if read._crcs is not None:
+            for k, (pg, n, want) in enumerate(read._runs):
+                if read._crcs[k] != int(want):
+                    raise IntegrityError(
+                        f"{self.reader.path}: batch {read.part}/{read.index} reads {int(n) * ALIGN} bytes at offset "
+                        f"{read._base + int(pg) * ALIGN} whose checksum does not match (crc32 {read._crcs[k]:08x}, "
+                        f"index says {int(want):08x}); the file is corrupt, re-run diskgnn pack")
+        read.bytes_read = got
         with self._lock:
             self._bytes_read += got
-        return ExtentRead(part=part, index=int(index), buffer=buffer,
-                          run_pages=np.ascontiguousarray(runs[:, 0], dtype=np.int64) if len(runs) else npages,
-                          run_npages=npages, run_buf_pages=buf_pages, bytes_read=got, _pooled=pooled)
+
+    def _hold(self, key: tuple, part: str, index: int, *, wait: bool):
+        """Start reading segment ``key`` into a held slot (call with the lock held); None when no slot is
+        free and ``wait`` is false. A slot frees when no batch uses its segment any more."""
+        while len(self._held) >= self.held_segments:
+            idle = next((k for k, seg in self._held.items() if seg.refs == 0), None)
+            if idle is not None:
+                old = self._held.pop(idle)
+                old.wait_done()
+                self._spare_segment = old.read._pooled
+                continue
+            if not wait:
+                return None
+            if self._closed:
+                raise ConfigError("the feature store was closed while a read waited for a segment slot")
+            self._cond.wait(0.05)
+        buffer = getattr(self, "_spare_segment", None)
+        self._spare_segment = None
+        if buffer is None or len(buffer) < self.max_segment_bytes:
+            buffer = aligned_empty(max(self.max_segment_bytes, ALIGN))
+        read = self._submit(part, index, key, buffer=buffer)
+        read._pooled = buffer
+        seg = _HeldSegment(read)
+        self._held[key] = seg
+        return seg
+
+    def _finish_segment(self, key: tuple) -> int:
+        """Wait for segment ``key``'s read (once, for all its batches); the bytes read (0 after the first)."""
+        with self._lock:
+            seg = self._held[key]
+        with seg.lock:
+            if seg.error is not None:
+                raise seg.error
+            if seg.done:
+                return 0
+            try:
+                self._finish(seg.read)
+            except BaseException as exc:
+                seg.error = exc
+                raise
+            seg.done = True
+            return seg.read.bytes_read
+
+    def _read_ahead(self, part: str, index: int) -> None:
+        """Submit the read of the batch or segment :meth:`plan_reads` says comes next, if there is room."""
+        with self._cond:
+            nxt = getattr(self, "_next_read", {}).get((part, index))
+            if nxt is None or self._closed:
+                return
+            g = self.packed.batch_id(*nxt)
+            key = tuple(int(x) for x in self.batches[g, 2:5])
+            if key[1] == key[0]:
+                return
+            if key in self._segment_keys:
+                if key not in self._held:
+                    self._hold(key, nxt[0], nxt[1], wait=False)
+                return
+            if key in self._ahead or len(self._ahead) >= READ_AHEAD:
+                return
+            self._ahead[key] = None  # reserved: the buffer is taken outside the lock
+        read = self._submit(nxt[0], nxt[1], key)
+        with self._lock:
+            keep = not self._closed and key in self._ahead and self._ahead[key] is None
+            if keep:
+                self._ahead[key] = read
+        if not keep:
+            self.release(read)
+
+    def release(self, read: ExtentRead | None) -> None:
+        """Give the memory of ``read`` back once its batch is assembled (called by :meth:`assemble`)."""
+        if read is None:
+            return
+        if read._shared is not None:
+            with self._cond:
+                seg = self._held.get(read._shared)
+                if seg is not None:
+                    seg.refs -= 1
+                self._cond.notify_all()
+            read._shared = None
+            return
+        if read._pending is not None:  # never waited for: let its requests finish before the buffer is reused
+            try:
+                read._pending.wait()
+            except BaseException:
+                pass
+            read._pending = None
+        self._give_buffer(read._pooled)
+        read._pooled = None
 
     # -- assembly stage --
     def _split(self, part: str, index: int):
@@ -722,8 +943,7 @@ class FeatureStore:
                 result = self._assemble_cuda(n, counts, rows, positions, host_side)
         finally:
             numba.set_parallel_chunksize(prev)
-            self._give_buffer(extent_read._pooled)
-            extent_read._pooled = None
+            self.release(extent_read)
         with self._lock:
             self._hits += counts
             self._bytes_useful += int(counts[len(TIER_NAMES)]) * self.row_bytes
@@ -776,11 +996,22 @@ class FeatureStore:
         return self.assemble(part, index).cpu().numpy()
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            ahead, held = list(self._ahead.values()), list(self._held.values())
+            self._ahead.clear()
+            self._held.clear()
+            self._cond.notify_all()
+        for read in ahead:
+            if read is not None:
+                self.release(read)
+        for seg in held:
+            seg.wait_done()
         self.reader.close()
         with self._lock:
             self._pool.clear()
             self._spare_outputs.clear()
-            self._closed = True
+            self._spare_segment = None
 
     def __enter__(self) -> "FeatureStore":
         return self

@@ -136,9 +136,17 @@ class TrainConfig:
         return asdict(self)
 
 
-def epoch_permutation(seed: int, epoch: int, num_batches: int) -> np.ndarray:
-    """The shuffled batch order of training epoch ``epoch`` (0-based) over ``num_batches`` batches."""
-    return np.random.default_rng([seed, 0x0DE5, epoch]).permutation(num_batches)
+def epoch_permutation(seed: int, epoch: int, num_batches: int, segments: list[np.ndarray] | None = None) -> np.ndarray:
+    """The shuffled batch order of training epoch ``epoch`` (0-based) over ``num_batches`` batches.
+
+    With ``segments`` (groups of batches that read one segment of the disk-budget layout), the
+    segments are visited in a shuffled order and the batches of each in a shuffled order, so a
+    segment is read once per epoch.
+    """
+    if not segments:
+        return np.random.default_rng([seed, 0x0DE5, epoch]).permutation(num_batches)
+    rng = np.random.default_rng([seed, 0x5E6, epoch])
+    return np.concatenate([rng.permutation(segments[k]) for k in rng.permutation(len(segments))]).astype(np.int64)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -300,6 +308,8 @@ class BatchStages:
         return batch
 
     def pipeline(self, keys: list[tuple[str, int]], depth: int, name: str) -> Pipeline:
+        if hasattr(self.features, "plan_reads"):  # the store queues each next read before waiting on this one
+            self.features.plan_reads(keys)
         return Pipeline(keys, [("load", self.load), ("read", self.read), ("assemble", self.assemble)],
                         depth=depth, consumer="compute", name=name)
 
@@ -566,7 +576,8 @@ class Trainer:
     def epoch_order(self, epoch: int) -> tuple[str, np.ndarray]:
         """The part and batch order of training epoch ``epoch`` (0-based)."""
         part = self.train_parts[epoch % len(self.train_parts)]
-        return part, epoch_permutation(self.cfg.seed, epoch, self.samples.num_batches(part))
+        segments = self.features.segments(part) if hasattr(self.features, "segments") else None
+        return part, epoch_permutation(self.cfg.seed, epoch, self.samples.num_batches(part), segments)
 
     def eval_keys(self, parts) -> list[tuple[str, int]]:
         """The ``(part, batch)`` keys an evaluation pass over ``parts`` reads."""

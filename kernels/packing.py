@@ -132,91 +132,41 @@ def segment_row_counts(inputs, offsets, slot_of_node, seg_bounds, marker):
 
 
 @numba.njit(cache=True, nogil=True)
-def segment_minhash(inputs, offsets, b0, b1, slot_of_node, local_of_node, seed):
-    """The distinct uncached nodes of batches b0..b1-1 and two MinHash values of the batches using each.
+def segment_block_maps(inputs, offsets, b0, b1, slot_of_node, n_cached, nblocks, marker, maps, nodes, block_starts):
+    """Maps of one segment (batches b0 .. b1-1) of the segment layout: each uncached row stored once, by node id.
 
-    local_of_node: int64 [N] scratch that must be all -1; it is restored.
-    Returns (nodes int64 [U] in first-use order, sig1 uint64 [U], sig2 uint64 [U])
-    where sig_h(node) = min over batches b using node of hash_h(b).
+    ``slot_of_node[v]`` is the cache slot of v, or ``-1 - block`` for a row on disk (as for
+    :func:`plain_maps`). The segment's distinct uncached nodes are written to ``nodes`` in
+    ascending order (so by node block, the order in which the packer streams features.bin)
+    and its batches' maps point into them: ``maps[e] = n_cached + position`` (or the cache
+    slot). marker: int64 [N] scratch that must be all -1; it is restored.
+    block_starts: int64 [nblocks + 1] output, the segment's rows of block c are
+    ``block_starts[c] .. block_starts[c + 1] - 1``. Returns the number of distinct rows.
     """
-    total = offsets[b1] - offsets[b0]
-    nodes = np.empty(total, dtype=np.int64)
-    sig1 = np.empty(total, dtype=np.uint64)
-    sig2 = np.empty(total, dtype=np.uint64)
-    u = 0
-    k1 = splitmix64(np.uint64(seed) ^ np.uint64(0x51ED270B27CE19F3))
-    k2 = splitmix64(np.uint64(seed) ^ np.uint64(0x2F1A3C5B7D9E0F11))
-    for b in range(b0, b1):
-        h1 = splitmix64(k1 ^ np.uint64(b))
-        h2 = splitmix64(k2 ^ np.uint64(b))
-        for e in range(offsets[b], offsets[b + 1]):
-            v = inputs[e]
-            if slot_of_node[v] >= 0:
-                continue
-            loc = local_of_node[v]
-            if loc < 0:
-                loc = u
-                local_of_node[v] = u
-                nodes[u] = v
-                sig1[u] = _U64_MAX
-                sig2[u] = _U64_MAX
-                u += 1
-            if h1 < sig1[loc]:
-                sig1[loc] = h1
-            if h2 < sig2[loc]:
-                sig2[loc] = h2
-    for i in range(u):
-        local_of_node[nodes[i]] = -1
-    return nodes[:u], sig1[:u], sig2[:u]
-
-
-@numba.njit(cache=True, nogil=True)
-def segment_maps(inputs, offsets, b0, b1, slot_of_node, pos_of_node, n_cached, maps):
-    """Maps of batches b0..b1-1 of one segment: the cache slot, or n_cached + the node's segment row.
-
-    pos_of_node: int64 [N] segment row of every uncached node of the segment.
-    maps is indexed like ``inputs``.
-    """
+    count = 0
     for e in range(offsets[b0], offsets[b1]):
         v = inputs[e]
-        s = slot_of_node[v]
-        if s >= 0:
-            maps[e] = s
-        else:
-            maps[e] = n_cached + pos_of_node[v]
-
-
-@numba.njit(cache=True, nogil=True)
-def page_runs(rows, row_bytes, page, gap, run_start, run_pages):
-    """Runs of pages covering the given rows of an extent/segment.
-
-    rows: int64 [m] row indices (any order). Pages closer than ``gap`` pages
-    apart are merged into one run (reading a small hole is cheaper than
-    another request). Fills run_start/run_pages (int64, length >= m) and
-    returns the number of runs, in ascending page order.
-    """
-    m = rows.shape[0]
-    if m == 0:
-        return 0
-    srt = np.sort(rows)
-    n = 0
-    cur_start = (srt[0] * row_bytes) // page
-    cur_stop = (srt[0] * row_bytes + row_bytes - 1) // page + 1
-    for i in range(1, m):
-        p0 = (srt[i] * row_bytes) // page
-        p1 = (srt[i] * row_bytes + row_bytes - 1) // page + 1
-        if p0 <= cur_stop + gap:
-            if p1 > cur_stop:
-                cur_stop = p1
-        else:
-            run_start[n] = cur_start
-            run_pages[n] = cur_stop - cur_start
-            n += 1
-            cur_start = p0
-            cur_stop = p1
-    run_start[n] = cur_start
-    run_pages[n] = cur_stop - cur_start
-    return n + 1
+        if slot_of_node[v] < 0 and marker[v] < 0:
+            marker[v] = 0
+            nodes[count] = v
+            count += 1
+    mine = np.sort(nodes[:count])
+    for c in range(nblocks + 1):
+        block_starts[c] = 0
+    for k in range(count):
+        v = mine[k]
+        nodes[k] = v
+        marker[v] = k
+        block_starts[-slot_of_node[v]] += 1
+    for c in range(nblocks):
+        block_starts[c + 1] += block_starts[c]
+    for e in range(offsets[b0], offsets[b1]):
+        v = inputs[e]
+        slot = slot_of_node[v]
+        maps[e] = slot if slot >= 0 else n_cached + marker[v]
+    for k in range(count):
+        marker[nodes[k]] = -1
+    return count
 
 
 @numba.njit(cache=True, nogil=True)

@@ -199,3 +199,33 @@ def test_aligned_writer_checkpoint_and_resume_equal_one_write(tmp_path):
     again = w.close()
     assert again == whole
     assert (tmp_path / "two.bin").read_bytes() == (tmp_path / "one.bin").read_bytes()
+
+
+def test_submitted_reads_overlap_and_finish_in_any_order(tmp_path):
+    """Reads submitted back to back share the request pool; each lands and checksums exactly, whatever
+    order they are waited for in, and is counted once."""
+    path, data = _file(tmp_path, 300 * 4096 + 77)
+    plans = [[(0, 90 * 4096 + 5)], [(100 * 4096, 4096), (120 * 4096, 60 * 4096)], [(200 * 4096, 100 * 4096 + 77)]]
+    with AlignedReader(path, request_size=8192, depth=3) as r:
+        outs = [aligned_empty(sum(align_up(n) for _, n in runs)) for runs in plans]
+        crcs = [[] for _ in plans]
+        pending = [r.submit_runs(runs, out, checksums=c) for runs, out, c in zip(plans, outs, crcs)]
+        for p in reversed(pending):
+            p.wait()
+        assert pending[0].wait() == pending[0].wait()
+        total = sum(p.wait() for p in pending)
+        assert r.bytes_read == total, "every read is counted once"
+    for runs, out, c in zip(plans, outs, crcs):
+        pos = 0
+        for (off, n), crc in zip(runs, c):
+            assert np.array_equal(out[pos:pos + n], data[off:off + n])
+            assert crc == zlib.crc32(data[off:off + n].tobytes())
+            pos += align_up(n)
+
+
+def test_submitted_read_of_a_truncated_file_fails_on_wait(tmp_path):
+    path, _ = _file(tmp_path, 10 * 4096)
+    with AlignedReader(path, request_size=4096, depth=2) as r:
+        pending = r.submit_runs([(0, 20 * 4096)], aligned_empty(20 * 4096))
+        with pytest.raises(IntegrityError, match="truncated"):
+            pending.wait()

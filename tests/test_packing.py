@@ -12,8 +12,8 @@ from diskgnn.errors import (ConfigError, IntegrityError, ManifestNotFoundError, 
 from diskgnn.io import ALIGN
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows, gather_rows_lut,
                                     scatter_bytes, scatter_words, split_map)
-from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, page_runs,
-                                     plain_maps, segment_maps, segment_minhash, segment_row_counts, stage_block,
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, plain_maps,
+                                     segment_block_maps, segment_row_counts, stage_block,
                                      tier_hits)
 from diskgnn.packing import BUCKET_BYTES_PER_ROW, PackConfig, belady_hit_rate, convert_rows, pack, pack_memory, plan_pack
 from diskgnn.sampling import SampleConfig, presample
@@ -155,48 +155,30 @@ def test_plan_kernels_match_numpy():
     assert hits.tolist() == [int((maps < 5).sum()), 0, int(((maps >= 5) & (maps < 12)).sum()), int((maps >= 12).sum())]
 
 
-def test_segment_minhash_and_maps_match_numpy():
+@pytest.mark.parametrize("block_rows", [40, 7])  # one block, several blocks
+def test_segment_block_maps_match_numpy(block_rows):
     rng = np.random.default_rng(1)
     n = 40
     inputs, offsets = _batches(rng, n, nb=5)
     slot = np.full(n, -1, dtype=np.int64)
     slot[:5] = np.arange(5)
-    local = np.full(n, -1, dtype=np.int64)
-    nodes, s1, s2 = segment_minhash(inputs, offsets, 1, 4, slot, local, 7)
-    assert (local == -1).all(), "the scratch array is restored"
-    x = inputs[offsets[1]:offsets[4]]
-    assert sorted(nodes.tolist()) == sorted(set(x[slot[x] < 0].tolist()))
-    users = {int(v): {b for b in range(1, 4) if v in inputs[offsets[b]:offsets[b + 1]]} for v in nodes}
-    # rows used by the same set of batches get the same signature
-    for i in range(nodes.size):
-        for j in range(nodes.size):
-            if users[int(nodes[i])] == users[int(nodes[j])]:
-                assert s1[i] == s1[j] and s2[i] == s2[j]
-    pos = np.full(n, -1, dtype=np.int64)
-    pos[nodes] = np.arange(nodes.size)
+    nblocks = -(-n // block_rows)
+    on_disk = slot < 0
+    slot[on_disk] = -1 - np.flatnonzero(on_disk) // block_rows
+    marker = np.full(n, -1, dtype=np.int64)
     maps = np.full(inputs.size, -99, dtype=np.int64)
-    segment_maps(inputs, offsets, 1, 4, slot, pos, 5, maps)
+    nodes = np.empty(inputs.size, dtype=np.int64)
+    starts = np.empty(nblocks + 1, dtype=np.int64)
+    k = segment_block_maps(inputs, offsets, 1, 4, slot, 5, nblocks, marker, maps, nodes, starts)
+    assert (marker == -1).all(), "the scratch array is restored"
+    x = inputs[offsets[1]:offsets[4]]
+    want = np.unique(x[slot[x] < 0])
+    assert k == want.size and np.array_equal(nodes[:k], want), "each uncached row once, by node id"
     m = maps[offsets[1]:offsets[4]]
     assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
-    assert np.array_equal(m[slot[x] < 0], 5 + pos[x[slot[x] < 0]])
-    assert (maps[:offsets[1]] == -99).all()
-
-
-@pytest.mark.parametrize("rb,gap", [(52, 0), (512, 2), (5000, 1), (8, 3)])
-def test_page_runs_match_numpy(rb, gap):
-    rng = np.random.default_rng(rb)
-    rows = rng.choice(400, 37, replace=False).astype(np.int64)
-    st, ln = np.empty(rows.size, np.int64), np.empty(rows.size, np.int64)
-    k = page_runs(rows, rb, ALIGN, gap, st, ln)
-    pages = sorted({p for r in rows for p in range(r * rb // ALIGN, (r * rb + rb - 1) // ALIGN + 1)})
-    twin = []
-    for p in pages:
-        if twin and p <= twin[-1][1] + gap:
-            twin[-1][1] = p + 1
-        else:
-            twin.append([p, p + 1])
-    assert [(int(a), int(b)) for a, b in zip(st[:k], ln[:k])] == [(a, b - a) for a, b in twin]
-    assert page_runs(rows[:0], rb, ALIGN, gap, st, ln) == 0
+    assert np.array_equal(nodes[m[slot[x] < 0] - 5], x[slot[x] < 0]), "maps point at the row of that node"
+    assert (maps[:offsets[1]] == -99).all() and (maps[offsets[4]:] == -99).all()
+    assert starts.tolist() == [int(np.searchsorted(want // block_rows, c)) for c in range(nblocks + 1)]
 
 
 def test_bucket_rows_and_extent_dests():
@@ -335,8 +317,8 @@ ROUND_TRIPS = [
     dict(host_cache="0", store_dtype="fp16"),
     dict(device_cache="3%", pinned_cache="2%", host_cache="5%", store_dtype="bf16", chunk_size="8K"),
     dict(host_cache="100%"),
-    dict(host_cache="1%", disk_budget="1.3x", chunk_size="12K"),
-    dict(device_cache="52", host_cache="0", disk_budget="1.5x", store_dtype="bf16"),
+    dict(host_cache="1%", disk_budget="3x", chunk_size="12K"),
+    dict(device_cache="52", host_cache="0", disk_budget="2x", store_dtype="bf16"),
 ]
 
 
@@ -353,7 +335,8 @@ def test_round_trip_is_exact(samples, tiny_dataset, tmp_path, kw):
         assert st["hit_rate"][t] == pytest.approx(stats["hit_rate"][t])
     assert stats["belady_hit_rate"] >= stats["cache_hit_rate"] - 1e-12
     if cfg.disk_budget:
-        assert packed.layout == "segments" and stats["packed_bytes"] <= 1.5 * tiny_dataset.feature_bytes
+        assert packed.layout == "segments"
+        assert stats["packed_bytes"] <= float(cfg.disk_budget.rstrip("x")) * tiny_dataset.feature_bytes
     if kw.get("host_cache") == "100%":
         assert stats["packed_bytes"] == 0 and st["bytes_read"] == 0
     verify_packed(packed)
@@ -538,7 +521,7 @@ def test_repeated_nodes_inside_a_batch(samples, tiny_dataset, tmp_path):
             return np.bincount(self.all_input_nodes("train/0"), minlength=self.num_nodes)
 
     fake = Repeating()
-    for kw in (dict(host_cache="3%"), dict(host_cache="0", disk_budget="1.1x")):
+    for kw in (dict(host_cache="3%"), dict(host_cache="0", disk_budget="4x")):
         packed = pack(fake, tmp_path / "r", PackConfig(**kw), overwrite=True)
         packed = Packed.open(tmp_path / "r", samples=fake)
         _check_all_batches(packed, fake, tiny_dataset)
@@ -647,3 +630,43 @@ def test_cli_pack_info_verify(samples, tmp_path, capsys):
     assert "negative" in capsys.readouterr().err
     assert main(["pack", str(samples.path), "--out", str(tmp_path / "y"), "--disk-budget", "0.05x", "-q"]) == 2
     assert "at least" in capsys.readouterr().err
+
+
+# --- free disk space ----------------------------------------------------------------------------
+
+def _free_space(monkeypatch, nbytes):
+    import diskgnn.manifest
+    monkeypatch.setattr(diskgnn.manifest, "_free_bytes", lambda directory: nbytes)
+
+
+def test_pack_picks_a_disk_budget_that_fits_the_free_space(samples, tiny_dataset, tmp_path, monkeypatch, caplog):
+    import logging
+    from diskgnn.packing import FREE_SPACE_MARGIN_MIN, footprint_bytes, plan_pack
+    plain = plan_pack(samples, PackConfig(host_cache="1%"))
+    fixed = footprint_bytes(plain)["total"] - plain.packed_bytes
+    room = fixed + int(plain.packed_bytes * 0.7)  # the plain layout does not fit, segments do
+    _free_space(monkeypatch, FREE_SPACE_MARGIN_MIN + room)
+    with caplog.at_level(logging.WARNING, logger="diskgnn.packing"):
+        packed = pack(samples.path, tmp_path / "p", PackConfig(host_cache="1%"), memory_budget="200M")
+    auto = packed.stats["disk_budget_auto"]
+    assert packed.layout == "segments" and auto["budget_bytes"] == int(plain.packed_bytes * 0.7)
+    assert packed.stats["packed_bytes"] <= auto["budget_bytes"] < plain.packed_bytes
+    assert "disk budget" in caplog.text and "free" in caplog.text
+    _check_all_batches(packed, samples, tiny_dataset)
+    verify_packed(packed)
+
+
+def test_pack_refuses_before_writing_when_nothing_fits(samples, tmp_path, monkeypatch):
+    from diskgnn.errors import DiskFullError
+    from diskgnn.packing import FREE_SPACE_MARGIN_MIN
+    _free_space(monkeypatch, FREE_SPACE_MARGIN_MIN + 4096)
+    with pytest.raises(DiskFullError, match=r"needs about .* free"):
+        pack(samples.path, tmp_path / "p", PackConfig(host_cache="1%"), memory_budget="200M")
+    assert not (tmp_path / "p" / "manifest.json").exists()
+
+
+def test_segments_too_large_for_the_segment_memory_explain_both_fixes(samples, tmp_path):
+    with pytest.raises(MemoryBudgetError, match=r"--segment-memory.*raise --disk-budget to \d+\.\d\dx"):
+        pack(samples.path, tmp_path / "p", PackConfig(host_cache="1%", disk_budget="3x", segment_memory="4K"),
+             memory_budget="200M")
+    assert not (tmp_path / "p").exists()

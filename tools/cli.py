@@ -71,7 +71,12 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pinned-cache", default="0", help="rows kept in pinned host memory (default 0)")
     g.add_argument("--host-cache", default="10%", help="rows kept in host memory (default 10%%)")
     g.add_argument("--disk-budget", default=None,
-                   help="cap on packed bytes as a multiple of the feature bytes, e.g. 3x (default: no cap)")
+                   help="cap on packed bytes as a multiple of the feature bytes, e.g. 2x: batches are grouped in "
+                        "segments that store each row once and are read once per epoch (default: no cap, unless "
+                        "the plain layout would not fit the free disk space: then the budget that fits)")
+    g.add_argument("--segment-memory", default=None,
+                   help="largest segment under --disk-budget (training keeps one in memory and reads the next "
+                        "beside it); longer segments share more rows (default: a quarter of --memory-budget)")
     g.add_argument("--store-dtype", choices=["fp32", "fp16", "bf16"], default=None,
                    help="precision of packed rows (default: the dataset's)")
     g.add_argument("--chunk-size", default=None,
