@@ -32,7 +32,8 @@ def bench_cli(args, progress) -> int:
         cfg = BenchConfig(kind=args.what, scale=args.scale, workdir=Path(args.workdir), results=results,
                           memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
                           slow_max_batches=args.slow_batches or 0, dataset=args.dataset, model=args.model,
-                          fanouts=tuple(parse_fanouts(args.fanouts)), batch_size=args.batch_size)
+                          fanouts=tuple(parse_fanouts(args.fanouts)), batch_size=args.batch_size,
+                          disk_budget=args.disk_budget, segment_memory=args.segment_memory)
         result = run_bench(cfg, progress)
         result["command"] = "diskgnn " + " ".join(sys.argv[1:])
         path = write_outputs(result, results, Path(args.out) if args.out else None)

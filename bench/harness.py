@@ -56,6 +56,9 @@ class BenchConfig:
     fanouts: tuple[int, ...] = (10, 15)
     """Sampling fanouts (DGL order: the last one is the seeds' layer); their count is the model's depth."""
     batch_size: int = 1024
+    disk_budget: str | None = None
+    """Pack the diskgnn systems with this ``--disk-budget`` (the segment layout: each segment read once)."""
+    segment_memory: str | None = None
 
     def __post_init__(self):
         if self.kind not in ("loader", "train"):
@@ -129,10 +132,15 @@ def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict
             continue
         out = cfg.workdir / f"packed-{tier}"
         t0 = time.perf_counter()
-        pcfg = PackConfig(host_cache=f"{tier}%")
-        pack(samples_dir, out, pcfg, overwrite=True, progress=progress)
+        pcfg = PackConfig(host_cache=f"{tier}%", disk_budget=cfg.disk_budget, segment_memory=cfg.segment_memory)
+        # planned for the memory the systems get: segments must fit in it beside the rest
+        pack(samples_dir, out, pcfg, overwrite=True, progress=progress, memory_budget=cfg.memory_cap)
         info["preprocessing"][f"pack_{tier}%_s"] = time.perf_counter() - t0
         info["preprocessing"][f"pack_{tier}%_footprint_x"] = _dir_bytes(out) / ds.feature_bytes
+        packed_manifest = json.loads((out / "manifest.json").read_text())
+        info.setdefault("layouts", {})[tier] = {"layout": packed_manifest["layout"],
+                                                "segment_batches": packed_manifest.get("segment_batches"),
+                                                "packed_bytes": packed_manifest["stats"]["packed_bytes"]}
         info["packed"][tier] = str(out)
     return info
 
@@ -218,7 +226,8 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
         "machine": machine_facts(cfg.workdir), "disk": disk,
         "config": {"epochs": cfg.epochs, "warmup": cfg.warmup, "max_batches": cfg.max_batches,
                    "slow_max_batches": cfg.slow_max_batches, "fanouts": list(cfg.fanouts),
-                   "batch_size": cfg.batch_size, "model": cfg.model if cfg.kind == "train" else None},
+                   "batch_size": cfg.batch_size, "model": cfg.model if cfg.kind == "train" else None,
+                   "disk_budget": cfg.disk_budget, "segment_memory": cfg.segment_memory},
         "preprocessing": inputs["preprocessing"], "feature_bytes": inputs["feature_bytes"],
         "systems": systems, "ratios": ratios,
         "bench_wall_s": time.perf_counter() - t_start,

@@ -70,12 +70,14 @@ def epoch_read(packed, part: str) -> dict:
     from diskgnn.store import FeatureStore
     store = FeatureStore(packed, "cpu", memory_budget=1 << 62)
     try:
+        keys = [(part, i) for i in range(packed.num_batches(part))]
+        store.plan_reads(keys)  # the next batch's (or segment's) read is queued before this one is waited for
         t0 = time.perf_counter()
         nbytes = 0
-        for i in range(packed.num_batches(part)):
-            r = store.read(part, i)
+        for key in keys:
+            r = store.read(*key)
             nbytes += r.bytes_read
-            store._give_buffer(r._pooled)
+            store.release(r)
         seconds = time.perf_counter() - t0
         store.reset_stats()
         t1 = time.perf_counter()
@@ -129,17 +131,35 @@ def run(args) -> dict:
     result["disk"] = disk
     log.info("disk: %s", disk)
 
-    # Packing at a 10% host tier (Belady off so the time is the packer's own; computed below).
+    # Packing at a 10% host tier (Belady off so the time is the packer's own; computed below), with
+    # --disk-budget the segment layout; with --cap each repeat runs as `diskgnn pack` in a memory cgroup.
     out10 = Path(args.keep) if args.keep else work / "packed10"
+    pack_cfg = PackConfig(host_cache="10%", belady=False, disk_budget=args.disk_budget,
+                          segment_memory=args.segment_memory)
+    cap = parse_size(args.cap) if args.cap else None
     reps = []
     for rep in range(args.repeats):
         if out10.exists():  # a first pack has nothing to delete: keep the old output's removal out of the time
             shutil.rmtree(out10)
         r_bw, w_bw = seq_read(ds.features_path), seq_write()
         t0 = time.perf_counter()
-        packed = pack(samples.path, out10, PackConfig(host_cache="10%", belady=False), overwrite=True,
-                      memory_budget=args.memory_budget)
-        seconds = time.perf_counter() - t0
+        peak = None
+        if cap:
+            from diskgnn.cgroup import python_module_cmd, run_capped
+            from diskgnn.store import Packed
+            flags = ["--host-cache", "10%", "--memory-budget", str(args.memory_budget)]
+            flags += ["--disk-budget", args.disk_budget] if args.disk_budget else []
+            flags += ["--segment-memory", args.segment_memory] if args.segment_memory else []
+            run_ = run_capped(python_module_cmd("diskgnn.tools.cli", "pack", str(samples.path), "--out", str(out10),
+                                                *flags, "--overwrite", "-q"), cap, timeout=7200)
+            if run_.returncode != 0:
+                raise RuntimeError(f"pack under the {args.cap} cap failed: {run_.stderr.strip()[-600:]}")
+            packed = Packed.open(out10)
+            peak = run_.peak_bytes
+            seconds = packed.stats["seconds"]  # the step's own time, without the interpreter's start
+        else:
+            packed = pack(samples.path, out10, pack_cfg, overwrite=True, memory_budget=args.memory_budget)
+            seconds = time.perf_counter() - t0
         w_after = seq_write()
         st = packed.stats
         # every byte the packer writes (packed extents, tier files, index), at the measured write speed
@@ -149,13 +169,22 @@ def run(args) -> dict:
                      "floor_packed_only_seconds": floor_packed_only,
                      "vs_floor_packed_only": seconds / floor_packed_only, "bytes_written": st["footprint_bytes"],
                      "seq_read_GBps": r_bw, "seq_write_GBps": (w_bw + w_after) / 2,
-                     "plan_seconds": st["plan_seconds"], "io_seconds": st["io_seconds"], "phases": st["phases"]})
+                     "plan_seconds": st["plan_seconds"], "io_seconds": st["io_seconds"], "phases": st["phases"],
+                     "layout": packed.layout, "segment_batches": packed.manifest.get("segment_batches"),
+                     "packed_bytes": st["packed_bytes"], "blowup": st["blowup"], "write_mode": st.get("write_mode"),
+                     "peak_cgroup_bytes": peak})
         log.info("pack repeat %d: %s", rep, reps[-1])
     med = lambda key: float(np.median([r[key] for r in reps]))  # noqa: E731
     pack_seconds, write_mean = med("seconds"), med("seq_write_GBps")
     if args.pack_only:
-        result["pack"] = {"repeats": reps, "seconds": pack_seconds, "floor_seconds": med("floor_seconds"),
-                          "vs_floor": med("vs_floor"), "vs_floor_packed_only": med("vs_floor_packed_only")}
+        result["pack"] = {"config": pack_cfg.to_json(), "memory_cap_bytes": cap, "repeats": reps,
+                          "seconds": pack_seconds, "floor_seconds": med("floor_seconds"),
+                          "vs_floor": med("vs_floor"), "vs_floor_packed_only": med("vs_floor_packed_only"),
+                          "vs_floor_range": [min(r["vs_floor"] for r in reps), max(r["vs_floor"] for r in reps)]}
+        if cap:
+            result["pack"]["peak_cgroup_bytes_max"] = max(r["peak_cgroup_bytes"] or 0 for r in reps)
+        if args.read_epochs:  # every training batch of the packed output through the FeatureStore's reader
+            result["epoch_read"] = [epoch_read(packed, samples.train_parts[0]) for _ in range(args.read_epochs)]
         if not args.keep:
             shutil.rmtree(out10)
         return result
@@ -261,6 +290,12 @@ def main(argv=None) -> int:
     p.add_argument("--measure-budget", default=None, help="also pack with this budget and read an epoch")
     p.add_argument("--tiers", default="5,10,20", help="host tier %% for the footprint table")
     p.add_argument("--pack-only", action="store_true", help="only the disk limits and the packing repeats")
+    p.add_argument("--disk-budget", default=None, help="pack the repeats with this --disk-budget (segment layout)")
+    p.add_argument("--segment-memory", default=None, help="and this --segment-memory")
+    p.add_argument("--cap", default=None, help="run each packing repeat as `diskgnn pack` in a memory cgroup of "
+                                                "this size and record its peak (e.g. 2G)")
+    p.add_argument("--read-epochs", type=int, default=0, help="with --pack-only: read this many training epochs of "
+                                                               "the last pack through the store")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)

@@ -97,7 +97,7 @@ def dgl_online(ds, *, fanouts, batch_size, epochs, seed, model, hidden, lr, feat
 
 
 def diskgnn_presampled(ds, workdir: Path, *, k, fanouts, batch_size, epochs, seed, model, hidden, lr,
-                       features: str, mlp: bool = False) -> dict:
+                       features: str, mlp: bool = False, disk_budget: str | None = None) -> dict:
     """Presample ``k`` epochs (seeded), pack, and train through the out-of-core pipeline."""
     from diskgnn.sampling import SampleConfig, presample
     from diskgnn.train import DatasetFeatures, TrainConfig, Trainer, packed_data_id
@@ -110,7 +110,7 @@ def diskgnn_presampled(ds, workdir: Path, *, k, fanouts, batch_size, epochs, see
         if features == "store":
             from diskgnn.packing import PackConfig, pack
             from diskgnn.store import FeatureStore
-            pack_args = argparse.Namespace(device_cache="0", pinned_cache="0", host_cache="10%", disk_budget=None,
+            pack_args = argparse.Namespace(device_cache="0", pinned_cache="0", host_cache="10%", disk_budget=disk_budget,
                                            store_dtype=None, chunk_size="256M")
             packed = pack(samples_dir, packed_dir, PackConfig.from_cli(pack_args), overwrite=True)
             source = FeatureStore(packed, torch.device("cpu"))
@@ -159,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--features", choices=["store", "memory"], default="store",
                    help="diskgnn's feature path: the packed out-of-core store (default) or dataset rows")
     p.add_argument("--no-mlp", action="store_true")
+    p.add_argument("--disk-budget", default=None, help="pack diskgnn's batches with this --disk-budget: segments, "
+                                                       "visited in a shuffled order, batches shuffled within each")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="bench/results/parity.json")
     args = p.parse_args(argv)
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     def save() -> Path:  # after every system, so a crash keeps what was measured
         result = {"bench": "parity", "dataset": str(ds.path), "fingerprint": ds.fingerprint,
                   "config": {**common, "seeds": seeds, "ks": ks, "tolerance_points": args.tolerance,
-                             "features": args.features},
+                             "features": args.features, "disk_budget": args.disk_budget},
                   "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                   "seconds": round(time.time() - t_start, 1), "systems": systems, "parity_k": parity_k}
         tmp = out.with_name(out.name + ".partial")
@@ -218,12 +220,14 @@ def main(argv=None) -> int:
     for k in ks:
         runs = []
         for seed in seeds:
-            r = diskgnn_presampled(ds, workdir, k=k, seed=seed, features=args.features, **common)
+            r = diskgnn_presampled(ds, workdir, k=k, seed=seed, features=args.features,
+                                   disk_budget=args.disk_budget, **common)
             r["seed"] = seed
             log.info("diskgnn-K%d seed %d: test %.4f (val %.4f, epoch %s), %.2f s/epoch", k, seed, r["test_acc"],
                      r["best_val_acc"], r["best_epoch"], r["epoch_time_s"])
             runs.append(r)
-        systems[f"diskgnn-K{k}"] = s = summarize(runs)
+        name = f"diskgnn-K{k}" + (f"-segments{args.disk_budget}" if args.disk_budget else "")
+        systems[name] = s = summarize(runs)
         s["gap_points"] = 100 * (s["test_acc_mean"] - reference)
         save()
         if parity_k is None and abs(s["gap_points"]) <= args.tolerance:

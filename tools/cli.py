@@ -259,6 +259,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--fanouts", default="10,15", help="loader, train: sampling fanouts, DGL order (default 10,15; "
                                                       "the DiskGNN paper's deep setting is 5,10,15)")
     p.add_argument("--batch-size", type=int, default=1024, help="loader, train: seeds per batch (default 1024)")
+    p.add_argument("--disk-budget", default=None, help="loader, train: pack the diskgnn systems with this disk budget "
+                                                       "(e.g. 2x: segments, each read once per epoch)")
+    p.add_argument("--segment-memory", default=None, help="loader, train: largest segment (default: a quarter of "
+                                                          "--memory-cap)")
     p.add_argument("--models", default="sage,gcn,gat", help="compute: models to time (default sage,gcn,gat)")
     p.add_argument("--batches", type=int, default=20, help="compute: timed batches per model (after 3 warm-up)")
     p.add_argument("--threads", type=int, default=2, help="compute: torch threads (default 2)")
