@@ -113,3 +113,22 @@ def test_groups_mode_never_resumes_but_redoes(runs, tmp_path, caplog):
     packed = _rerun(samples, out, caplog, write_mode="groups")
     assert packed.stats["write_mode"] == "groups" and "resuming" not in caplog.text
     assert snapshot_dir(out)["files"] == snapshot_dir(ref)["files"]
+
+
+def test_killed_segment_pack_resumes_to_the_same_files(runs, tmp_path, caplog):
+    """The disk-budget layout streams like the plain one (each segment's rows by node id): a pack killed
+    after a journal resumes and ends byte for byte like an uninterrupted one."""
+    samples, _, _ = runs
+    cfg = {**CFG, "disk_budget": "1.6x"}
+    ref = pack(samples.path, tmp_path / "ref", PackConfig(**cfg), memory_budget=BUDGET, journal_every=JOURNAL)
+    assert ref.layout == "segments" and ref.stats["write_mode"] == "stream"
+    killed = tmp_path / "killed"
+    run_killed(f"""
+        from diskgnn.packing import PackConfig, pack
+        pack({str(samples.path)!r}, {str(killed)!r}, PackConfig(**{cfg!r}), memory_budget={BUDGET!r},
+             journal_every={JOURNAL})
+        """, 2, module="diskgnn.packing")
+    assert not (killed / "manifest.json").exists()
+    packed = _rerun(samples, killed, caplog, disk_budget="1.6x")
+    assert packed.stats["resumed_from_block"] == 16
+    assert snapshot(killed) == snapshot(ref.path)
