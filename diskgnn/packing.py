@@ -6,13 +6,14 @@
    (most-used first) up to their byte sizes;
 2. plans the disk layout: one 4096-aligned extent per batch holding its
    uncached rows ordered by node block of features.bin, in input order inside
-   a block (plain), or, when that exceeds ``--disk-budget``, one extent per
-   segment of consecutive batches with each row stored once and rows ordered
-   by MinHash of the batches that use them, so a batch's rows fall on few
-   pages (it reads the covering page runs);
+   a block (plain), or, when that exceeds ``--disk-budget`` (or, without one,
+   the free disk space), one extent per *segment* of consecutive batches of a
+   part, each row stored once, by node id. Training reads a segment once per
+   pass and keeps it in memory while its batches are assembled, so segments
+   are the shortest that fit the budget and must fit ``--segment-memory``;
 3. writes the rows in one of two modes (same bytes either way):
 
-   * ``stream`` (plain layout, the default when it fits the budget): reads
+   * ``stream`` (both layouts, the default when it fits the budget): reads
      ``features.bin`` once, block by block; block c's rows of every extent are
      one contiguous stretch right after block c-1's, so they are staged in
      page-aligned pieces and written at once, while the next block is read.

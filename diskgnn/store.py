@@ -13,8 +13,9 @@ A packed directory holds, besides ``manifest.json`` (format ``diskgnn.packed``):
   features.bin (``block_rows`` in the manifest) and in input order inside a
   block, so a streamed pack writes each block's stretch of every extent as
   soon as the block was read. Under a disk budget: one extent per *segment* of
-  consecutive batches, each row stored once per segment (MinHash order); a
-  batch reads the page runs covering its rows. A streamed pack records no
+  consecutive batches of one part, each row stored once per segment, by node
+  id; the segment's batches share one read run, so a pass reads the segment
+  once and keeps it in memory while they are assembled. A streamed pack records no
   whole-file crc32 for packed.bin (its writes are not sequential): the
   per-run checksums in runs.bin cover every byte a batch reads.
 * ``maps.bin`` int32/int64 [T]: per input node of every batch, in the
@@ -28,8 +29,11 @@ A packed directory holds, besides ``manifest.json`` (format ``diskgnn.packed``):
 
 :class:`FeatureStore` loads the memory tiers and serves batches:
 :meth:`FeatureStore.read` is the I/O stage (aligned O_DIRECT reads of the
-batch's page runs, GIL released), :meth:`FeatureStore.assemble` gathers rows
-from tiers and the read buffer with nogil kernels into a float32 matrix.
+batch's page runs, GIL released; with :meth:`FeatureStore.plan_reads` the next
+batch's or segment's requests are queued before the current read is waited
+for, so the disk never idles between batches), :meth:`FeatureStore.assemble`
+gathers rows from tiers and the read buffer with nogil kernels into a float32
+matrix.
 """
 from __future__ import annotations
 

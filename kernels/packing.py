@@ -1,4 +1,4 @@
-"""Planning kernels of the packer: per-batch maps, segments, MinHash order, page runs, Belady.
+"""Planning kernels of the packer: per-batch maps, segments, Belady.
 
 Batches are described by the samples' concatenated input nodes ``inputs``
 (int64 [T]) and offsets (int64 [nb + 1]); ``slot_of_node`` (int64 [N]) holds
