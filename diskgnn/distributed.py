@@ -452,7 +452,8 @@ def _open_rank_data(path, info: RankInfo, device: torch.device, memory_budget: i
         packed = open_packed(where)
         samples, dataset = packed.samples, packed.dataset
         training = training_memory(cfg, dataset, samples.config.num_layers, device)
-        source = FeatureStore(packed, device, memory_budget=memory_budget, training=training)
+        source = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
+                              request_size=cfg.io_request)
         return samples, dataset, source, packed_data_id(packed), shard_layout(samples, packed.manifest)
     if features == "memmap":  # a samples directory with features gathered from the dataset (baseline, tests)
         from diskgnn.sampling import Samples

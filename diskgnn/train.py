@@ -42,6 +42,7 @@ from diskgnn.memory import TrainingMemory
 from diskgnn.models import MODELS, TorchBlock, build_model
 from diskgnn.pipeline import Pipeline
 from diskgnn.progress import ProgressFn, no_progress
+from diskgnn.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class TrainConfig:
     """Continue from the checkpoint in ``checkpoint``."""
     queue_depth: int = 2
     """Items buffered between pipeline stages."""
+    io_depth: int = 8
+    """Read requests in flight (a disk with a long latency wants more)."""
+    io_request: int = 1 << 20
+    """Bytes per read request (a multiple of 4096)."""
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -97,6 +102,7 @@ class TrainConfig:
             object.__setattr__(self, "hidden", 32 if self.model == "gat" else 128)
         checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
                   ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
+                  ("io_depth", self.io_depth, 1), ("io_request", self.io_request, 4096),
                   ("seed", self.seed, 0)]
         if self.threads is not None:
             checks.append(("threads", self.threads, 1))
@@ -105,6 +111,8 @@ class TrainConfig:
         for name, value, low in checks:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if self.io_request % 4096:
+            raise ConfigError(f"--io-request must be a multiple of 4096 bytes (4K, 1M, ...), got {self.io_request}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -125,7 +133,9 @@ class TrainConfig:
                    threads=getattr(args, "threads", None),
                    assemble_threads=getattr(args, "assemble_threads", None), eval_every=getattr(args, "eval_every", 1),
                    nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
-                   checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)))
+                   checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)),
+                   io_depth=getattr(args, "io_depth", None) or 8,
+                   io_request=parse_size(getattr(args, "io_request", None) or "1M", name="--io-request"))
 
     def model_fields(self) -> dict:
         """The fields that define the model and optimizer (must match to resume)."""
@@ -825,7 +835,8 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
         packed = open_packed(packed)
     device = resolve_device(cfg.device)
     training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device)
-    store = FeatureStore(packed, device, memory_budget=memory_budget, training=training)
+    store = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
+                         request_size=cfg.io_request)
     trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
                       data_id=packed_data_id(packed))
     report = trainer.fit()

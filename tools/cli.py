@@ -112,6 +112,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None,
                    help="compute threads per process: torch's intra-op threads and the message-passing kernels' "
                         "(default: every core this process may use; with --nproc N, its share)")
+    g.add_argument("--io-depth", type=int, default=None,
+                   help="read requests in flight (default 8; a disk with a long latency, e.g. network "
+                        "storage, may want 16-32)")
+    g.add_argument("--io-request", default=None, help="bytes per read request (default 1M)")
     g.add_argument("--assemble-threads", type=int, default=None,
                    help="threads that assemble each batch's feature matrix while the previous batch computes "
                         "(default: the same as --threads)")
