@@ -40,7 +40,7 @@ import math
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -836,7 +836,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard, max_segment_bytes=max_segment)
     plan = _fit_free_space(plan, samples, ds, cfg, Path(out), overwrite, num_shards=num_shards, shard=shard,
                            max_segment_bytes=max_segment)
-    memory = plan_pack_memory(plan, ds, cfg, budget)
+    memory, with_belady = _pack_memory_and_bound(plan, ds, cfg, budget)
     chunk_bytes, group_bytes = memory.chunk_bytes, memory.group_bytes
     log.info("pack memory: %s of the %s budget = %s for indexes, chunks and the Belady bound + %d output "
              "buffer(s) of %s + %s of bucketed rows; chunks of %s, %d pass(es) over %s (%s)",
@@ -856,7 +856,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     try:
         files = _write_index(out, plan)
         belady = None
-        if cfg.belady:  # a nogil kernel: it runs on the other core while packing waits on the disk
+        if with_belady:  # a nogil kernel: it runs on the other core while packing waits on the disk
             belady = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-belady")
             belady_future = belady.submit(_timed_belady, plan.inputs, ds.num_nodes, sum(plan.tier_rows.values()))
         t_io = time.perf_counter()
@@ -918,6 +918,30 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
              out, format_bytes(stats["footprint_bytes"]), stats["footprint"], plan.layout, stats["cache_hit_rate"],
              stats["seconds"])
     return Packed.open(out, samples=samples, dataset=ds)
+
+
+def _pack_memory_and_bound(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget: int) -> tuple[PackMemory, bool]:
+    """The write plan within ``budget``, and whether the Belady bound is computed beside the writes.
+
+    The bound is only a figure for the report: when its arrays would push the writes into more
+    passes (or out of the budget), it is left out, with a warning.
+    """
+    try:
+        memory = plan_pack_memory(plan, ds, cfg, budget)
+    except MemoryBudgetError:
+        if not cfg.belady:
+            raise
+        memory = None
+    if not cfg.belady or (memory is not None and (memory.mode == "stream" or memory.passes <= 1)):
+        return memory, cfg.belady
+    lean = plan_pack_memory(plan, ds, replace(cfg, belady=False), budget)
+    if memory is not None and lean.passes >= memory.passes and lean.mode != "stream":
+        return memory, True
+    log.warning("the Belady bound of the cache needs %s beside the writes, more than the %s budget leaves: "
+                "not computed this time", format_bytes(belady_memory(int(plan.inputs.size), ds.num_nodes,
+                                                                     sum(plan.tier_rows.values()))),
+                format_bytes(budget))
+    return lean, False
 
 
 def _write_array(out: Path, name: str, array: np.ndarray) -> dict:

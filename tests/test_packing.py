@@ -670,3 +670,14 @@ def test_segments_too_large_for_the_segment_memory_explain_both_fixes(samples, t
         pack(samples.path, tmp_path / "p", PackConfig(host_cache="1%", disk_budget="3x", segment_memory="4K"),
              memory_budget="200M")
     assert not (tmp_path / "p").exists()
+
+
+def test_the_belady_bound_is_left_out_when_it_would_not_fit(samples, tiny_dataset, tmp_path, monkeypatch, caplog):
+    import logging
+    import diskgnn.packing as pk
+    monkeypatch.setattr(pk, "belady_memory", lambda *a: 1 << 40)  # pretend the bound needs a TiB
+    with caplog.at_level(logging.WARNING, logger="diskgnn.packing"):
+        packed = pack(samples.path, tmp_path / "p", PackConfig(host_cache="5%"), memory_budget="200M")
+    assert "belady_hit_rate" not in packed.stats and "Belady bound" in caplog.text
+    assert packed.stats["write_mode"] == "stream"
+    _check_all_batches(packed, samples, tiny_dataset)
