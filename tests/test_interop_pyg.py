@@ -150,6 +150,19 @@ def test_destinations_without_in_edges_keep_their_rows(conv):
 
 
 @requires_pyg
+def test_pyg_sage_stack_with_diskgnn_weights_equals_diskgnn_sage(tiny_samples, tiny_dataset):
+    from diskgnn.bench.pyg_parity import copy_sage_weights
+    shape = dict(in_dim=tiny_dataset.feat_dim, num_classes=tiny_dataset.num_classes, num_layers=2, hidden=9)
+    sage = build_model("sage", **shape).double()
+    stack = build_model("pyg:SAGEConv", **shape).double()
+    copy_sage_weights(stack, sage)
+    mb = tiny_samples.batch("train/0", 2)
+    x = features64(tiny_dataset)[mb.input_nodes]
+    torch.testing.assert_close(stack(to_torch_blocks(mb.blocks), x), sage(to_torch_blocks(mb.blocks), x),
+                               rtol=1e-10, atol=1e-10)
+
+
+@requires_pyg
 def test_multi_head_widths_and_activations():
     gat = build_model("pyg:GATConv", in_dim=7, num_classes=3, num_layers=3, hidden=5, heads=2)
     assert [(c.in_channels, c.out_channels, c.heads, c.concat) for c in gat.convs] == \
