@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -100,11 +101,13 @@ def step_times(ds, workdir: Path, *, fanouts, batch_size: int, hidden: int, batc
     from diskgnn.store import to_float32
     samples_dir = workdir / "samples-steps"
     try:
+        per_epoch = math.ceil(len(ds.split("train")) / batch_size)
         samples = presample(ds.path, samples_dir, SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size,
+                                                               epochs=math.ceil((warmup + batches) / per_epoch),
                                                                seed=seed), overwrite=True)
-        part = samples.train_parts[0]
-        n = min(warmup + batches, samples.num_batches(part))
-        mbs = [samples.batch(part, i) for i in range(n)]
+        keys = [(p, i) for p in samples.train_parts for i in range(samples.num_batches(p))]
+        n = min(warmup + batches, len(keys))
+        mbs = [samples.batch(p, i) for p, i in keys[:n]]
         xs = [torch.from_numpy(to_float32(np.asarray(ds.features[mb.input_nodes]), ds.feat_dtype)) for mb in mbs]
         ys = [torch.from_numpy(np.asarray(ds.labels[mb.seeds], dtype=np.int64)) for mb in mbs]
         blocks = {m: [to_torch_blocks(mb.blocks) for mb in mbs] for m in MODELS}
@@ -150,6 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: every core)")
     p.add_argument("--batches", type=int, default=20, help="timed batches per model (after --warmup)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps-only", action="store_true", help="only the train-step timing, no accuracy runs")
     p.add_argument("--out", default=None, help="result JSON (default bench/results/pyg-parity-<date>.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -165,15 +169,17 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     runs: dict[str, list[dict]] = {m: [] for m in SYSTEMS}
-    for seed in seeds:
+    for seed in ([] if args.steps_only else seeds):
         for m, r in train_both(ds, workdir, seed=seed, fanouts=fanouts, batch_size=args.batch_size,
                                epochs=args.epochs, hidden=args.hidden, lr=args.lr, threads=args.threads).items():
             runs[m].append(r)
-    systems = {m: summarize(rs) for m, rs in runs.items()}
+    systems = {m: summarize(rs) for m, rs in runs.items() if rs}
     for s in systems.values():
         s["gap_points"] = 100 * (s["test_acc_mean"] - systems["sage"]["test_acc_mean"])
+    load_before = os.getloadavg()
     steps = step_times(ds, workdir, fanouts=fanouts, batch_size=args.batch_size, hidden=args.hidden,
                        batches=args.batches, warmup=args.warmup)
+    steps["loadavg_1min_before_after"] = [load_before[0], os.getloadavg()[0]]  # the machine is shared
     from diskgnn.bench.harness import git_commit
     result = {"bench": "pyg-parity", "dataset": str(ds.path), "fingerprint": ds.fingerprint,
               "config": {"fanouts": fanouts, "batch_size": args.batch_size, "epochs": args.epochs,

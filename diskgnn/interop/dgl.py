@@ -82,7 +82,15 @@ class DGLModel(nn.Module):
         self.module = module
 
     def forward(self, blocks: Sequence, x: torch.Tensor) -> torch.Tensor:
-        return self.module(to_dgl_blocks(blocks, device=x.device), x)
+        try:
+            dgl_blocks = to_dgl_blocks(blocks, device=x.device)
+        except Exception as exc:  # noqa: BLE001 - DGL's own error types; only a device move fails here
+            if x.device.type != "cuda":
+                raise
+            raise ConfigError(f"DGL cannot put blocks on {x.device} ({first_line(exc)}); DGL 2.1 from PyPI is a "
+                              f"CPU-only build: train dgl: models with --device cpu, or use pyg:<Conv> on the "
+                              f"GPU") from None
+        return self.module(dgl_blocks, x)
 
 
 # --- stacks of one convolution class ------------------------------------------------------------------
