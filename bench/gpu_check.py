@@ -205,6 +205,7 @@ def check_h2d_overlap(ctx: Context, copy_bytes: int = 1 << 30, repeats: int = 5)
     stages = BatchStages(ctx.samples, ctx.dataset.labels, None, ctx.device)
     side, dev = stages.side_stream, ctx.device
     host = torch.empty(copy_bytes // 4, dtype=torch.float32).pin_memory()
+    host[:1024] = torch.arange(1024, dtype=torch.float32)  # what the check reads back
     target = torch.empty_like(host, device=dev)
     a = torch.randn(8192, 8192, device=dev)
 
@@ -512,7 +513,11 @@ def environment(device: torch.device) -> dict:
            "numba": numba.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
            "device": str(device), "cuda_devices": []}
     if device.type == "cuda":
-        env["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None
+        try:
+            version = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+        except Exception as exc:  # noqa: BLE001 - a torch without NCCL: the data-parallel check will say more
+            env["nccl"] = f"unavailable ({type(exc).__name__})"
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             env["cuda_devices"].append({"name": p.name, "memory_bytes": p.total_memory,
