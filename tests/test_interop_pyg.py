@@ -117,7 +117,7 @@ def test_stack_equals_pyg_on_the_full_subgraph(conv, tiny_samples, tiny_dataset)
                         heads=3).double()
     params = list(model.parameters())
     feats = features64(tiny_dataset)
-    labels = torch.from_numpy(np.asarray(tiny_dataset.labels, dtype=np.int64))
+    labels = torch.from_numpy(np.array(tiny_dataset.labels, dtype=np.int64))
     last = tiny_samples.num_batches("train/0") - 1
     for i in (0, last):  # the last batch is the odd-sized one
         mb = tiny_samples.batch("train/0", i)
