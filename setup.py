@@ -14,6 +14,8 @@ setup(
     install_requires=["numpy", "numba>=0.59", "torch>=2.1", "psutil", "tqdm"],
     extras_require={
         "dgl": ["torch==2.2.1", "dgl==2.1.0", "numpy<2", "torchdata==0.7.1", "pandas", "pydantic", "pyyaml"],
+        # pure Python, works with current torch: --model pyg:<Conv> and diskgnn.interop.pyg
+        "pyg": ["torch-geometric>=2.5"],
         "dev": ["pytest", "matplotlib"],
     },
     entry_points={"console_scripts": ["diskgnn=diskgnn.tools.cli:main"]},

@@ -26,6 +26,8 @@ from diskgnn.errors import ConfigError
 from diskgnn.ops import aggregate, edge_softmax, gat_aggregate, linear  # noqa: F401 (edge_softmax re-exported)
 
 MODELS = ("sage", "gat", "gcn")
+"""diskgnn's own architectures; ``pyg:<Conv>`` and ``dgl:<Conv>`` name stacks of another library's
+convolution (:mod:`diskgnn.interop`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,15 +202,49 @@ class GNN(nn.Module):
         return h
 
 
-def build_model(name: str, *, in_dim: int, num_classes: int, num_layers: int, hidden: int | None = None,
-                heads: int = 4, dropout: float = 0.0) -> GNN:
-    """Create ``sage``, ``gat`` or ``gcn`` with ``num_layers`` layers.
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What a model name (``--model``) stands for, checked (see :func:`model_spec`)."""
+    name: str
+    """The name as given: ``sage``, ``gat``, ``gcn``, ``pyg:<Conv>`` or ``dgl:<Conv>``."""
+    library: str | None
+    """None for diskgnn's own models, else ``pyg`` or ``dgl``."""
+    multi_head: bool
+    """Hidden layers output ``--heads`` x ``--hidden`` columns (GAT, concatenating attention convolutions)."""
+    foreign: object = None
+    """The checked :class:`diskgnn.interop.ForeignConv` of a ``pyg:``/``dgl:`` name."""
 
-    ``hidden`` is the width of hidden layers (for GAT: per head; default 128,
-    GAT 32 per head).
+    @property
+    def default_hidden(self) -> int:
+        """Hidden width when ``--hidden`` is not given: 32 per head for multi-head models, else 128."""
+        return 32 if self.multi_head else 128
+
+
+def model_spec(name: str) -> ModelSpec:
+    """Check a model name; a ``pyg:``/``dgl:`` name imports that library and runs its convolution on a probe
+    block (see :func:`diskgnn.interop.foreign_conv`). ConfigError for a name that cannot be built."""
+    from diskgnn.interop import split_model_name
+    foreign = split_model_name(name)
+    if foreign is None:
+        if name not in MODELS:
+            raise ConfigError(f"--model {name!r} does not exist; choose one of {', '.join(MODELS)}, or a "
+                              f"convolution of PyTorch Geometric or DGL as pyg:<Conv> / dgl:<Conv> (e.g. "
+                              f"pyg:SAGEConv)")
+        return ModelSpec(name=name, library=None, multi_head=name == "gat")
+    from diskgnn.interop import foreign_conv
+    conv = foreign_conv(*foreign)
+    return ModelSpec(name=name, library=conv.library, multi_head=conv.concat_heads, foreign=conv)
+
+
+def build_model(name: str, *, in_dim: int, num_classes: int, num_layers: int, hidden: int | None = None,
+                heads: int = 4, dropout: float = 0.0) -> nn.Module:
+    """Create ``sage``, ``gat``, ``gcn`` or a stack of ``pyg:<Conv>``/``dgl:<Conv>`` with ``num_layers`` layers.
+
+    Every model is called as ``model(blocks, x)`` with TorchBlocks. ``hidden``
+    is the width of hidden layers (per head for GAT and multi-head foreign
+    convolutions; default 128, multi-head 32 per head).
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    spec = model_spec(name)
     if num_layers < 1:
         raise ConfigError(f"a model needs at least one layer, got num_layers={num_layers}")
     if heads < 1:
@@ -216,9 +252,13 @@ def build_model(name: str, *, in_dim: int, num_classes: int, num_layers: int, hi
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"--dropout must lie in [0, 1), got {dropout}")
     if hidden is None:
-        hidden = 32 if name == "gat" else 128
+        hidden = spec.default_hidden
     if hidden < 1:
         raise ConfigError(f"--hidden must be at least 1, got {hidden}")
+    if spec.library is not None:
+        from diskgnn.interop import build_foreign_stack
+        return build_foreign_stack(spec.foreign, in_dim=in_dim, num_classes=num_classes, num_layers=num_layers,
+                                   hidden=hidden, heads=heads, dropout=dropout)
     layers: list[nn.Module] = []
     width = in_dim
     for i in range(num_layers):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
-from diskgnn.models import MODELS, TorchBlock, build_model
+from diskgnn.models import TorchBlock, build_model, model_spec
 from diskgnn.pipeline import Pipeline
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import parse_size
@@ -58,13 +58,14 @@ DEFAULT_EPOCHS = 10
 class TrainConfig:
     """How to train; the model-defining fields are saved in checkpoints."""
     model: str = "sage"
-    """Architecture: sage (GraphSAGE mean), gat or gcn."""
+    """Architecture: sage (GraphSAGE mean), gat or gcn, or a stack of another library's convolution,
+    ``pyg:<Conv>`` / ``dgl:<Conv>`` (checked here, so a bad name fails before any long step)."""
     epochs: int = DEFAULT_EPOCHS
     """Training epochs in total (a resumed run continues up to this number)."""
     hidden: int | None = None
-    """Hidden width (GAT: per head); None = 128 (GAT: 32)."""
+    """Hidden width (multi-head models: per head); None = 128 (multi-head: 32)."""
     heads: int = 4
-    """GAT attention heads."""
+    """Attention heads of GAT and of multi-head foreign convolutions."""
     dropout: float = 0.0
     """Dropout between layers."""
     lr: float = 1e-3
@@ -96,10 +97,9 @@ class TrainConfig:
     """Bytes per read request (a multiple of 4096)."""
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"--model {self.model!r} does not exist; choose one of {', '.join(MODELS)}")
+        spec = model_spec(self.model)
         if self.hidden is None:
-            object.__setattr__(self, "hidden", 32 if self.model == "gat" else 128)
+            object.__setattr__(self, "hidden", spec.default_hidden)
         checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
                   ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
                   ("io_depth", self.io_depth, 1), ("io_request", self.io_request, 4096),

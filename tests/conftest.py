@@ -14,6 +14,9 @@ import pytest
 
 HAS_DGL = importlib.util.find_spec("dgl") is not None
 requires_dgl = pytest.mark.skipif(not HAS_DGL, reason="DGL is not installed (reference stack only)")
+HAS_PYG = importlib.util.find_spec("torch_geometric") is not None
+requires_pyg = pytest.mark.skipif(not HAS_PYG, reason="PyTorch Geometric is not installed (pip install "
+                                                      "'diskgnn[pyg]'; the core CI venv has it)")
 
 
 def run_cli(*argv) -> tuple[int, str]:
@@ -55,6 +58,7 @@ def run_killed(code: str, journals: int, module: str = "diskgnn.dataset") -> Non
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "dgl: needs the DGL reference stack")
+    config.addinivalue_line("markers", "pyg: needs PyTorch Geometric")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 

@@ -94,10 +94,14 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--model", default="sage", help="sage, gat or gcn (default sage)")
+    g.add_argument("--model", default="sage",
+                   help="sage, gat or gcn (default sage), or a stack of another library's convolution, as deep as "
+                        "the fanouts: pyg:<Conv> (PyTorch Geometric, e.g. pyg:SAGEConv, pyg:GATConv) or dgl:<Conv>")
     g.add_argument("--epochs", dest="train_epochs", type=int, default=None, help="training epochs (default 10)")
-    g.add_argument("--hidden", type=int, default=None, help="hidden units (default 128; GAT: 32 per head)")
-    g.add_argument("--heads", type=int, default=4, help="GAT attention heads (default 4)")
+    g.add_argument("--hidden", type=int, default=None,
+                   help="hidden units (default 128; GAT and multi-head pyg:/dgl: convolutions: 32 per head)")
+    g.add_argument("--heads", type=int, default=4,
+                   help="attention heads of gat and of pyg:/dgl: attention convolutions (default 4)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout (default 0)")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     g.add_argument("--train-seed", type=int, default=0, help="seed of weights and batch order (default 0)")
