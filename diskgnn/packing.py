@@ -408,16 +408,9 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
         plain_maps(inputs, offsets, slot_of_node, n_cached, row_starts, nblocks, maps, row_nodes, block_starts)
     else:
         row_nodes = np.empty(int(extent_rows.sum()), dtype=np.int64)
-        marker = np.full(n, -1, dtype=np.int64)
-        at = 0
-        for e in range(extents):
-            b0, b1 = int(bounds[e]), int(bounds[e + 1])
-            got = segment_block_maps(inputs, offsets, b0, b1, slot_of_node, n_cached, nblocks, marker, maps,
-                                     row_nodes[at:at + int(extent_rows[e])], block_starts[e])
-            if got != extent_rows[e]:
-                raise RuntimeError(f"internal: segment {e} has {got} rows, its size said {int(extent_rows[e])}")
-            at += got
-        del marker
+        seg_row_starts = np.concatenate([[0], np.cumsum(extent_rows)]).astype(np.int64)
+        segment_block_maps(inputs, offsets, bounds, slot_of_node, n_cached, n, seg_row_starts, maps, row_nodes,
+                           block_starts)
     # one read run per non-empty extent; a segment's batches share their segment's run (read once, kept)
     extent_bytes = (extent_rows.astype(np.int64) * rb + (ALIGN - 1)) // ALIGN * ALIGN
     nonempty = extent_rows > 0
@@ -474,11 +467,9 @@ def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, 
     ``max_segment_bytes``. Longer segments share more rows (a smaller file) but need more
     memory: the shortest length whose file fits ``budget`` is taken.
     """
-    marker = np.empty(ds.num_nodes, dtype=np.int64)
-
     def rows_of(g: int) -> tuple[np.ndarray, np.ndarray]:
         bounds = _segment_bounds(part_bounds, g)
-        return bounds, segment_row_counts(inputs, offsets, slot_of_node, bounds, marker)
+        return bounds, segment_row_counts(inputs, offsets, slot_of_node, bounds, ds.num_nodes)
 
     def file_bytes(rows: np.ndarray) -> int:
         return int(((rows * rb + ALIGN - 1) // ALIGN * ALIGN).sum())

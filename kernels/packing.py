@@ -109,64 +109,96 @@ def stage_block(chunk, lo_node, row_nodes, row_starts, lo_rows, hi_rows, total_r
                 carry[e, j] = staging[o + last - first + j]
 
 
-@numba.njit(cache=True, nogil=True)
-def segment_row_counts(inputs, offsets, slot_of_node, seg_bounds, marker):
-    """Distinct uncached nodes of each segment of consecutive batches.
+@numba.njit(cache=True, nogil=True, inline="always")
+def _popcount(x):
+    """Set bits of a uint64 (SWAR)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
-    seg_bounds: int64 [S + 1] first batch of each segment (ascending, last =
-    nb). marker: int64 [N] scratch, any content. Returns int64 [S].
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mark_segment(inputs, lo, hi, slot_of_node, bitmap):
+    """Set the bit of every uncached node among inputs[lo:hi] in ``bitmap`` (uint64 words, zeroed); count new ones."""
+    count = 0
+    for e in range(lo, hi):
+        v = inputs[e]
+        if slot_of_node[v] < 0:
+            w = v >> 6
+            bit = np.uint64(1) << np.uint64(v & 63)
+            if not bitmap[w] & bit:
+                bitmap[w] |= bit
+                count += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def segment_row_counts(inputs, offsets, slot_of_node, seg_bounds, num_nodes):
+    """Distinct uncached nodes of each segment of consecutive batches (segments in parallel).
+
+    seg_bounds: int64 [S + 1] first batch of each segment (ascending, last = nb).
+    Each segment marks its nodes in a bitmap of ``num_nodes`` bits (cache-resident
+    where an n-sized scratch array would miss on every input). Returns int64 [S].
     """
     nseg = seg_bounds.shape[0] - 1
     out = np.zeros(nseg, dtype=np.int64)
-    for s in range(nseg):
-        for k in range(offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]):
-            marker[inputs[k]] = -1
-        c = 0
-        for k in range(offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]):
-            v = inputs[k]
-            if slot_of_node[v] < 0 and marker[v] != s:
-                marker[v] = s
-                c += 1
-        out[s] = c
+    words = (num_nodes + 63) >> 6
+    for s in numba.prange(nseg):
+        bitmap = np.zeros(words, dtype=np.uint64)
+        out[s] = _mark_segment(inputs, offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]], slot_of_node, bitmap)
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def segment_block_maps(inputs, offsets, b0, b1, slot_of_node, n_cached, nblocks, marker, maps, nodes, block_starts):
-    """Maps of one segment (batches b0 .. b1-1) of the segment layout: each uncached row stored once, by node id.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def segment_block_maps(inputs, offsets, seg_bounds, slot_of_node, n_cached, num_nodes, row_starts, maps, nodes,
+                       block_starts):
+    """Maps of the segment layout: each segment's uncached rows stored once, by node id (segments in parallel).
 
-    ``slot_of_node[v]`` is the cache slot of v, or ``-1 - block`` for a row on disk (as for
-    :func:`plain_maps`). The segment's distinct uncached nodes are written to ``nodes`` in
-    ascending order (so by node block, the order in which the packer streams features.bin)
-    and its batches' maps point into them: ``maps[e] = n_cached + position`` (or the cache
-    slot). marker: int64 [N] scratch that must be all -1; it is restored.
-    block_starts: int64 [nblocks + 1] output, the segment's rows of block c are
-    ``block_starts[c] .. block_starts[c + 1] - 1``. Returns the number of distinct rows.
+    ``slot_of_node[v]`` is the cache slot of v, or ``-1 - block`` for a row on disk
+    (as for :func:`plain_maps`). Segment s (batches seg_bounds[s] .. seg_bounds[s+1]-1)
+    holds its distinct uncached nodes in ascending order, so by node block, the order
+    in which the packer streams features.bin: ``nodes[row_starts[s] + k]`` (row_starts:
+    int64 [S + 1], from :func:`segment_row_counts`). Its batches' maps point into them:
+    ``maps[e] = n_cached + k`` for the node stored as row k, or the cache slot. A node's
+    row is its rank among the segment's set bits, so no sort is needed.
+    block_starts: int64 [S, nblocks + 1] output, segment s's rows of block c are
+    ``block_starts[s, c] .. block_starts[s, c + 1] - 1``.
     """
-    count = 0
-    for e in range(offsets[b0], offsets[b1]):
-        v = inputs[e]
-        if slot_of_node[v] < 0 and marker[v] < 0:
-            marker[v] = 0
-            nodes[count] = v
-            count += 1
-    mine = np.sort(nodes[:count])
-    for c in range(nblocks + 1):
-        block_starts[c] = 0
-    for k in range(count):
-        v = mine[k]
-        nodes[k] = v
-        marker[v] = k
-        block_starts[-slot_of_node[v]] += 1
-    for c in range(nblocks):
-        block_starts[c + 1] += block_starts[c]
-    for e in range(offsets[b0], offsets[b1]):
-        v = inputs[e]
-        slot = slot_of_node[v]
-        maps[e] = slot if slot >= 0 else n_cached + marker[v]
-    for k in range(count):
-        marker[nodes[k]] = -1
-    return count
+    nseg = seg_bounds.shape[0] - 1
+    words = (num_nodes + 63) >> 6
+    nblocks = block_starts.shape[1] - 1
+    for s in numba.prange(nseg):
+        lo, hi = offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]
+        bitmap = np.zeros(words, dtype=np.uint64)
+        _mark_segment(inputs, lo, hi, slot_of_node, bitmap)
+        rank = np.empty(words, dtype=np.int64)  # rows before each word
+        starts = block_starts[s]
+        for c in range(nblocks + 1):
+            starts[c] = 0
+        base = row_starts[s]
+        k = 0
+        for w in range(words):
+            rank[w] = k
+            x = bitmap[w]
+            while x:
+                low = x & (~x + np.uint64(1))
+                v = (w << 6) + np.int64(_popcount(low - np.uint64(1)))
+                nodes[base + k] = v
+                starts[-slot_of_node[v]] += 1
+                k += 1
+                x ^= low
+        for c in range(nblocks):
+            starts[c + 1] += starts[c]
+        for e in range(lo, hi):
+            v = inputs[e]
+            slot = slot_of_node[v]
+            if slot >= 0:
+                maps[e] = slot
+            else:
+                w = v >> 6
+                below = bitmap[w] & ((np.uint64(1) << np.uint64(v & 63)) - np.uint64(1))
+                maps[e] = n_cached + rank[w] + np.int64(_popcount(below))
 
 
 @numba.njit(cache=True, nogil=True)

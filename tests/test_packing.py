@@ -147,7 +147,7 @@ def test_plan_kernels_match_numpy():
             twin_starts = np.concatenate([[0], np.cumsum(np.bincount(unc // block_rows, minlength=nblocks))])
             assert np.array_equal(starts[b], twin_starts)
     bounds = np.array([0, 2, 5, nb], dtype=np.int64)
-    got = segment_row_counts(inputs, offsets, slot, bounds, np.empty(n, dtype=np.int64))
+    got = segment_row_counts(inputs, offsets, slot, bounds, n)
     for s in range(3):
         x = inputs[offsets[bounds[s]]:offsets[bounds[s + 1]]]
         assert got[s] == np.unique(x[slot[x] < 0]).size
@@ -158,27 +158,30 @@ def test_plan_kernels_match_numpy():
 @pytest.mark.parametrize("block_rows", [40, 7])  # one block, several blocks
 def test_segment_block_maps_match_numpy(block_rows):
     rng = np.random.default_rng(1)
-    n = 40
+    n = 130  # more than two bitmap words
     inputs, offsets = _batches(rng, n, nb=5)
     slot = np.full(n, -1, dtype=np.int64)
     slot[:5] = np.arange(5)
     nblocks = -(-n // block_rows)
     on_disk = slot < 0
     slot[on_disk] = -1 - np.flatnonzero(on_disk) // block_rows
-    marker = np.full(n, -1, dtype=np.int64)
+    bounds = np.array([0, 1, 4, 5], dtype=np.int64)
+    counts = segment_row_counts(inputs, offsets, slot, bounds, n)
+    row_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     maps = np.full(inputs.size, -99, dtype=np.int64)
-    nodes = np.empty(inputs.size, dtype=np.int64)
-    starts = np.empty(nblocks + 1, dtype=np.int64)
-    k = segment_block_maps(inputs, offsets, 1, 4, slot, 5, nblocks, marker, maps, nodes, starts)
-    assert (marker == -1).all(), "the scratch array is restored"
-    x = inputs[offsets[1]:offsets[4]]
-    want = np.unique(x[slot[x] < 0])
-    assert k == want.size and np.array_equal(nodes[:k], want), "each uncached row once, by node id"
-    m = maps[offsets[1]:offsets[4]]
-    assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
-    assert np.array_equal(nodes[m[slot[x] < 0] - 5], x[slot[x] < 0]), "maps point at the row of that node"
-    assert (maps[:offsets[1]] == -99).all() and (maps[offsets[4]:] == -99).all()
-    assert starts.tolist() == [int(np.searchsorted(want // block_rows, c)) for c in range(nblocks + 1)]
+    nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
+    starts = np.empty((3, nblocks + 1), dtype=np.int64)
+    segment_block_maps(inputs, offsets, bounds, slot, 5, n, row_starts, maps, nodes, starts)
+    for s in range(3):
+        lo, hi = offsets[bounds[s]], offsets[bounds[s + 1]]
+        x = inputs[lo:hi]
+        want = np.unique(x[slot[x] < 0])
+        mine = nodes[row_starts[s]:row_starts[s + 1]]
+        assert counts[s] == want.size and np.array_equal(mine, want), "each uncached row once, by node id"
+        m = maps[lo:hi]
+        assert np.array_equal(m[slot[x] >= 0], slot[x][slot[x] >= 0])
+        assert np.array_equal(mine[m[slot[x] < 0] - 5], x[slot[x] < 0]), "maps point at the row of that node"
+        assert starts[s].tolist() == [int(np.searchsorted(want // block_rows, c)) for c in range(nblocks + 1)]
 
 
 def test_bucket_rows_and_extent_dests():
@@ -383,7 +386,7 @@ def test_stream_mode_stages_every_block(wide_samples, tmp_path, monkeypatch):
     from diskgnn.packing import _stream_memory, plan_pack_memory
     monkeypatch.setattr(diskgnn.packing, "AUTO_CHUNK_MIN", ALIGN)  # the group mode may shrink its chunk
     ds = wide_samples.open_dataset()
-    cfg = PackConfig(host_cache="4%", order_block="4K", write_mode="stream")
+    cfg = PackConfig(host_cache="4%", order_block="4K", write_mode="stream", belady=False)
     plan = plan_pack(wide_samples, cfg)
     assert plan.block_starts.shape[1] - 1 == -(-ds.feature_bytes // ALIGN)
     need = _stream_memory(plan, ds, cfg, 1 << 40).total_bytes
@@ -430,7 +433,7 @@ def test_small_budget_shrinks_the_chunk(wide_samples, tmp_path, monkeypatch, cap
     import diskgnn.packing
     monkeypatch.setattr(diskgnn.packing, "AUTO_CHUNK_MIN", ALIGN)  # the floor the tiny file allows
     ds = wide_samples.open_dataset()
-    cfg = PackConfig(host_cache="4%")
+    cfg = PackConfig(host_cache="4%", belady=False)  # the bound would otherwise be dropped to save a pass
     plan = plan_pack(wide_samples, cfg)
     top, fixed_top, max_extent = pack_memory(plan, ds, cfg)
     assert top >= ds.feature_bytes and top % ALIGN == 0
