@@ -50,8 +50,8 @@ from diskgnn.errors import ConfigError, DiskFullError, MemoryBudgetError, Mismat
 from diskgnn.io import (ALIGN, HUGE_BUFFER, AlignedReader, AlignedWriter, PositionalWriter, align_up, aligned_empty,
                         prefault)
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
-from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, plain_maps,
-                                     segment_block_maps, segment_row_counts, stage_block,
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, disk_bitmap, extent_dests, next_use,
+                                     plain_maps, segment_block_maps, segment_row_counts, stage_block,
                                      tier_hits)
 from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, prepare_resumable_output_dir,
@@ -390,7 +390,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     else:
         layout = "segments"
         seg_batches, bounds, extent_rows = _segments(inputs, offsets, slot_of_node, part_bounds, rb, budget,
-                                                     max_segment_bytes, ds, cfg)
+                                                     max_segment_bytes, ds, cfg, plain_bytes)
         extent_of_batch = np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
         block_bytes = _order_block_bytes(ds, cfg, int(sum(align_up(int(r) * rb) for r in extent_rows)),
                                          int(np.count_nonzero(extent_rows)))
@@ -409,8 +409,8 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     else:
         row_nodes = np.empty(int(extent_rows.sum()), dtype=np.int64)
         seg_row_starts = np.concatenate([[0], np.cumsum(extent_rows)]).astype(np.int64)
-        segment_block_maps(inputs, offsets, bounds, slot_of_node, n_cached, n, seg_row_starts, maps, row_nodes,
-                           block_starts)
+        segment_block_maps(inputs, offsets, bounds, slot_of_node, disk_bitmap(slot_of_node), n_cached,
+                           seg_row_starts, maps, row_nodes, block_starts)
     # one read run per non-empty extent; a segment's batches share their segment's run (read once, kept)
     extent_bytes = (extent_rows.astype(np.int64) * rb + (ALIGN - 1)) // ALIGN * ALIGN
     nonempty = extent_rows > 0
@@ -459,7 +459,7 @@ def _segment_bounds(part_bounds: np.ndarray, g: int) -> np.ndarray:
 
 
 def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, max_segment_bytes: int | None,
-              ds: Dataset, cfg: PackConfig) -> tuple[int, np.ndarray, np.ndarray]:
+              ds: Dataset, cfg: PackConfig, plain_bytes: int) -> tuple[int, np.ndarray, np.ndarray]:
     """The segment layout for a disk budget: ``(batches per segment, segment bounds, rows per segment)``.
 
     A segment stores each of its batches' uncached rows once; training reads it once per pass
@@ -467,9 +467,15 @@ def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, 
     ``max_segment_bytes``. Longer segments share more rows (a smaller file) but need more
     memory: the shortest length whose file fits ``budget`` is taken.
     """
-    def rows_of(g: int) -> tuple[np.ndarray, np.ndarray]:
-        bounds = _segment_bounds(part_bounds, g)
-        return bounds, segment_row_counts(inputs, offsets, slot_of_node, bounds, ds.num_nodes)
+    on_disk = disk_bitmap(slot_of_node)
+
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def rows_of(g: int) -> tuple[np.ndarray, np.ndarray]:  # a pass over every input: computed once per length
+        if g not in seen:
+            bounds = _segment_bounds(part_bounds, g)
+            seen[g] = bounds, segment_row_counts(inputs, offsets, on_disk, bounds)
+        return seen[g]
 
     def file_bytes(rows: np.ndarray) -> int:
         return int(((rows * rb + ALIGN - 1) // ALIGN * ALIGN).sum())
@@ -485,14 +491,21 @@ def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, 
             f"bytes. Raise --disk-budget to at least {math.ceil(minimum / ds.feature_bytes * 100) / 100:.2f}x, or "
             f"cache more rows (--host-cache) so fewer go to disk")
 
-    def fits(g: int) -> bool:
-        return file_bytes(rows_of(g)[1]) <= budget
-
-    lo, hi = 1, longest  # fits(hi); find the smallest g that fits (sizes are close to monotone in g)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    g = lo if fits(lo) else hi
+    # the shortest segments whose file fits: sizes fall smoothly with log(g), so interpolate there
+    # (bisecting where that stalls) and stop within 1/16 of the length: a few passes over the inputs
+    lo, lo_bytes = 1, plain_bytes  # one batch per segment is the plain layout, which does not fit
+    hi, hi_bytes = longest, minimum
+    while hi - lo > max(1, hi // 16):
+        t = (math.log(lo_bytes) - math.log(budget)) / max(math.log(lo_bytes) - math.log(hi_bytes), 1e-12)
+        guess = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+        step = max((hi - lo) // 8, 1)
+        mid = int(min(max(round(guess), lo + step), hi - step))
+        mid_bytes = file_bytes(rows_of(mid)[1])
+        if mid_bytes <= budget:
+            hi, hi_bytes = mid, mid_bytes
+        else:
+            lo, lo_bytes = mid, mid_bytes
+    g = hi
     bounds, rows = rows_of(g)
     largest = int(rows.max(initial=0)) * rb
     if max_segment_bytes is not None and largest > max_segment_bytes:

@@ -119,44 +119,53 @@ def _popcount(x):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _mark_segment(inputs, lo, hi, slot_of_node, bitmap):
-    """Set the bit of every uncached node among inputs[lo:hi] in ``bitmap`` (uint64 words, zeroed); count new ones."""
+def _mark_segment(inputs, lo, hi, on_disk, bitmap):
+    """Set the bit of every node of inputs[lo:hi] that is on disk (its bit set in ``on_disk``) in ``bitmap``
+    (uint64 words, zeroed); return how many bits were new."""
     count = 0
     for e in range(lo, hi):
         v = inputs[e]
-        if slot_of_node[v] < 0:
-            w = v >> 6
-            bit = np.uint64(1) << np.uint64(v & 63)
-            if not bitmap[w] & bit:
-                bitmap[w] |= bit
-                count += 1
+        w = v >> 6
+        bit = np.uint64(1) << np.uint64(v & 63)
+        if on_disk[w] & bit and not bitmap[w] & bit:
+            bitmap[w] |= bit
+            count += 1
     return count
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def segment_row_counts(inputs, offsets, slot_of_node, seg_bounds, num_nodes):
+def segment_row_counts(inputs, offsets, on_disk, seg_bounds):
     """Distinct uncached nodes of each segment of consecutive batches (segments in parallel).
 
-    seg_bounds: int64 [S + 1] first batch of each segment (ascending, last = nb).
-    Each segment marks its nodes in a bitmap of ``num_nodes`` bits (cache-resident
-    where an n-sized scratch array would miss on every input). Returns int64 [S].
+    on_disk: uint64 bitmap words, bit v set for a node whose row is not cached (see
+    :func:`disk_bitmap`). seg_bounds: int64 [S + 1] first batch of each segment
+    (ascending, last = nb). Each segment marks its nodes in a bitmap as large as
+    ``on_disk``: both stay in cache, where n-sized arrays would miss on every input.
+    Returns int64 [S].
     """
     nseg = seg_bounds.shape[0] - 1
     out = np.zeros(nseg, dtype=np.int64)
-    words = (num_nodes + 63) >> 6
     for s in numba.prange(nseg):
-        bitmap = np.zeros(words, dtype=np.uint64)
-        out[s] = _mark_segment(inputs, offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]], slot_of_node, bitmap)
+        bitmap = np.zeros(on_disk.shape[0], dtype=np.uint64)
+        out[s] = _mark_segment(inputs, offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]], on_disk, bitmap)
     return out
 
 
+def disk_bitmap(slot_of_node: np.ndarray) -> np.ndarray:
+    """uint64 words with bit v set where ``slot_of_node[v] < 0`` (the row is on disk); little-endian bit order."""
+    bits = np.packbits(np.asarray(slot_of_node) < 0, bitorder="little")
+    words = np.zeros(-(-bits.size // 8) * 8, dtype=np.uint8)
+    words[:bits.size] = bits
+    return words.view("<u8").astype(np.uint64)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def segment_block_maps(inputs, offsets, seg_bounds, slot_of_node, n_cached, num_nodes, row_starts, maps, nodes,
+def segment_block_maps(inputs, offsets, seg_bounds, slot_of_node, on_disk, n_cached, row_starts, maps, nodes,
                        block_starts):
     """Maps of the segment layout: each segment's uncached rows stored once, by node id (segments in parallel).
 
     ``slot_of_node[v]`` is the cache slot of v, or ``-1 - block`` for a row on disk
-    (as for :func:`plain_maps`). Segment s (batches seg_bounds[s] .. seg_bounds[s+1]-1)
+    (as for :func:`plain_maps`); ``on_disk`` the bitmap of the latter (:func:`disk_bitmap`). Segment s (batches seg_bounds[s] .. seg_bounds[s+1]-1)
     holds its distinct uncached nodes in ascending order, so by node block, the order
     in which the packer streams features.bin: ``nodes[row_starts[s] + k]`` (row_starts:
     int64 [S + 1], from :func:`segment_row_counts`). Its batches' maps point into them:
@@ -166,12 +175,12 @@ def segment_block_maps(inputs, offsets, seg_bounds, slot_of_node, n_cached, num_
     ``block_starts[s, c] .. block_starts[s, c + 1] - 1``.
     """
     nseg = seg_bounds.shape[0] - 1
-    words = (num_nodes + 63) >> 6
+    words = on_disk.shape[0]
     nblocks = block_starts.shape[1] - 1
     for s in numba.prange(nseg):
         lo, hi = offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]
         bitmap = np.zeros(words, dtype=np.uint64)
-        _mark_segment(inputs, lo, hi, slot_of_node, bitmap)
+        _mark_segment(inputs, lo, hi, on_disk, bitmap)
         rank = np.empty(words, dtype=np.int64)  # rows before each word
         starts = block_starts[s]
         for c in range(nblocks + 1):

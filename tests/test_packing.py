@@ -12,8 +12,8 @@ from diskgnn.errors import (ConfigError, IntegrityError, ManifestNotFoundError, 
 from diskgnn.io import ALIGN
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows, gather_rows_lut,
                                     scatter_bytes, scatter_words, split_map)
-from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, extent_dests, next_use, plain_maps,
-                                     segment_block_maps, segment_row_counts, stage_block,
+from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, disk_bitmap, extent_dests, next_use,
+                                     plain_maps, segment_block_maps, segment_row_counts, stage_block,
                                      tier_hits)
 from diskgnn.packing import BUCKET_BYTES_PER_ROW, PackConfig, belady_hit_rate, convert_rows, pack, pack_memory, plan_pack
 from diskgnn.sampling import SampleConfig, presample
@@ -147,7 +147,7 @@ def test_plan_kernels_match_numpy():
             twin_starts = np.concatenate([[0], np.cumsum(np.bincount(unc // block_rows, minlength=nblocks))])
             assert np.array_equal(starts[b], twin_starts)
     bounds = np.array([0, 2, 5, nb], dtype=np.int64)
-    got = segment_row_counts(inputs, offsets, slot, bounds, n)
+    got = segment_row_counts(inputs, offsets, disk_bitmap(slot), bounds)
     for s in range(3):
         x = inputs[offsets[bounds[s]]:offsets[bounds[s + 1]]]
         assert got[s] == np.unique(x[slot[x] < 0]).size
@@ -166,12 +166,14 @@ def test_segment_block_maps_match_numpy(block_rows):
     on_disk = slot < 0
     slot[on_disk] = -1 - np.flatnonzero(on_disk) // block_rows
     bounds = np.array([0, 1, 4, 5], dtype=np.int64)
-    counts = segment_row_counts(inputs, offsets, slot, bounds, n)
+    on_disk = disk_bitmap(slot)
+    assert [bool(on_disk[v >> 6] >> np.uint64(v & 63) & np.uint64(1)) for v in range(n)] == (slot < 0).tolist()
+    counts = segment_row_counts(inputs, offsets, on_disk, bounds)
     row_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     maps = np.full(inputs.size, -99, dtype=np.int64)
     nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
     starts = np.empty((3, nblocks + 1), dtype=np.int64)
-    segment_block_maps(inputs, offsets, bounds, slot, 5, n, row_starts, maps, nodes, starts)
+    segment_block_maps(inputs, offsets, bounds, slot, on_disk, 5, row_starts, maps, nodes, starts)
     for s in range(3):
         lo, hi = offsets[bounds[s]], offsets[bounds[s + 1]]
         x = inputs[lo:hi]
