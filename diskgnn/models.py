@@ -23,7 +23,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from diskgnn.errors import ConfigError
-from diskgnn.ops import aggregate, edge_softmax, gat_aggregate, linear  # noqa: F401 (edge_softmax re-exported)
+from diskgnn.ops import aggregate, edge_softmax, gat_aggregate, linear, relu_  # noqa: F401 (edge_softmax re-exported)
 
 MODELS = ("sage", "gat", "gcn")
 """diskgnn's own architectures; ``pyg:<Conv>`` and ``dgl:<Conv>`` name stacks of another library's
@@ -196,7 +196,7 @@ class GNN(nn.Module):
             if self.kind == "gat":
                 h = h.mean(1) if i == last else F.elu(h.flatten(1))
             elif i != last:
-                h = F.relu(h)
+                h = relu_(h)  # the layer's own output: nothing else holds it
             if i != last:
                 h = self.dropout(h)
         return h

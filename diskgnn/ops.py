@@ -174,6 +174,31 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _Linear.apply(x, weight, bias)
 
 
+class _ReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(x)
+        x.clamp_(min=0)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        grad = scratch.take(tuple(out.shape), grad_out.dtype)
+        _kernels().relu_backward(_np(out.reshape(-1)), _np(grad_out.contiguous().reshape(-1)),
+                                 grad.reshape(-1).numpy())
+        return grad
+
+
+def relu_(x: torch.Tensor) -> torch.Tensor:
+    """ReLU in place, its gradient in a reused buffer (a layer's output is tens of MB: fresh memory for the
+    activation and its gradient costs more than the ReLU itself). ``x`` must not be needed unchanged."""
+    if not _fused(x) or x.numel() * x.element_size() < scratch.min_bytes:
+        return F.relu(x)
+    return _ReLU.apply(x)
+
+
 # --- sum / mean / GCN aggregation ----------------------------------------------------------------
 
 class _Aggregate(torch.autograd.Function):

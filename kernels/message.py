@@ -231,3 +231,10 @@ def gat_backward_src(t_indptr, t_dst, t_edge, alpha, grad_score, grad_out, grad_
                 g = grad_out[v, h]
                 for j in range(d):
                     acc[j] += a * g[j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def relu_backward(out, grad_out, grad):
+    """``grad = grad_out * (out > 0)`` over flat float arrays of one length (no temporary mask)."""
+    for i in numba.prange(out.shape[0]):
+        grad[i] = grad_out[i] if out[i] > 0 else 0

@@ -241,3 +241,20 @@ def test_aggregate_kernel_matches_numpy_twin():
             if mode == message.SELF_CONCAT:
                 want = np.concatenate([h[v], want])
             np.testing.assert_allclose(out[v], want, rtol=1e-5, atol=1e-6)
+
+
+def test_relu_in_place_with_pooled_gradient():
+    pool_before = ops.scratch.min_bytes
+    ops.scratch.min_bytes = 0
+    try:
+        x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: ops.relu_(t * 1.0), (x,))
+        h = x * 2.0
+        out = ops.relu_(h)
+        assert out.data_ptr() == h.data_ptr(), "in place"
+        torch.testing.assert_close(out, torch.relu(x * 2.0))
+        g = torch.randn(9, 4, dtype=torch.float64)
+        out.backward(g)
+        torch.testing.assert_close(x.grad, 2.0 * g * (x > 0))
+    finally:
+        ops.scratch.min_bytes = pool_before
