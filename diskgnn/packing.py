@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diskgnn.dataset import ArraySpec, Dataset, convert_features, feature_dtype, node_id_dtype
+from diskgnn.dataset import ArraySpec, Dataset, feature_dtype, node_id_dtype
+from diskgnn.dtypes import convert_rows  # noqa: F401 (also imported from here)
 from diskgnn.errors import ConfigError, DiskFullError, MemoryBudgetError, MismatchError
 from diskgnn.io import (ALIGN, HUGE_BUFFER, AlignedReader, AlignedWriter, PositionalWriter, align_up, aligned_empty,
                         prefault)
@@ -145,20 +146,6 @@ class PackConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def convert_rows(rows: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Feature rows stored as ``src`` converted to the storage representation of ``dst``."""
-    if src == dst:
-        return rows
-    if src == "fp32":
-        wide = rows.view(np.float32) if rows.dtype != np.float32 else rows
-    elif src == "fp16":
-        wide = rows.astype(np.float32)
-    else:
-        from diskgnn.dataset import bf16_bits_to_float32
-        wide = bf16_bits_to_float32(rows)
-    return np.ascontiguousarray(convert_features(wide, dst))
 
 
 @dataclass(frozen=True, slots=True)

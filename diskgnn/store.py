@@ -49,7 +49,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from diskgnn.dataset import ArraySpec, Dataset, array_crc32, bf16_bits_to_float32, feature_dtype, open_array
+from diskgnn.dataset import ArraySpec, Dataset, array_crc32, feature_dtype, open_array
+from diskgnn.dtypes import convert_rows, to_float32, upcast_table  # noqa: F401 (to_float32 re-exported)
 from diskgnn.errors import ConfigError, IntegrityError, ManifestError, MemoryBudgetError, MismatchError
 from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_empty
 from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
@@ -74,23 +75,6 @@ def samples_fingerprint(samples) -> str:
         return fp
     manifest = {k: v for k, v in dict(samples.manifest).items() if k != "created"}
     return f"{zlib.crc32(json.dumps(manifest, sort_keys=True, default=str).encode()):08x}"
-
-
-def upcast_table(store_dtype: str) -> np.ndarray | None:
-    """float32 value of every 16-bit pattern of ``store_dtype`` (None for fp32)."""
-    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    if store_dtype == "fp16":
-        return bits.view(np.float16).astype(np.float32)
-    if store_dtype == "bf16":
-        return bf16_bits_to_float32(bits)
-    return None
-
-
-def to_float32(rows: np.ndarray, store_dtype: str) -> np.ndarray:
-    """Stored rows widened to float32 exactly (the numpy reference of the kernels)."""
-    if store_dtype == "bf16":
-        return bf16_bits_to_float32(rows)
-    return np.asarray(rows).astype(np.float32)
 
 
 # --- tiers ---------------------------------------------------------------------------------
@@ -1110,7 +1094,6 @@ def _check_run_crcs(p: Packed, progress: ProgressFn = no_progress) -> None:
 
 def _check_rows(p: Packed) -> None:
     """Assemble the first and last batch of each part and compare with the dataset's rows."""
-    from diskgnn.packing import convert_rows
     ds = p.dataset
     samples = p.samples
     store = FeatureStore(p, "cpu", memory_budget=1 << 62, mmap_tiers=True)
