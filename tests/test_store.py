@@ -243,3 +243,22 @@ def test_training_on_segments_reads_each_once_and_learns(segmented, tmp_path):
         for h in tr.history:
             assert h["bytes_read"] == _segment_bytes(store, h["part"])
         assert report["final_train_acc"] > 0.3
+
+
+def test_a_budget_without_room_for_a_segment_names_the_sizes(segmented, monkeypatch):
+    import diskgnn.store
+    from diskgnn.memory import TrainingMemory
+    monkeypatch.setattr(diskgnn.store, "process_anon_bytes", lambda: 100 << 20)  # the same in every plan
+    with FeatureStore(segmented, "cpu", memory_budget=1 << 40) as store:
+        plan = store.memory_plan(training=TrainingMemory(queue_depth=2, model_bytes=0))
+        seg = store.max_segment_bytes
+    assert seg > 0 and plan.segment_buffers == 2 * seg
+    rest = plan.total - plan.segment_buffers
+    # room for one segment: it works, one at a time (no read-ahead of the next segment)
+    one = FeatureStore(segmented, "cpu", memory_budget=rest + seg + seg // 2,
+                       training=TrainingMemory(queue_depth=2, model_bytes=0))
+    assert one.held_segments == 1
+    one.close()
+    with pytest.raises(MemoryBudgetError, match=r"segments take up to .*--segment-memory"):
+        FeatureStore(segmented, "cpu", memory_budget=rest + seg // 2, training=TrainingMemory(queue_depth=2,
+                                                                                              model_bytes=0))
