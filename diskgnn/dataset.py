@@ -139,6 +139,23 @@ def open_array(directory: Path, spec: ArraySpec, mode: str = "r") -> np.ndarray:
     return np.memmap(path, dtype=spec.dtype, mode=mode, shape=spec.shape)
 
 
+def read_array(directory: Path, spec: ArraySpec, piece_bytes: int = 64 << 20) -> np.ndarray:
+    """One array read into a new in-memory array with plain reads (not a memory map), in large pieces."""
+    open_array(directory, spec)  # exists and has exactly the promised size
+    out = np.empty(spec.shape, dtype=spec.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+    path = Path(directory) / spec.path
+    with open(path, "rb", buffering=0) as f:
+        done = 0
+        while done < view.nbytes:
+            got = f.readinto(view[done:done + piece_bytes])
+            if not got:
+                raise IntegrityError(f"{path} ends after {done} bytes although the manifest promises "
+                                     f"{spec.nbytes}; re-create {directory}")
+            done += got
+    return out
+
+
 class ArrayWriter:
     """Streams one raw array to disk in chunks, counting rows and computing crc32.
 
@@ -224,7 +241,8 @@ class DatasetWriter:
         id_bytes = node_id_dtype(num_nodes).itemsize
         expect_output_bytes(self.out, certain + num_nodes * 8 + (expected_edges or 0) * id_bytes)
         kept = sum(int(f["bytes"]) for f in self._resumed_files.values())
-        check_free_space(self.out, max(certain - kept, 0), "the dataset")
+        # the edges too when their count is known up front (an upper bound, before de-duplication)
+        check_free_space(self.out, max(certain + (expected_edges or 0) * id_bytes - kept, 0), "the dataset")
         self.num_nodes, self.feat_dim, self.feat_dtype = int(num_nodes), int(feat_dim), feat_dtype
         self.num_classes = int(num_classes)
         self.source, self.config = source, config
@@ -387,8 +405,8 @@ class Dataset:
         return self.num_nodes * self.row_bytes
 
     def load_topology(self) -> tuple[np.ndarray, np.ndarray]:
-        """indptr and indices read fully into memory."""
-        return np.array(self.indptr), np.array(self.indices)
+        """indptr and indices read fully into memory (plain reads: no mapped copy stays resident beside them)."""
+        return read_array(self.path, self.specs["indptr"]), read_array(self.path, self.specs["indices"])
 
     @property
     def fingerprint(self) -> str:
@@ -440,67 +458,126 @@ def array_crc32(array: np.ndarray, chunk_bytes: int = 64 << 20) -> int:
     return crc
 
 
+class ArrayChunks:
+    """One array file read front to back in pieces of ``rows`` rows, with the crc32 of what was read.
+
+    Plain reads into one reused buffer, not a memory map: a map keeps every page it touched
+    resident (file-mapped RSS) for as long as it lives, and a 10 GB array scanned through it
+    fills whatever memory the process may use; read pages stay in the page cache, which the
+    kernel drops first. After a complete pass :attr:`crc32` is the file's checksum.
+    """
+
+    def __init__(self, directory: Path, spec: ArraySpec, rows: int):
+        open_array(directory, spec)  # exists and has exactly the promised size
+        self.path = Path(directory) / spec.path
+        self.dtype = np.dtype(spec.dtype)
+        self.row_shape = tuple(spec.shape[1:])
+        self.num_rows = spec.shape[0] if spec.shape else 1
+        self.rows = max(int(rows), 1)
+        self.crc32 = 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, rows)`` of each piece; the array yielded is reused for the next piece."""
+        row_items = math.prod(self.row_shape)
+        buf = np.empty((min(self.rows, self.num_rows), *self.row_shape), dtype=self.dtype)
+        self.crc32 = 0
+        with open(self.path, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            for lo in range(0, self.num_rows, self.rows):
+                piece = buf[:min(self.rows, self.num_rows - lo)]
+                view, done = memoryview(piece.reshape(-1).view(np.uint8)) if row_items else memoryview(b""), 0
+                while done < view.nbytes:
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise IntegrityError(f"{self.path} ends after {lo * self.dtype.itemsize * row_items + done} "
+                                             f"bytes although the manifest promises more; re-create "
+                                             f"{self.path.parent}")
+                    done += got
+                self.crc32 = zlib.crc32(view, self.crc32)
+                yield lo, piece
+
+
+def _topology_problem(where: Path, n: int, e: int, indptr_pieces, indices_pieces) -> None:
+    """Raise the first CSR problem met while walking the pieces: offsets 0 .. E and monotone, sources in 0 .. N-1."""
+    last = None
+    for lo, part in indptr_pieces:
+        if part.size == 0:
+            continue
+        if lo == 0 and int(part[0]) != 0:
+            raise IntegrityError(f"{where}/indptr.bin: offsets must start at 0 and end at {e} (edges), "
+                                 f"found {int(part[0])} .. ; re-create the dataset")
+        if last is not None and int(part[0]) < last:
+            raise IntegrityError(f"{where}/indptr.bin: offsets decrease at node {lo - 1}; the CSR is corrupt")
+        step = np.diff(part)
+        if (step < 0).any():
+            bad = lo + int(np.flatnonzero(step < 0)[0])
+            raise IntegrityError(f"{where}/indptr.bin: offsets decrease at node {bad}; the CSR is corrupt")
+        last = int(part[-1])
+    if last != e:
+        raise IntegrityError(f"{where}/indptr.bin: offsets must start at 0 and end at {e} (edges), "
+                             f"found .. {last}; re-create the dataset")
+    for lo, part in indices_pieces:
+        if part.size and (int(part.min()) < 0 or int(part.max()) >= n):
+            bad = lo + int(np.flatnonzero((part < 0) | (part >= n))[0])
+            raise IntegrityError(f"{where}/indices.bin: edge {bad} has source node {int(part[bad - lo])}, "
+                                 f"outside 0..{n - 1}; the CSR is corrupt")
+
+
+def _array_pieces(array: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    for lo in range(0, array.shape[0], chunk):
+        yield lo, np.asarray(array[lo:lo + chunk])
+
+
 def check_topology(ds: Dataset, indptr: np.ndarray | None = None, indices: np.ndarray | None = None, *,
                    check_crc: bool = True, chunk: int = 1 << 24) -> None:
     """Check the CSR before a kernel walks it: checksums, offsets 0 .. E and monotone, sources in 0 .. N-1.
 
     A corrupt offset or id would make a kernel read or write out of bounds, so
-    the sampler calls this once on the arrays it will use (in memory or mapped).
+    the sampler calls this once on the arrays it will use: ``indptr`` and
+    ``indices`` in memory, or (None) the files, read once front to back in
+    pieces whatever their size (one pass for the checksum and the invariants).
     """
-    indptr = ds.indptr if indptr is None else indptr
-    indices = ds.indices if indices is None else indices
     where = ds.path
+    n, e = ds.num_nodes, ds.num_edges
+    if indptr is None or indices is None:
+        ptr_chunks = ArrayChunks(ds.path, ds.specs["indptr"], chunk)
+        idx_chunks = ArrayChunks(ds.path, ds.specs["indices"], chunk)
+        _topology_problem(where, n, e, ptr_chunks, idx_chunks)
+        crcs = {"indptr": ptr_chunks.crc32, "indices": idx_chunks.crc32}
+    else:
+        _topology_problem(where, n, e, _array_pieces(indptr, chunk), _array_pieces(indices, chunk))
+        crcs = {name: array_crc32(arr) for name, arr in (("indptr", indptr), ("indices", indices))} if check_crc \
+            else {}
     if check_crc:
-        for name, arr in (("indptr", indptr), ("indices", indices)):
+        for name in ("indptr", "indices"):
             spec = ds.specs[name]
-            if spec.crc32 is not None and array_crc32(arr) != spec.crc32:
+            if spec.crc32 is not None and crcs[name] != spec.crc32:
                 raise IntegrityError(f"{where}/{spec.path}: checksum mismatch (the manifest says crc32 "
                                      f"{spec.crc32:08x}); the file is corrupt, re-create the dataset")
-    n, e = ds.num_nodes, ds.num_edges
-    if int(indptr[0]) != 0 or int(indptr[-1]) != e:
-        raise IntegrityError(f"{where}/indptr.bin: offsets must start at 0 and end at {e} (edges), "
-                             f"found {int(indptr[0])} .. {int(indptr[-1])}; re-create the dataset")
-    for lo, hi in _chunks(n, chunk):
-        if (np.diff(np.asarray(indptr[lo:hi + 1])) < 0).any():
-            raise IntegrityError(f"{where}/indptr.bin: offsets decrease near node {lo}; the CSR is corrupt")
-    for lo, hi in _chunks(e, chunk):
-        part = np.asarray(indices[lo:hi])
-        if part.size and (int(part.min()) < 0 or int(part.max()) >= n):
-            raise IntegrityError(f"{where}/indices.bin: an edge near position {lo} has a source outside "
-                                 f"0..{n - 1}; the CSR is corrupt")
 
 
 def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool = True,
                    chunk: int = 1 << 24, progress=None) -> None:
-    """Check every invariant of ``ds``; raise :class:`IntegrityError` naming the first problem."""
+    """Check every invariant of ``ds``; raise :class:`IntegrityError` naming the first problem.
+
+    Each file is read once, front to back in pieces (never through a memory map, so memory
+    stays at a few pieces whatever the dataset's size); checksums are computed on the way and
+    compared last, so a broken invariant is named rather than only a mismatch.
+    """
     where = ds.path
     n, e = ds.num_nodes, ds.num_edges
-    indptr = ds.indptr
-    if int(indptr[0]) != 0 or int(indptr[-1]) != e:
-        raise IntegrityError(f"{where}/indptr.bin: offsets must start at 0 and end at {e} (edges), "
-                             f"found {int(indptr[0])} .. {int(indptr[-1])}")
-    for lo, hi in _chunks(n, chunk):
-        part = np.asarray(indptr[lo:hi + 1])
-        if (np.diff(part) < 0).any():
-            bad = lo + int(np.flatnonzero(np.diff(part) < 0)[0])
-            raise IntegrityError(f"{where}/indptr.bin: offsets decrease at node {bad}; the CSR is corrupt")
-    indices = ds.indices
-    for lo, hi in _chunks(e, chunk):
-        part = np.asarray(indices[lo:hi])
-        if part.size and (int(part.min()) < 0 or int(part.max()) >= n):
-            bad = lo + int(np.flatnonzero((part < 0) | (part >= n))[0])
-            raise IntegrityError(f"{where}/indices.bin: edge {bad} has source node {int(indices[bad])}, "
-                                 f"outside 0..{n - 1}")
-    labels = ds.labels
-    for lo, hi in _chunks(n, chunk):
-        part = np.asarray(labels[lo:hi])
+    chunks = {name: ArrayChunks(where, spec, chunk) for name, spec in ds.specs.items()}
+    _topology_problem(where, n, e, chunks["indptr"], chunks["indices"])
+    for lo, part in chunks["labels"]:
         if part.size and (int(part.min()) < -1 or int(part.max()) >= ds.num_classes):
             bad = lo + int(np.flatnonzero((part < -1) | (part >= ds.num_classes))[0])
-            raise IntegrityError(f"{where}/labels.bin: node {bad} has label {int(labels[bad])}, outside "
+            raise IntegrityError(f"{where}/labels.bin: node {bad} has label {int(part[bad - lo])}, outside "
                                  f"0..{ds.num_classes - 1} (or -1 for unlabelled)")
+    labels = ds.labels
     seen = np.zeros(n, dtype=np.uint8)
     for s in SPLITS:
-        idx = np.asarray(ds.split(s))
+        idx = np.concatenate([part.copy() for _, part in chunks[f"{s}_idx"]] or [np.zeros(0, np.int64)])
         if idx.size == 0:
             continue
         if int(idx.min()) < 0 or int(idx.max()) >= n:
@@ -512,27 +589,30 @@ def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool 
             bad = int(idx[np.flatnonzero(seen[idx])[0]])
             raise IntegrityError(f"{where}: splits overlap; node {bad} is in {s} and in an earlier split")
         seen[idx] = 1
-        if (np.asarray(labels)[idx] < 0).any():
+        if (np.asarray(labels[np.sort(idx)]) < 0).any():
             raise IntegrityError(f"{where}/{s}_idx.bin: contains unlabelled nodes (label -1)")
+    del seen
+    read = {"indptr", "indices", "labels", *(f"{s}_idx" for s in SPLITS)}
     # A dataset prepared with --allow-nonfinite may hold NaN/inf rows on purpose.
-    if check_features and not (ds.manifest.get("config") or {}).get("allow_nonfinite", False):
-        feats = ds.features
-        rows = max(1, (64 << 20) // max(ds.row_bytes, 1))
-        for lo, hi in _chunks(n, rows):
-            block = np.asarray(feats[lo:hi])
-            if ds.feat_dtype == "bf16":
-                block = bf16_bits_to_float32(block)
-            if not np.isfinite(block).all():
-                bad = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                raise IntegrityError(f"{where}/features.bin: row {bad} holds NaN or inf")
+    finite = check_features and not (ds.manifest.get("config") or {}).get("allow_nonfinite", False)
+    if finite or check_crc:
+        chunks["features"] = ArrayChunks(where, ds.specs["features"], max(1, (64 << 20) // max(ds.row_bytes, 1)))
+        for lo, block in chunks["features"]:
+            if finite:
+                if ds.feat_dtype == "bf16":
+                    block = bf16_bits_to_float32(block)
+                if not np.isfinite(block).all():
+                    bad = lo + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                    raise IntegrityError(f"{where}/features.bin: row {bad} holds NaN or inf")
             if progress:
-                progress(hi - lo)
+                progress(block.shape[0])
+        read.add("features")
     if check_crc:
         from diskgnn.manifest import file_crc32
         for name, spec in ds.specs.items():
             if spec.crc32 is None:
                 continue
-            got = file_crc32(where / spec.path)
+            got = chunks[name].crc32 if name in read else file_crc32(where / spec.path)
             if got != spec.crc32:
                 raise IntegrityError(f"{where}/{spec.path}: checksum mismatch (crc32 {got:08x}, manifest says "
                                      f"{spec.crc32:08x}); the file is corrupt, re-create the dataset")

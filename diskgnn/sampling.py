@@ -271,7 +271,8 @@ class Sampler:
             _advise_random(self.dataset.indices)
         else:
             self.indptr, self.indices = self.dataset.load_topology()
-        check_topology(self.dataset, self.indptr, self.indices)  # the kernels trust every offset and id
+        # the kernels trust every offset and id; a mapped CSR is checked from its files, in one pass
+        check_topology(self.dataset, *(() if self.mmapped else (self.indptr, self.indices)))
         self.num_nodes = self.dataset.num_nodes
         self._node_map = np.full(self.num_nodes, -1, dtype=np.int32)
         self._mark: np.ndarray | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,11 +97,14 @@ SCALES = {
     "s": SynthConfig(nodes=200_000, avg_degree=10, dim=64, classes=8),
     "m": SynthConfig(nodes=8_000_000, avg_degree=16, dim=128, classes=16,
                      train_fraction=0.025, val_fraction=0.005, test_fraction=0.01),
+    # past 2**31 edges (about 2.3 billion), topology (~9.7 GB) and features (8.2 GB) both beyond a 4 GiB cap
+    "l": SynthConfig(nodes=64_000_000, avg_degree=36, dim=64, classes=16, dtype="fp16",
+                     train_fraction=0.01, val_fraction=0.002, test_fraction=0.002),
 }
 
 
 def scale_config(scale: str, **overrides) -> SynthConfig:
-    """The config of a named scale (tiny, s, m) with fields replaced by ``overrides``."""
+    """The config of a named scale (tiny, s, m, l) with fields replaced by ``overrides``."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -115,17 +119,119 @@ def _pareto(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     return (1.0 - u) ** (-1.0 / (exponent - 1.0))
 
 
-def in_degrees(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
-    """Power-law in-degrees with mean ``avg_degree`` (capped so that no node exceeds N-1)."""
+SETUP_CHUNK = 1 << 22
+"""Nodes per piece of the per-node arrays' set-up: no temporary is larger than a few of these, so
+the generator's memory is its per-node arrays (about 26 bytes a node) whatever N."""
+
+
+def _index_dtype(limit: int) -> np.dtype:
+    return np.dtype(np.int32) if limit < 2**31 else np.dtype(np.int64)
+
+
+def in_degrees(cfg: SynthConfig, rng: np.random.Generator, chunk: int = SETUP_CHUNK) -> np.ndarray:
+    """Power-law in-degrees with mean ``avg_degree`` (capped so that no node exceeds N-1); int32 while the cap allows.
+
+    The draws and the means are those of an all-at-once computation (numpy's own mean over one
+    reused buffer), the rest runs in pieces of ``chunk`` nodes: the result does not depend on
+    ``chunk`` and memory is two float64 arrays of N beside the result.
+    """
     n = cfg.nodes
-    raw = _pareto(rng, n, cfg.degree_exponent)
+    raw = np.empty(n, dtype=np.float64)
+    for lo in range(0, n, chunk):
+        raw[lo:lo + chunk] = _pareto(rng, min(chunk, n - lo), cfg.degree_exponent)
     cap = float(min(n - 1, max(50.0 * cfg.avg_degree, 10.0)))
-    scale = cfg.avg_degree / np.minimum(raw, cap).mean()
+    capped = np.minimum(raw, cap)
+    scale = cfg.avg_degree / capped.mean()
     for _ in range(3):  # re-fit the scale after capping
-        deg = np.minimum(raw * scale, cap)
-        scale *= cfg.avg_degree / max(deg.mean(), 1e-12)
-    jitter = rng.random(n)
-    return np.minimum(np.floor(raw * scale + jitter), cap).astype(np.int64)
+        np.multiply(raw, scale, out=capped)
+        np.minimum(capped, cap, out=capped)
+        scale *= cfg.avg_degree / max(capped.mean(), 1e-12)
+    del capped
+    degree = np.empty(n, dtype=_index_dtype(int(cap) + 1))
+    for lo in range(0, n, chunk):
+        piece = raw[lo:lo + chunk] * scale
+        piece += rng.random(piece.shape[0])  # the jitter, drawn after every raw value as one draw of n would be
+        np.floor(piece, out=piece)
+        np.minimum(piece, cap, out=piece)
+        degree[lo:lo + chunk] = piece
+    return degree
+
+
+class NodeArrays(NamedTuple):
+    """The per-node arrays every chunk of the generator reads (about 26 bytes a node with int32 ids)."""
+    community: np.ndarray
+    """int32 [N] community of each node (class = community % classes)."""
+    degree: np.ndarray
+    """int32 (int64 for huge caps) [N] in-degree drawn before de-duplication."""
+    comm_start: np.ndarray
+    """int64 [C+1] where each community's nodes start in ``by_community``."""
+    by_community: np.ndarray
+    """int32 (int64 beyond 2**31 nodes) [N] node ids grouped by community, ascending inside one."""
+    cum_in_community: np.ndarray
+    """float64 [N] cumulative popularity along ``by_community``."""
+    cum_global: np.ndarray
+    """float64 [N] cumulative popularity by node id."""
+    centers: np.ndarray
+    """float32 [C, F] feature centre of each community."""
+    splits: dict
+    """int64 node ids of the train, val and test splits."""
+
+
+def _cumsum_pieces(values: np.ndarray, order: np.ndarray | None, chunk: int) -> np.ndarray:
+    """``np.cumsum(values[order])`` (or of ``values``) bit for bit, built in pieces of ``chunk`` (no N-sized temporary)."""
+    n = values.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    carry = 0.0
+    for lo in range(0, n, chunk):
+        piece = values[order[lo:lo + chunk]] if order is not None else values[lo:lo + chunk].copy()
+        piece[0] += carry  # summed first, as the running sum of one cumsum over everything would
+        np.cumsum(piece, out=out[lo:lo + piece.shape[0]])
+        carry = float(out[lo + piece.shape[0] - 1])
+    return out
+
+
+def node_arrays(cfg: SynthConfig, chunk: int = SETUP_CHUNK) -> NodeArrays:
+    """Draw the per-node arrays of ``cfg``'s graph in pieces of ``chunk`` nodes (the same arrays for any ``chunk``).
+
+    Every random draw comes from one generator in a fixed order, so the arrays (and the graph)
+    are those of computing each array at once, without its temporaries: the peak is the arrays
+    themselves plus two float64 arrays of N while the popularity is summed up.
+    """
+    from diskgnn.kernels.synth import group_by_community
+    n = cfg.nodes
+    rng = np.random.default_rng([cfg.seed, 0x5EED])
+    num_comm = cfg.classes * cfg.communities_per_class
+    community = rng.integers(0, num_comm, n, dtype=np.int32)
+    degree = in_degrees(cfg, rng, chunk)
+    popularity = np.empty(n, dtype=np.float64)
+    for lo in range(0, n, chunk):
+        piece = popularity[lo:lo + chunk]
+        piece[:] = _pareto(rng, piece.shape[0], cfg.popularity_exponent)
+        np.minimum(piece, cfg.max_popularity, out=piece)
+    comm_start = np.zeros(num_comm + 1, dtype=np.int64)
+    np.cumsum(np.bincount(community, minlength=num_comm), out=comm_start[1:])
+    by_community = np.empty(n, dtype=_index_dtype(n))
+    group_by_community(community, comm_start, by_community)  # np.argsort(community, kind="stable")
+    cum_in_community = _cumsum_pieces(popularity, by_community, chunk)
+    cum_global = _cumsum_pieces(popularity, None, chunk)
+    del popularity
+
+    # Class means at distance `separation` (in noise units) apart; communities add a smaller offset.
+    means = rng.standard_normal((cfg.classes, cfg.dim))
+    means *= cfg.separation / np.sqrt(2.0) / np.linalg.norm(means, axis=1, keepdims=True)
+    offsets = rng.standard_normal((num_comm, cfg.dim)) * (0.5 * cfg.separation / np.sqrt(2 * cfg.dim))
+    centers = (means[np.arange(num_comm) % cfg.classes] + offsets).astype(np.float32)
+
+    f_tr, f_va, f_te = cfg.train_fraction, cfg.val_fraction, cfg.test_fraction
+    picked: dict[str, list] = {"train": [], "val": [], "test": []}
+    for lo in range(0, n, chunk):
+        u = rng.random(min(chunk, n - lo))
+        picked["train"].append(np.flatnonzero(u < f_tr) + lo)
+        picked["val"].append(np.flatnonzero((u >= f_tr) & (u < f_tr + f_va)) + lo)
+        picked["test"].append(np.flatnonzero((u >= f_tr + f_va) & (u < f_tr + f_va + f_te)) + lo)
+    splits = {k: np.concatenate(v).astype(np.int64, copy=False) for k, v in picked.items()}
+    return NodeArrays(community=community, degree=degree, comm_start=comm_start, by_community=by_community,
+                      cum_in_community=cum_in_community, cum_global=cum_global, centers=centers, splits=splits)
 
 
 DEFAULT_CHUNK_NODES = 1 << 18
@@ -148,31 +254,7 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
 
     t0 = time.perf_counter()
     n = cfg.nodes
-    rng = np.random.default_rng([cfg.seed, 0x5EED])
-    num_comm = cfg.classes * cfg.communities_per_class
-    community = rng.integers(0, num_comm, n, dtype=np.int32)
-    labels = (community % cfg.classes).astype(np.int64)
-    degree = in_degrees(cfg, rng)
-    popularity = np.minimum(_pareto(rng, n, cfg.popularity_exponent), cfg.max_popularity)
-    by_community = np.argsort(community, kind="stable").astype(np.int64)
-    comm_start = np.zeros(num_comm + 1, dtype=np.int64)
-    np.cumsum(np.bincount(community, minlength=num_comm), out=comm_start[1:])
-    cum_in_community = np.cumsum(popularity[by_community])
-    cum_global = np.cumsum(popularity)
-    del popularity
-
-    # Class means at distance `separation` (in noise units) apart; communities add a smaller offset.
-    means = rng.standard_normal((cfg.classes, cfg.dim))
-    means *= cfg.separation / np.sqrt(2.0) / np.linalg.norm(means, axis=1, keepdims=True)
-    offsets = rng.standard_normal((num_comm, cfg.dim)) * (0.5 * cfg.separation / np.sqrt(2 * cfg.dim))
-    centers = (means[np.arange(num_comm) % cfg.classes] + offsets).astype(np.float32)
-
-    u = rng.random(n)
-    f_tr, f_va, f_te = cfg.train_fraction, cfg.val_fraction, cfg.test_fraction
-    splits = {"train": np.flatnonzero(u < f_tr), "val": np.flatnonzero((u >= f_tr) & (u < f_tr + f_va)),
-              "test": np.flatnonzero((u >= f_tr + f_va) & (u < f_tr + f_va + f_te))}
-    del u
-
+    g = node_arrays(cfg)
     id_dtype = node_id_dtype(n)
     source = {"kind": "synth", "config": asdict(cfg)}
     # A rerun of the same command resumes after the last journaled chunk (the chunks are generated
@@ -184,7 +266,7 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
         config["chunk_nodes"] = int(chunk_nodes)
     with DatasetWriter(out, num_nodes=n, feat_dim=cfg.dim, feat_dtype=cfg.dtype, num_classes=cfg.classes,
                        source=source, config=config,
-                       overwrite=overwrite, expected_edges=int(degree.sum()), resume_key=resume_key) as w:
+                       overwrite=overwrite, expected_edges=int(g.degree.sum()), resume_key=resume_key) as w:
         start, edges = (0, 0) if w.resumed is None else (int(w.resumed["next_node"]), int(w.resumed["edges"]))
         indptr_writer = w.writer("indptr", np.int64, resume=True)
         idx_writer = w.writer("indices", id_dtype, resume=True)
@@ -199,13 +281,13 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
         progress("synth", start, n)
         for lo in range(start, n, chunk_nodes):
             hi = min(n, lo + chunk_nodes)
-            deg = degree[lo:hi]
+            deg = g.degree[lo:hi]
             edge_offsets = np.zeros(hi - lo + 1, dtype=np.int64)
             np.cumsum(deg, out=edge_offsets[1:])
             sources = np.empty(int(edge_offsets[-1]), dtype=np.int64)
             counts = np.empty(hi - lo, dtype=np.int64)
-            generate_in_edges(lo, hi, np.uint64(cfg.seed), degree, community, comm_start, by_community,
-                              cum_in_community, cum_global, cfg.homophily, edge_offsets, sources, counts)
+            generate_in_edges(lo, hi, np.uint64(cfg.seed), g.degree, g.community, g.comm_start, g.by_community,
+                              g.cum_in_community, g.cum_global, cfg.homophily, edge_offsets, sources, counts)
             unique = np.empty(int(counts.sum()), dtype=np.int64)
             compact_segments(sources, edge_offsets, counts, unique)
             indptr_writer.write(np.cumsum(counts) + edges)
@@ -215,15 +297,18 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
 
             frng = np.random.default_rng([cfg.seed, 0xFEA7, lo])
             feats = frng.standard_normal((hi - lo, cfg.dim), dtype=np.float32)
-            feats += centers[community[lo:hi]]
+            feats += g.centers[g.community[lo:hi]]
             feat_writer.write(convert_features(feats, cfg.dtype))
             w.save_progress({"next_node": hi, "edges": edges}, (indptr_writer, idx_writer, feat_writer))
             progress("synth", hi - lo, n)
         w.add(indptr_writer.close(), "indptr")
         w.add(idx_writer.close(), "indices")
         w.add(feat_writer.close(), "features")
-        w.write_array("labels", labels)
-        for name, idx in splits.items():
+        labels = w.writer("labels", np.int64)  # class = community % classes, written in pieces
+        for lo in range(0, n, SETUP_CHUNK):
+            labels.write(g.community[lo:lo + SETUP_CHUNK] % np.int32(cfg.classes))
+        w.add(labels.close(), "labels")
+        for name, idx in g.splits.items():
             w.write_array(f"{name}_idx", idx.astype(np.int64))
         w.stats = {"generate_seconds": round(time.perf_counter() - t0, 3)}
         if start:

@@ -75,3 +75,18 @@ def compact_segments(values, offsets, counts, out):
             out[pos] = values[s + j]
             pos += 1
     return pos
+
+
+@numba.njit(cache=True, nogil=True)
+def group_by_community(community, comm_start, out):
+    """Node ids grouped by community, ascending inside each (a stable counting sort).
+
+    community: int32 [N]; comm_start: int64 [C+1] offsets of each community's
+    nodes (the cumulative counts); out: int32/int64 [N] receives the ids, equal
+    to ``np.argsort(community, kind="stable")`` without its int64 temporaries.
+    """
+    fill = comm_start[:-1].copy()
+    for v in range(community.shape[0]):
+        c = community[v]
+        out[fill[c]] = v
+        fill[c] += 1
