@@ -26,6 +26,7 @@ of the unsharded output.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -255,16 +256,26 @@ def resolve_mmap_topology(dataset: Dataset, mmap_topology: str | bool = "auto", 
     return topology_bytes(dataset) > budget // 2
 
 
+GROUP_SHARE = 0.7
+"""Share of the memory left beside the sampler's own arrays that a group of batches sampled from disk may take
+(the rest: batches queued for writing, the page cache of the files written)."""
+
+
 class Sampler:
     """Samples minibatches from one dataset's in-edge CSR (loaded, or memory-mapped from disk).
 
-    Not thread-safe: one sampler per thread (it reuses a node -> local id map of size N).
+    With the CSR on disk, :meth:`raw_batches` samples many batches at once, layer by layer,
+    reading the neighbour lists in file order (:mod:`diskgnn.disk_sampling`); the output is the
+    same. Not thread-safe: one sampler per thread (it reuses a node -> local id map of size N).
     """
 
     def __init__(self, dataset, fanouts, *, mmap_topology: str | bool = "auto", memory_budget=None):
         self.dataset = _as_dataset(dataset)
         self.fanouts = np.asarray(SampleConfig(fanouts=fanouts, batch_size=1).fanouts, dtype=np.int64)
         self.mmapped = resolve_mmap_topology(self.dataset, mmap_topology, memory_budget)
+        self.memory_budget = resolve_memory_budget(memory_budget)
+        self.disk_stats: dict | None = None
+        """With the CSR on disk: what the last :meth:`raw_batches` read (bytes, runs, windows, groups)."""
         if self.mmapped:
             self.indptr = np.asarray(self.dataset.indptr)
             self.indices = np.asarray(self.dataset.indices)
@@ -286,6 +297,35 @@ class Sampler:
         input_nodes, layer_sizes, block_indptr, block_indices = sample_blocks(
             self.indptr, self.indices, seeds, self.fanouts, np.uint64(key), self._node_map)
         return _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices)
+
+    def raw_batches(self, jobs) -> Iterator[tuple]:
+        """``sample_blocks``' raw output ``(input_nodes, layer_sizes, block_indptr, block_indices)`` of each job
+        ``(seeds, batch key)`` (seeds checked by the caller), in order: batch by batch with the CSR in memory,
+        in groups of batches as large as the memory budget allows with the CSR on disk."""
+        from diskgnn.kernels.sampling import sample_blocks
+        if not self.mmapped:
+            for seeds, key in jobs:
+                yield sample_blocks(self.indptr, self.indices, seeds, self.fanouts, np.uint64(key), self._node_map)
+            return
+        from diskgnn.disk_sampling import DiskCSR, sample_on_disk
+        from diskgnn.memory import process_anon_bytes
+        stats = self.disk_stats = {"groups": 0, "largest_group": 0, "group_bytes": 0}
+
+        def on_group(batches: int, used: int) -> None:
+            stats["groups"] += 1
+            stats["largest_group"] = max(stats["largest_group"], batches)
+            stats["peak_group_bytes"] = max(stats.get("peak_group_bytes", 0), int(used))
+            log.debug("sampled a group of %d batches from disk (%s)", batches, used)
+
+        with DiskCSR(self.dataset) as csr:
+            room = self.memory_budget - process_anon_bytes() - csr.memory_bytes
+            stats["group_bytes"] = group_bytes = max(int(room * GROUP_SHARE), 16 << 20)
+            avg_degree = self.dataset.num_edges / max(self.num_nodes, 1)
+            try:
+                yield from sample_on_disk(csr, jobs, self.fanouts, self._node_map, group_bytes,
+                                          avg_degree=avg_degree, on_group=on_group)
+            finally:
+                stats.update(csr.stats.to_json())
 
     def check_seeds(self, seeds: np.ndarray) -> None:
         if seeds.ndim != 1 or seeds.shape[0] == 0:
@@ -355,15 +395,18 @@ def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | No
 
 def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler: Sampler, num_shards: int, shard: int):
     """The kernel's raw output ``(input_nodes, layer_sizes, block_indptr, block_indices)`` per batch of the shard."""
-    from diskgnn.kernels.sampling import sample_blocks
-    seeds = part_seeds(ds, cfg, part)
-    if seeds.size:
-        sampler.check_seeds(seeds)  # once per part, so each batch can skip it
-    total = -(-seeds.shape[0] // cfg.batch_size)
-    for i in range(shard, total, num_shards):
-        batch_seeds = seeds[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        yield sample_blocks(sampler.indptr, sampler.indices, batch_seeds, sampler.fanouts,
-                            batch_key(cfg.seed, part, i), sampler._node_map)
+    return sampler.raw_batches(_jobs(ds, cfg, [part], sampler, num_shards, shard))
+
+
+def _jobs(ds: Dataset, cfg: SampleConfig, parts, sampler: Sampler, num_shards: int, shard: int):
+    """``(seeds, batch key)`` of every batch of the shard in ``parts``, in order (seeds checked once per part)."""
+    for part in parts:
+        seeds = part_seeds(ds, cfg, part)
+        if seeds.size:
+            sampler.check_seeds(seeds)  # once per part, so each batch can skip it
+        total = -(-seeds.shape[0] // cfg.batch_size)
+        for i in range(shard, total, num_shards):
+            yield seeds[i * cfg.batch_size:(i + 1) * cfg.batch_size], batch_key(cfg.seed, part, i)
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -551,6 +594,8 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
             stats = manifest["stats"]
             stats.update({"seconds": round(seconds, 3), "topology_load_seconds": round(load_seconds, 3),
                           "mmap_topology": sampler.mmapped, "threads": used_threads})
+            if sampler.disk_stats is not None:  # what sampling from disk read (groups, bytes, requests)
+                stats["topology_reads"] = sampler.disk_stats
             stats["edges_per_second"] = round(stats["sampled_edges"] / max(stats["sample_seconds"], 1e-9), 1)
             (out / RESUME_JOURNAL).unlink(missing_ok=True)  # the output is the same as an uninterrupted run's
             write_manifest(out, FORMAT, VERSION, manifest)
@@ -581,14 +626,17 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     check_free_space(out, ds.num_nodes * 8 + full_batches * cfg.batch_size * 8, "the samples")
     writer = _BackgroundWriter()
     part_writers: list[_PartWriter] = []
+    # one stream of batches over every part still to do (on disk, groups of batches span parts)
+    raw = sampler.raw_batches(_jobs(ds, cfg, [p for p in part_names(cfg.epochs) if p not in done], sampler,
+                                    num_shards, shard))
     try:
         for part in part_names(cfg.epochs):
             if part in done:  # finished by an interrupted run: count its input nodes, keep its files
                 writer.submit(parts.__setitem__, part, done[part])
                 spec = ArraySpec.from_json(done[part]["files"]["input_nodes"], str(out))
                 nodes = open_array(out, spec)
-                for lo in range(0, nodes.shape[0], 1 << 24):
-                    counts += np.bincount(np.asarray(nodes[lo:lo + (1 << 24)]), minlength=ds.num_nodes)
+                for lo in range(0, nodes.shape[0], 1 << 24):  # (no N-sized bincount per piece)
+                    np.add.at(counts, np.asarray(nodes[lo:lo + (1 << 24)]), 1)
                 sampled_edges += int(done[part]["num_edges"])
                 continue
             seeds = part_seeds(ds, cfg, part)
@@ -598,8 +646,7 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
             if nb:
                 progress(f"sample {part}", 0, nb)
             t0 = time.perf_counter()
-            for input_nodes, layer_sizes, block_indptr, block_indices in _iter_raw(ds, cfg, part, sampler,
-                                                                                    num_shards, shard):
+            for input_nodes, layer_sizes, block_indptr, block_indices in itertools.islice(raw, nb):
                 counts[input_nodes] += 1  # input nodes are distinct within a batch
                 writer.submit(pw.add, input_nodes, layer_sizes, block_indptr, block_indices)
                 sampled_edges += block_indices.shape[0]
@@ -609,8 +656,10 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
                 progress(f"sample {part}", 1, nb)
             sample_seconds += time.perf_counter() - t0
             writer.submit(_close_part, pw, out, parts, journal)
+        raw.close()  # every batch is out: finish the sampler's reads (and its statistics)
         writer.close()
     except BaseException:
+        raw.close()
         try:
             writer.close()
         except BaseException:

@@ -131,8 +131,9 @@ def _add_commands(sub) -> None:
                        description="Generate a realistic synthetic graph (power-law degrees, homophilous "
                                    "communities, class-dependent noisy features) straight into the dataset "
                                    "format. Deterministic for a given seed.")
-    p.add_argument("--scale", choices=["tiny", "s", "m"], default="tiny",
-                   help="named scale from bench/BENCH (tiny 10k nodes, s 200k, m 8M); other flags override it")
+    p.add_argument("--scale", choices=["tiny", "s", "m", "l"], default="tiny",
+                   help="named scale from bench/BENCH (tiny 10k nodes, s 200k, m 8M, l 64M with 2.3 billion "
+                        "edges: about 19 GB); other flags override it")
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--nodes", type=int, default=None)
@@ -236,7 +237,7 @@ def _add_commands(sub) -> None:
                        description="Run the whole pipeline, reusing a step's output when its manifest says it "
                                    "was made from the same inputs and config.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--scale", choices=["tiny", "s", "m"], help="generate a synthetic dataset of this scale")
+    src.add_argument("--scale", choices=["tiny", "s", "m", "l"], help="generate a synthetic dataset of this scale")
     src.add_argument("--dataset", help="an existing dataset directory")
     p.add_argument("--workdir", required=True, help="directory for the dataset, samples, packed data and metrics")
     _sample_args(p, epochs_flag="--sample-epochs")  # --epochs is the training epochs here
