@@ -321,3 +321,124 @@ def sample_on_disk(csr: DiskCSR, jobs: Iterable[tuple[np.ndarray, np.uint64]], f
         if on_group is not None:
             on_group(len(group), used)
         yield from results
+
+
+# --- checking stored batches against the graph ----------------------------------------------------
+
+CHECK_PAIR_BYTES = 64
+"""Bytes per destination collected for :class:`EdgeCheck`: node, fanout, offset, order, position, flags."""
+
+
+class EdgeCheck:
+    """Checks sampled blocks against the CSR on disk: every sampled edge is an in-edge, every count is min(degree, fanout).
+
+    Blocks are collected with :meth:`add` (in the order a reader meets them) until their
+    destinations and edges take ``budget_bytes``; :meth:`flush` then checks them all in one
+    pass over the CSR in file order and raises :class:`~diskgnn.errors.IntegrityError` for
+    the first block (in the order added) with a problem, in the words of ``verify``.
+    """
+
+    def __init__(self, csr: DiskCSR, budget_bytes: int):
+        self.csr = csr
+        self.budget = max(int(budget_bytes), 1)
+        self._blocks: list[tuple[str, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._repeats: list[tuple[str, int, int, int]] = []
+        self._bytes = 0
+        self.groups = 0
+
+    def add(self, what: str, layer: int, fanout: int, dst: np.ndarray, ptr: np.ndarray, sources: np.ndarray) -> None:
+        """Block ``layer`` of batch ``what``: destinations ``dst`` (global ids), offsets ``ptr``, global ``sources``."""
+        self._blocks.append((what, layer, int(fanout), np.asarray(dst, dtype=np.int64),
+                             np.asarray(ptr, dtype=np.int64), np.asarray(sources, dtype=np.int64)))
+        self._bytes += dst.shape[0] * CHECK_PAIR_BYTES + sources.shape[0] * 8
+        if self._bytes >= self.budget:
+            self.flush()
+
+    def add_repeat(self, what: str, layer: int, j: int, node: int, sources: np.ndarray) -> None:
+        """Destination ``j`` (node ``node``) of a block samples a neighbour more than once (``sources``, global
+        ids): allowed only where the graph itself repeats those in-edges of the node (a multigraph)."""
+        values, times = np.unique(np.asarray(sources, dtype=np.int64), return_counts=True)
+        self._repeats.append((what, layer, int(j), int(node), values[times > 1], times[times > 1]))
+
+    def flush(self) -> None:
+        from diskgnn.errors import IntegrityError
+        from diskgnn.kernels.disk_sampling import check_window
+        blocks, self._blocks, self._bytes = self._blocks, [], 0
+        repeats, self._repeats = self._repeats, []
+        for what, layer, j, node, values, times in repeats:
+            if not self._repeated_in_graph(node, values, times):
+                raise IntegrityError(f"{what} block {layer}: destination {j} has a repeated neighbour")
+        if not blocks:
+            return
+        self.groups += 1
+        pair_nodes = np.concatenate([b[3] for b in blocks])
+        pair_fanout = np.repeat(np.array([b[2] for b in blocks], dtype=np.int64), [b[3].shape[0] for b in blocks])
+        block_of_pair = np.repeat(np.arange(len(blocks)), [b[3].shape[0] for b in blocks])
+        counts = np.concatenate([np.diff(b[4]) for b in blocks])
+        nbr_offsets = np.zeros(pair_nodes.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=nbr_offsets[1:])
+        neighbors = np.concatenate([b[5] for b in blocks])
+        order = np.argsort(pair_nodes, kind="stable")
+        sorted_nodes = pair_nodes[order]
+        first = np.flatnonzero(np.concatenate([[True], sorted_nodes[1:] != sorted_nodes[:-1]]))
+        uniq = sorted_nodes[first]
+        del sorted_nodes
+        pair_start = np.append(first, pair_nodes.shape[0]).astype(np.int64)
+        lo, deg = self.csr.offsets(uniq)
+        bad_count = np.zeros(pair_nodes.shape[0], dtype=np.bool_)
+        missing = np.zeros(pair_nodes.shape[0], dtype=np.int64)
+        for j0, j1, ids, pos in self.csr.lists(lo, deg):
+            if ids is not None:
+                check_window(ids, pos, deg, j0, j1, pair_start, order, pair_fanout, nbr_offsets, neighbors,
+                             bad_count, missing)
+                continue
+            self.csr.stats.long_lists += 1
+            self._check_long(int(lo[j0]), int(deg[j0]), order[pair_start[j0]:pair_start[j0 + 1]], pair_fanout,
+                             nbr_offsets, neighbors, bad_count, missing)
+        bad = np.flatnonzero(bad_count | (missing > 0))
+        if bad.size == 0:
+            return
+        k = int(block_of_pair[bad[0]])  # the first block with a problem: a wrong count first, as verify reads it
+        what, layer, fanout, dst, ptr, _ = blocks[k]
+        in_block = block_of_pair == k
+        wrong = np.flatnonzero(in_block & bad_count)
+        if wrong.size:
+            p = int(wrong[0])
+            j = p - int(np.flatnonzero(in_block)[0])
+            d = int(deg[np.searchsorted(uniq, pair_nodes[p])])
+            raise IntegrityError(f"{what} block {layer}: node {int(dst[j])} has {int(ptr[j + 1] - ptr[j])} sampled "
+                                 f"neighbours, expected min(degree {d}, fanout {fanout})")
+        raise IntegrityError(f"{what} block {layer}: {int(missing[in_block].sum())} sampled edges are not edges of "
+                             f"the graph {self.csr.dataset.path}")
+
+    def _repeated_in_graph(self, node: int, values: np.ndarray, times: np.ndarray) -> bool:
+        """Whether ``node``'s in-edge list holds each of ``values`` at least ``times`` times (read in pieces,
+        stopping once it does: a list may be longer than memory)."""
+        lo, deg = self.csr.offsets(np.array([node], dtype=np.int64))
+        first, deg = int(lo[0]), int(deg[0])
+        seen = np.zeros(values.shape[0], dtype=np.int64)
+        step = max(self.csr.window_bytes // self.csr.id_dtype.itemsize // 2, 1)
+        for a in range(0, deg, step):
+            piece = np.sort(self.csr.read_ids(first + a, min(step, deg - a)))
+            seen += np.searchsorted(piece, values, side="right") - np.searchsorted(piece, values, side="left")
+            if (seen >= times).all():
+                return True
+        return bool((seen >= times).all())
+
+    def _check_long(self, first: int, deg: int, pairs: np.ndarray, pair_fanout, nbr_offsets, neighbors, bad_count,
+                    missing) -> None:
+        """:func:`check_window` for the pairs of one list too long for a window: read piece by piece until every
+        sampled source is found (or the list ends)."""
+        wanted = {int(p): set(neighbors[nbr_offsets[p]:nbr_offsets[p + 1]].tolist()) for p in pairs.tolist()}
+        for p in wanted:
+            f = int(pair_fanout[p])
+            bad_count[p] = (nbr_offsets[p + 1] - nbr_offsets[p]) != (deg if f < 0 or deg <= f else f)
+        left = set().union(*wanted.values()) if wanted else set()
+        step = max(self.csr.window_bytes // self.csr.id_dtype.itemsize // 2, 1)
+        for a in range(0, deg, step):
+            if not left:
+                break
+            left -= set(np.intersect1d(self.csr.read_ids(first + a, min(step, deg - a)),
+                                       np.fromiter(left, dtype=np.int64)).tolist())
+        for p, srcs in wanted.items():
+            missing[p] = sum(1 for u in neighbors[nbr_offsets[p]:nbr_offsets[p + 1]].tolist() if u in left)

@@ -935,11 +935,6 @@ class Samples:
 
 # --- verification -------------------------------------------------------------------------------
 
-def _has_repeated_in_edges(indptr, indices, v: int) -> bool:
-    nbrs = np.asarray(indices[int(indptr[v]):int(indptr[v + 1])])
-    return np.unique(nbrs).size != nbrs.size
-
-
 def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressFn = no_progress, *,
                    check_graph: bool = True) -> None:
     """Check every invariant of a samples directory; raise :class:`IntegrityError` naming the first problem.
@@ -950,7 +945,6 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
     dataset is reachable and unchanged, that the seeds are the part's seeds and
     every sampled edge is an in-edge of the graph.
     """
-    from diskgnn.kernels.sampling import count_missing_edges, first_repeat, repeated_in_segments
     from diskgnn.manifest import file_crc32
     where = samples.path
     specs = samples.files()
@@ -971,12 +965,37 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
             ds = samples.open_dataset()
         except DiskGNNError as exc:
             log.warning("not checking sampled edges against the graph: %s", exc)
-    if ds is not None:
-        indptr, indices = ds.indptr, ds.indices
     cfg = samples.config
     n = samples.num_nodes
     mark = np.zeros(n, dtype=np.uint8)
     counts = np.zeros(n, dtype=np.int64)
+    edge_check = None
+    if ds is not None:  # sampled edges are checked in groups, one pass over the CSR in file order each
+        from diskgnn.disk_sampling import DiskCSR, EdgeCheck
+        csr = DiskCSR(ds)
+        edge_check = EdgeCheck(csr, (resolve_memory_budget(None) - csr.memory_bytes) // 2)
+    try:
+        _verify_batches(samples, ds, cfg, mark, counts, edge_check, progress)
+        if edge_check is not None:
+            edge_check.flush()
+    finally:
+        if edge_check is not None:
+            csr.close()
+    from diskgnn.dataset import ArrayChunks
+    stored = ArrayChunks(where, samples._counts_spec, 1 << 22)
+    for lo, part in stored:  # read in pieces: the counts of a large graph are not mapped whole
+        if not np.array_equal(counts[lo:lo + part.shape[0]], part):
+            bad = lo + int(np.flatnonzero(counts[lo:lo + part.shape[0]] != part)[0])
+            raise IntegrityError(f"{where}/access_counts.bin: node {bad} is counted {int(part[bad - lo])} "
+                                 f"times, the batches use it {int(counts[bad])} times")
+
+
+def _verify_batches(samples: Samples, ds: Dataset | None, cfg: SampleConfig, mark: np.ndarray, counts: np.ndarray,
+                    edge_check, progress: ProgressFn) -> None:
+    """The per-batch checks of :func:`verify_samples` (sampled edges go to ``edge_check``)."""
+    from diskgnn.kernels.sampling import first_repeat, repeated_in_segments
+    where = samples.path
+    n = samples.num_nodes
     for part in samples.parts:
         nb = samples.num_batches(part)
         idx = samples.index(part)
@@ -1027,21 +1046,13 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
                     if j < 0:
                         break
                     j += start
-                    if ds is None or not _has_repeated_in_edges(indptr, indices, int(nodes[j])):
+                    if edge_check is None:
                         raise IntegrityError(f"{what} block {layer}: destination {j} has a repeated neighbour")
-                    start = j + 1  # the graph itself repeats this in-edge (a multigraph): allowed
-                if ds is not None:
-                    dst = nodes[:b.num_dst]
-                    deg = np.asarray(indptr[dst + 1]) - np.asarray(indptr[dst])
-                    expect = deg if fanout < 0 else np.minimum(deg, fanout)
-                    if not np.array_equal(np.diff(ptr), expect):
-                        j = int(np.flatnonzero(np.diff(ptr) != expect)[0])
-                        raise IntegrityError(f"{what} block {layer}: node {int(dst[j])} has {int(ptr[j + 1] - ptr[j])} "
-                                             f"sampled neighbours, expected min(degree {int(deg[j])}, fanout {fanout})")
-                    missing = count_missing_edges(indptr, indices, nodes, ptr, b.indices)
-                    if missing:
-                        raise IntegrityError(f"{what} block {layer}: {missing} sampled edges are not edges of the "
-                                             f"graph {ds.path}")
+                    # allowed where the graph repeats those in-edges (a multigraph)
+                    edge_check.add_repeat(what, layer, j, int(nodes[j]), nodes[b.indices[ptr[j]:ptr[j + 1]]])
+                    start = j + 1
+                if edge_check is not None:  # in-edges of the graph, min(degree, fanout) of them
+                    edge_check.add(what, layer, fanout, nodes[:b.num_dst], ptr, nodes[b.indices])
                 edges += b.num_edges
             if nxt[2] - row[2] != edges:
                 raise IntegrityError(f"{what}: blocks hold {edges} edges, the index says {nxt[2] - row[2]}")
@@ -1052,7 +1063,3 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
                     raise IntegrityError(f"{what}: seeds differ from the part's seed order (config "
                                          f"{cfg.to_json()}); the samples do not match the dataset")
             progress(f"verify {part}", 1, nb)
-    if not np.array_equal(counts, np.asarray(samples.access_counts)):
-        bad = int(np.flatnonzero(counts != np.asarray(samples.access_counts))[0])
-        raise IntegrityError(f"{where}/access_counts.bin: node {bad} is counted {int(samples.access_counts[bad])} "
-                             f"times, the batches use it {int(counts[bad])} times")

@@ -199,3 +199,81 @@ def test_presample_from_disk_writes_the_same_files(graph, tmp_path):
     reads = b.manifest["stats"]["topology_reads"]
     assert reads["groups"] >= 1 and reads["bytes_read"] > 0
     assert "topology_reads" not in a.manifest["stats"]
+
+
+@pytest.mark.parametrize("window", [64 << 20, 3 * 4096])
+def test_edge_check_passes_good_blocks_and_names_the_first_bad_one(graph, tmp_path, window, monkeypatch):
+    """Sampled blocks checked against the CSR on disk (lists longer than a window included), in small groups."""
+    import diskgnn.disk_sampling as dsamp
+    from diskgnn.disk_sampling import EdgeCheck
+    from diskgnn.errors import IntegrityError
+    monkeypatch.setattr(dsamp, "WINDOW_BYTES", window)
+    cfg = SampleConfig(fanouts=(-1, 5), batch_size=101, epochs=1, seed=2)
+    samples = presample(graph.path, tmp_path / "s", cfg)
+    ds = Dataset.open(graph.path)
+    indptr = np.asarray(ds.indptr)
+    blocks = [(f"batch {p}/{i}", layer, cfg.fanouts[layer], mb.input_nodes[:b.num_dst], b.indptr,
+               mb.input_nodes[b.indices])
+              for p in samples.parts for i, mb in enumerate(samples.batches(p)) for layer, b in enumerate(mb.blocks)]
+    hub_block = next(k for k, blk in enumerate(blocks) if blk[1] == 0 and 7 in blk[3].tolist())
+
+    def check(edited):
+        with DiskCSR(ds) as csr:
+            ec = EdgeCheck(csr, 1)  # every block flushed on its own
+            for blk in edited:
+                ec.add(*blk)
+            ec.flush()
+            return ec.groups
+
+    assert check(blocks) == len(blocks)
+    # the hub (node 7, 2,600 in-edges, fanout -1): one of its sources replaced by a node that is not one
+    what, layer, fanout, dst, ptr, src = blocks[hub_block]
+    j = dst.tolist().index(7)
+    stranger = int(np.setdiff1d(np.arange(ds.num_nodes), np.asarray(ds.indices[indptr[7]:indptr[8]]))[0])
+    bad_src = src.copy()
+    bad_src[ptr[j]] = stranger
+    edited = list(blocks)
+    edited[hub_block] = (what, layer, fanout, dst, ptr, bad_src)
+    with pytest.raises(IntegrityError, match=f"{what} block 0: 1 sampled edges are not edges of the graph"):
+        check(edited)
+    # a destination with one source too few: named with its degree, before any later block
+    k = next(k for k, blk in enumerate(blocks) if blk[1] == 1 and (np.diff(blk[4]) == 5).any())
+    what, layer, fanout, dst, ptr, src = blocks[k]
+    j = int(np.flatnonzero(np.diff(ptr) == 5)[0])
+    short_ptr = ptr.copy()
+    short_ptr[j + 1:] -= 1
+    edited = list(blocks)
+    edited[k] = (what, layer, fanout, dst, short_ptr, np.delete(src, ptr[j]))
+    with pytest.raises(IntegrityError, match=rf"{what} block 1: node {int(dst[j])} has 4 sampled neighbours, "
+                                             rf"expected min\(degree {int(indptr[dst[j] + 1] - indptr[dst[j]])}, "
+                                             rf"fanout 5\)"):
+        check(edited)
+
+
+def test_edge_check_allows_a_repeat_only_where_the_graph_repeats_it(graph):
+    from diskgnn.disk_sampling import EdgeCheck
+    from diskgnn.errors import IntegrityError
+    ds = Dataset.open(graph.path)
+    with DiskCSR(ds) as csr:
+        ec = EdgeCheck(csr, 1 << 30)
+        ec.add_repeat("batch x", 0, 3, 7, np.array([5, 9, 5]))  # node 7's in-edges are distinct: damage
+        with pytest.raises(IntegrityError, match="batch x block 0: destination 3 has a repeated neighbour"):
+            ec.flush()
+    # a multigraph: node 0 takes source 4 three times and 6 twice
+    from diskgnn.dataset import DatasetWriter
+    multi = graph.path.parent / "multi"
+    with DatasetWriter(multi, num_nodes=9, feat_dim=2, feat_dtype="fp32", num_classes=2, source={}, config={}) as w:
+        w.write_array("indptr", np.array([0, 7] + [7] * 8, np.int64))
+        w.write_array("indices", np.array([1, 4, 4, 6, 4, 6, 8], np.int32))
+        w.write_array("features", np.zeros((9, 2), np.float32))
+        w.write_array("labels", np.zeros(9, np.int64))
+        for name in ("train", "val", "test"):
+            w.write_array(f"{name}_idx", np.array([{"train": 0, "val": 1, "test": 2}[name]], np.int64))
+        mds = w.finish()
+    with DiskCSR(mds, window_bytes=3 * 4096) as csr:
+        ec = EdgeCheck(csr, 1 << 30)
+        ec.add_repeat("b", 1, 0, 0, np.array([4, 6, 4, 4, 6]))
+        ec.flush()  # the graph repeats them as often
+        ec.add_repeat("b", 1, 0, 0, np.array([4, 6, 4, 6, 6]))
+        with pytest.raises(IntegrityError, match="destination 0 has a repeated neighbour"):
+            ec.flush()  # 6 three times, the graph has it twice

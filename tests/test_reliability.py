@@ -282,6 +282,40 @@ def test_sampling_past_two_billion_edges(tmp_path):
     counts = np.asarray(samples.access_counts)
     assert counts.sum() == sum(samples.input_nodes(p, i).size for p in samples.parts
                                for i in range(samples.num_batches(p)))
+    reads = samples.manifest["stats"]["topology_reads"]  # sampled from disk in groups: the hub read where drawn
+    assert reads["long_lists"] >= 1 and reads["bytes_read"] < 64 << 20
+    # the rest of the pipeline past 2**31 edges: every sampled edge checked against the graph on disk, then
+    # pack, verify and one epoch of training
+    from diskgnn.inspect import verify
+    assert verify(samples.path) == "samples"
+    from diskgnn.packing import PackConfig, pack
+    packed = pack(samples.path, tmp_path / "p", PackConfig(host_cache="20%"))
+    assert verify(packed.path) == "packed"
+    rc, err = run_cli("train", packed.path, "--model", "sage", "--hidden", "8", "--epochs", "1", "--threads", "1",
+                      "--device", "cpu")
+    assert rc == 0, err
+
+
+@pytest.mark.slow
+def test_checks_past_two_billion_edges_read_files_not_maps(tmp_path):
+    """verify and the sampler's check read the 8 GiB CSR in pieces: no mapped pages pile up in the process."""
+    from diskgnn.bench.reliability import rss_wrapped
+    from diskgnn.cgroup import MemoryCgroup, CgroupError, run_capped
+    try:
+        MemoryCgroup(256 << 20).create().remove()
+    except CgroupError:
+        pytest.skip("no memory cgroup here (needs root): the bound would not be enforced")
+    path, _ = _sparse_dataset(tmp_path / "huge", 2**31 + 999)
+    if (path / "indices.bin").stat().st_blocks * 512 > 64 << 20:
+        pytest.skip("this filesystem does not keep sparse files sparse")
+    for argv in (("verify", path), ("sample", path, "--out", tmp_path / "s", "--mmap-topology", "yes",
+                                    "--fanouts", "3,2", "--batch-size", "5", "--threads", "1")):
+        r = run_capped(rss_wrapped(*argv, "-q"), 768 << 20, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rec = json.loads([line for line in r.stderr.splitlines() if line.startswith('{"peak_rss_bytes"')][-1])
+        # through a map, the pages of the hole read would stay resident up to the cap (file-mapped RSS)
+        assert rec["peak_file_bytes"] < 200 << 20, rec
+        assert rec["peak_anon_bytes"] < 400 << 20, rec
 
 
 # --- memory budget ----------------------------------------------------------------------------------
