@@ -157,7 +157,8 @@ class PackPlan:
     cache_nodes: np.ndarray
     """int64 [n_cached] node of each slot (tiers in order, nodes ascending inside a tier)."""
     inputs: np.ndarray
-    """int64 [T] input nodes of the packed batches, concatenated."""
+    """[T] input nodes of the packed batches, concatenated (int32 below 2**31 nodes); empty when the maps were
+    computed in their place (``maps_in_place``)."""
     offsets: np.ndarray
     """int64 [nb_sel + 1] batch boundaries in ``inputs``."""
     maps: np.ndarray
@@ -182,6 +183,8 @@ class PackPlan:
     then node id)."""
     block_starts: np.ndarray | None = None
     """int64 [E, blocks + 1], extent e's rows of block c are block_starts[e, c] .. [e, c + 1] - 1."""
+    maps_in_place: bool = False
+    """The maps overwrote the input nodes (there is no trace left for the Belady bound)."""
 
 
 def _open_samples(samples):
@@ -259,7 +262,7 @@ def _existing_bytes(path: Path) -> int:
 
 
 def _fit_free_space(plan: PackPlan, samples, ds: Dataset, cfg: PackConfig, out: Path, overwrite: bool, *,
-                    num_shards: int, shard: int, max_segment_bytes: int) -> PackPlan:
+                    num_shards: int, shard: int, max_segment_bytes: int, plan_budget: int | None = None) -> PackPlan:
     """Without ``--disk-budget``, a plan whose files would not fit the output filesystem is re-made
     with the disk budget that does (segments), keeping a margin free; refuses when nothing fits."""
     from diskgnn.manifest import _free_bytes
@@ -281,6 +284,7 @@ def _fit_free_space(plan: PackPlan, samples, ds: Dataset, cfg: PackConfig, out: 
                 room / ds.feature_bytes)
     try:
         fitted = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard, disk_budget_bytes=room,
+                       maps_in_place=plan.maps_in_place, plan_budget=plan_budget,
                        max_segment_bytes=max_segment_bytes)
     except (ConfigError, MemoryBudgetError) as exc:
         raise DiskFullError(errno.ENOSPC, f"not enough space to pack into {out}: {why}, and no disk-budget layout "
@@ -291,8 +295,93 @@ def _fit_free_space(plan: PackPlan, samples, ds: Dataset, cfg: PackConfig, out: 
     return fitted
 
 
+INPUT_PIECE = 1 << 22
+"""Input nodes read (and checked) per piece while the plan gathers them."""
+
+
+def _read_inputs(samples, part: str, lo: int, hi: int) -> np.ndarray:
+    """Entries lo..hi-1 of a part's concatenated input nodes (read, not mapped, where the samples allow)."""
+    reader = getattr(samples, "read_input_nodes", None)
+    if reader is not None:
+        return reader(part, lo, hi)
+    return np.asarray(samples.all_input_nodes(part)[lo:hi], dtype=np.int64)
+
+
+def _access_count_pieces(samples, rows: int = 1 << 22):
+    """``(first node, counts)`` pieces of the samples' access counts, in node order (read, not mapped)."""
+    spec = getattr(samples, "_counts_spec", None)
+    if spec is not None:
+        from diskgnn.dataset import ArrayChunks
+        yield from ArrayChunks(samples.path, spec, rows)
+        return
+    counts = samples.access_counts
+    for lo in range(0, counts.shape[0], rows):
+        yield lo, np.asarray(counts[lo:lo + rows], dtype=np.int64)
+
+
+def _hottest(count_pieces, capacity: int) -> tuple[np.ndarray, int]:
+    """The ``min(capacity, accessed)`` most-accessed nodes, most first, ties by ascending node id, and the number
+    of accessed nodes.
+
+    ``count_pieces()`` yields ``(first node, counts)`` in node order (it is walked twice). The
+    nodes are found from a histogram of the counts (they are small: at most the number of
+    batches), so nothing of the graph's size is sorted or held beyond one piece: the choice is
+    the one of sorting every node by (count, -id).
+    """
+    hist = np.zeros(1, dtype=np.int64)
+    for lo, piece in count_pieces():
+        if piece.size and int(piece.min()) < 0:
+            raise MismatchError(f"the samples' access counts are negative near node {lo}; re-run diskgnn sample")
+        h = np.bincount(piece)
+        if h.size > hist.size:
+            hist = np.concatenate([hist, np.zeros(h.size - hist.size, dtype=np.int64)])
+        hist[:h.size] += h
+    at_least = np.cumsum(hist[::-1])[::-1]  # at_least[c]: nodes used c times or more
+    accessed = int(at_least[1]) if at_least.size > 1 else 0
+    want = min(int(capacity), accessed)
+    if want <= 0:
+        return np.zeros(0, dtype=np.int64), accessed
+    c = int(np.flatnonzero(at_least >= want).max())  # the threshold count (>= 1)
+    ties = want - (int(at_least[c + 1]) if c + 1 < at_least.size else 0)  # nodes used c times, lowest ids
+    nodes, counts = [], []
+    for lo, piece in count_pieces():
+        pick = np.flatnonzero(piece > c)
+        if ties > 0:
+            tie = np.flatnonzero(piece == c)[:ties]
+            ties -= tie.size
+            pick = np.concatenate([pick, tie])
+        nodes.append(pick + lo)
+        counts.append(piece[pick])
+    nodes = np.concatenate(nodes).astype(np.int64)
+    counts = np.concatenate(counts)
+    return nodes[np.lexsort((nodes, -counts))], accessed
+
+
+def plan_memory_bytes(total_inputs: int, num_nodes: int, id_itemsize: int, *, num_shards: int = 1,
+                      maps_in_place: bool = False) -> int:
+    """Bytes the plan of a pack holds at most (an upper bound): the input nodes, their maps (unless computed in
+    place over them), the packed rows' nodes, the slot of every node, the shard's access counts."""
+    arrays = total_inputs * id_itemsize * (2 if maps_in_place else 3)
+    return arrays + num_nodes * (8 + 2) + (num_nodes * 8 if num_shards > 1 else 0)
+
+
+def _check_plan_memory(total_inputs: int, n: int, id_itemsize: int, num_shards: int, maps_in_place: bool,
+                       budget: int | None) -> None:
+    if budget is None:
+        return
+    need = plan_memory_bytes(total_inputs, n, id_itemsize, num_shards=num_shards, maps_in_place=maps_in_place)
+    if need > budget:
+        raise MemoryBudgetError(
+            f"planning this pack needs about {format_bytes(need)} of memory ({total_inputs} input nodes over the "
+            f"batches, {n} nodes) but the memory budget is {format_bytes(budget)}; raise --memory-budget, or pack "
+            f"in shards (sample and pack with --num-shards, one shard at a time)")
+
+
 def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
-          disk_budget_bytes: int | None = None, max_segment_bytes: int | None = None) -> PackPlan:
+          disk_budget_bytes: int | None = None, max_segment_bytes: int | None = None,
+          maps_in_place: bool = False, plan_budget: int | None = None) -> PackPlan:
+    """Tiers, maps and layout of a pack; ``maps_in_place`` computes the maps over the input nodes (then
+    ``PackPlan.inputs`` is empty: nothing can compute the Belady bound from it)."""
     t0 = time.perf_counter()
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ConfigError(f"--shard must lie in 0..--num-shards-1, got shard {shard} of {num_shards}")
@@ -302,49 +391,64 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     tier_bytes = cfg.cache_bytes(ds.feature_bytes)
     _check_tier_memory(tier_bytes)
 
-    # The batches this shard packs, concatenated over parts.
-    parts, inputs_l, lens_l, selected = [], [], [], []
+    # The batches this shard packs, concatenated over parts: node ids in the maps' dtype (int32 below 2**31
+    # nodes), so that the maps can be computed in place over them; read in pieces, never mapped whole.
+    id_dtype = np.dtype(node_id_dtype(n + 1))
+    parts, lens_l, selected, ranges = [], [], [], []
     g = 0
     for part in samples.parts:
         offs = np.asarray(samples.input_offsets(part), dtype=np.int64)
         nb = len(offs) - 1
         parts.append({"name": part, "first_batch": g, "num_batches": nb})
-        allin = samples.all_input_nodes(part)
         if num_shards == 1:
-            inputs_l.append(np.asarray(allin, dtype=np.int64))
             lens_l.append(np.diff(offs))
             selected.append(np.arange(g, g + nb, dtype=np.int64))
+            ranges.append((part, [(0, int(offs[-1]))]))
         else:
             mine = np.arange(shard, nb, num_shards)
-            for i in mine:
-                inputs_l.append(np.asarray(allin[offs[i]:offs[i + 1]], dtype=np.int64))
             lens_l.append(np.diff(offs)[mine])
             selected.append(g + mine)
+            ranges.append((part, [(int(offs[i]), int(offs[i + 1])) for i in mine]))
         g += nb
     total_batches = g
-    inputs = np.concatenate(inputs_l) if inputs_l else np.zeros(0, dtype=np.int64)
     lens = np.concatenate(lens_l) if lens_l else np.zeros(0, dtype=np.int64)
     selected_l = selected
     selected = np.concatenate(selected) if selected else np.zeros(0, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    del inputs_l
-    if inputs.size and (int(inputs.min()) < 0 or int(inputs.max()) >= n):
-        raise MismatchError(f"the samples hold node ids outside 0..{n - 1} of {ds.path}; they belong to another graph")
+    if plan_budget is not None and not maps_in_place:
+        # the Belady bound reads the input nodes beside its own arrays; where that alone exceeds the budget it
+        # is left out anyway, and the maps take the inputs' place (a third less memory)
+        total = int(offsets[-1])
+        cache_rows = min(sum(tier_bytes[t] // rb for t in TIER_NAMES), n)
+        maps_in_place = not cfg.belady or total * id_dtype.itemsize + belady_memory(total, n, cache_rows) \
+            > plan_budget
+    _check_plan_memory(int(offsets[-1]), n, id_dtype.itemsize, num_shards, maps_in_place, plan_budget)
+    inputs = np.empty(int(offsets[-1]), dtype=id_dtype)
+    pos = 0
+    for part, spans in ranges:
+        for lo, hi in spans:
+            for a in range(lo, hi, INPUT_PIECE):
+                piece = _read_inputs(samples, part, a, min(hi, a + INPUT_PIECE))
+                if piece.size and (int(piece.min()) < 0 or int(piece.max()) >= n):
+                    raise MismatchError(f"the samples hold node ids outside 0..{n - 1} of {ds.path}; they belong "
+                                        f"to another graph")
+                inputs[pos:pos + piece.size] = piece
+                pos += piece.size
 
     # Tiers: most-accessed rows first; never-accessed rows are never cached.
     if num_shards == 1:
-        counts = np.asarray(samples.access_counts, dtype=np.int64)
-        if counts.shape != (n,):
-            raise MismatchError(f"the samples' access counts have shape {counts.shape}, expected ({n},)")
+        if int(samples.num_nodes) != n:
+            raise MismatchError(f"the samples' access counts cover {samples.num_nodes} nodes, expected {n}")
+
+        def count_pieces():
+            return _access_count_pieces(samples)
     else:
-        counts = np.bincount(inputs, minlength=n).astype(np.int64)
-    accessed = int(np.count_nonzero(counts))
-    want = min(sum(tier_bytes[t] // rb for t in TIER_NAMES), accessed)
-    # the `want` hottest rows, ties broken by node id (a unique key keeps the choice deterministic)
-    key = counts * np.int64(n) + (np.int64(n - 1) - np.arange(n, dtype=np.int64))
-    order = np.argpartition(-key, want - 1)[:want] if 0 < want < n else np.arange(n if want else 0)
-    order = order[np.argsort(-key[order], kind="stable")]
-    del key
+        shard_counts = np.bincount(inputs, minlength=n).astype(np.int64)
+
+        def count_pieces():
+            return [(0, shard_counts)]
+    order, accessed = _hottest(count_pieces, sum(tier_bytes[t] // rb for t in TIER_NAMES))
+    want = order.size
     slot_of_node = np.full(n, -1, dtype=np.int32 if n < 2**31 - 1 else np.int64)
     tier_rows, tier_nodes, taken = {}, [], 0
     for t in TIER_NAMES:
@@ -384,20 +488,26 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     block_rows = max(block_bytes // ds.row_bytes, 1)
     nblocks = max(-(-n // block_rows), 1)
     if nblocks > 1:  # rows on disk: -1 - their node block (a lookup the maps need anyway, no division)
-        on_disk = np.flatnonzero(slot_of_node < 0)
-        slot_of_node[on_disk] = (-1 - on_disk // block_rows).astype(slot_of_node.dtype)
-        del on_disk
-    maps = np.empty(inputs.size, dtype=map_dtype)
+        for lo in range(0, n, INPUT_PIECE):  # in pieces: no index array of every node on disk
+            piece = slot_of_node[lo:lo + INPUT_PIECE]
+            on_disk = np.flatnonzero(piece < 0)
+            piece[on_disk] = (-1 - (on_disk + lo) // block_rows).astype(piece.dtype)
+        del piece, on_disk
+    # each batch's kernel reads its inputs before writing their maps: the maps may take the inputs' place
+    maps = inputs if maps_in_place else np.empty(inputs.size, dtype=map_dtype)
     extents = len(extent_rows)
     block_starts = np.empty((extents, nblocks + 1), dtype=np.int64)
     if plain:
-        row_nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
+        row_nodes = np.empty(int(row_starts[-1]), dtype=id_dtype)
         plain_maps(inputs, offsets, slot_of_node, n_cached, row_starts, nblocks, maps, row_nodes, block_starts)
     else:
-        row_nodes = np.empty(int(extent_rows.sum()), dtype=np.int64)
+        row_nodes = np.empty(int(extent_rows.sum()), dtype=id_dtype)
         seg_row_starts = np.concatenate([[0], np.cumsum(extent_rows)]).astype(np.int64)
         segment_block_maps(inputs, offsets, bounds, slot_of_node, disk_bitmap(slot_of_node), n_cached,
                            seg_row_starts, maps, row_nodes, block_starts)
+    del slot_of_node
+    if maps_in_place:
+        inputs = np.zeros(0, dtype=id_dtype)
     # one read run per non-empty extent; a segment's batches share their segment's run (read once, kept)
     extent_bytes = (extent_rows.astype(np.int64) * rb + (ALIGN - 1)) // ALIGN * ALIGN
     nonempty = extent_rows > 0
@@ -419,7 +529,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     useful = int(uncached.sum()) * rb
     bounds_arr = np.cumsum([0] + [tier_rows[t] for t in TIER_NAMES]).astype(np.int64)
     hits = tier_hits(maps, bounds_arr)
-    total_access = max(int(inputs.size), 1)
+    total_access = max(int(maps.size), 1)
     hit_rate = {name: int(h) / total_access for name, h in zip((*TIER_NAMES, "disk"), hits)}
     stats = {
         "feature_bytes": ds.feature_bytes, "plain_bytes": plain_bytes, "packed_bytes": packed_bytes,
@@ -427,16 +537,16 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
         "useful_bytes": useful, "run_bytes": run_bytes,
         "read_amplification": run_bytes / useful if useful else 1.0,
         "read_requests": int(runs.shape[0]),
-        "accesses": int(inputs.size), "accessed_rows": accessed, "cache_rows": n_cached,
+        "accesses": int(maps.size), "accessed_rows": accessed, "cache_rows": n_cached,
         "tier_bytes_requested": tier_bytes,
-        "hit_rate": hit_rate, "cache_hit_rate": 1.0 - hit_rate["disk"] if inputs.size else 0.0,
+        "hit_rate": hit_rate, "cache_hit_rate": 1.0 - hit_rate["disk"] if maps.size else 0.0,
         "plan_seconds": time.perf_counter() - t0,
     }
     return PackPlan(store_dtype=store_dtype, row_bytes=rb, tier_rows=tier_rows, cache_nodes=cache_nodes,
                     inputs=inputs, offsets=offsets, maps=maps, batches=batches, runs=runs, row_nodes=row_nodes,
                     extent_rows=extent_rows, extent_offsets=extent_offsets, packed_bytes=packed_bytes,
                     plain_bytes=plain_bytes, layout=layout, segment_batches=seg_batches, parts=parts, stats=stats,
-                    block_rows=block_rows, block_starts=block_starts)
+                    block_rows=block_rows, block_starts=block_starts, maps_in_place=maps_in_place)
 
 
 def _segment_bounds(part_bounds: np.ndarray, g: int) -> np.ndarray:
@@ -600,12 +710,15 @@ def _chunk_bytes(ds: Dataset, wanted: int) -> int:
 
 
 def _fixed_bytes(plan: PackPlan, ds: Dataset, cfg: PackConfig, chunk_bytes: int) -> int:
-    """Memory of packing besides the output buffers and their bucketed rows, with chunks of ``chunk_bytes``."""
-    # indexes, two chunk buffers and a converted copy
-    fixed = (plan.inputs.nbytes + plan.maps.nbytes + plan.row_nodes.nbytes + 3 * 8 * ds.num_nodes
-             + 3 * chunk_bytes)
-    if cfg.belady:  # the Belady bound runs beside the writes: its arrays share the budget
-        fixed += belady_memory(int(plan.inputs.size), ds.num_nodes, sum(plan.tier_rows.values()))
+    """Memory of writing the rows besides the output buffers and their bucketed rows, with chunks of ``chunk_bytes``.
+
+    The packed rows' nodes, the cached nodes, two chunk buffers and a converted copy: the input
+    nodes and maps are released once the index is written (the plan's own peak is bounded by
+    :func:`plan_memory_bytes`), except that the Belady bound reads the input nodes.
+    """
+    fixed = plan.row_nodes.nbytes + plan.cache_nodes.nbytes + 3 * chunk_bytes
+    if cfg.belady:  # the Belady bound runs beside the writes: its arrays and its trace share the budget
+        fixed += plan.inputs.nbytes + belady_memory(int(plan.maps.size), ds.num_nodes, sum(plan.tier_rows.values()))
     return int(fixed)
 
 
@@ -824,10 +937,17 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     ds = _open_dataset(samples, dataset)
     budget = resolve_memory_budget(memory_budget, fraction=MEMORY_SHARE)
     max_segment = segment_memory_limit(cfg, budget)
-    plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard, max_segment_bytes=max_segment)
+    plan = _plan(samples, ds, cfg, num_shards=num_shards, shard=shard, max_segment_bytes=max_segment,
+                 plan_budget=budget)
     plan = _fit_free_space(plan, samples, ds, cfg, Path(out), overwrite, num_shards=num_shards, shard=shard,
-                           max_segment_bytes=max_segment)
-    memory, with_belady = _pack_memory_and_bound(plan, ds, cfg, budget)
+                           max_segment_bytes=max_segment, plan_budget=budget)
+    if plan.maps_in_place and cfg.belady:
+        log.warning("the Belady bound of the cache needs %s with its trace, more than the %s budget: not computed "
+                    "this time", format_bytes(plan.maps.nbytes + belady_memory(int(plan.maps.size), ds.num_nodes,
+                                                                             sum(plan.tier_rows.values()))),
+                    format_bytes(budget))
+    memory, with_belady = _pack_memory_and_bound(plan, ds, replace(cfg, belady=cfg.belady and not plan.maps_in_place),
+                                                 budget)
     chunk_bytes, group_bytes = memory.chunk_bytes, memory.group_bytes
     log.info("pack memory: %s of the %s budget = %s for indexes, chunks and the Belady bound + %d output "
              "buffer(s) of %s + %s of bucketed rows; chunks of %s, %d pass(es) over %s (%s)",
@@ -846,6 +966,8 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
         check_free_space(out, need, "the packed features")
     try:
         files = _write_index(out, plan)
+        # the maps are on disk and the input nodes are only the Belady bound's trace: release them for the writes
+        plan = replace(plan, maps=plan.maps[:0], inputs=plan.inputs if with_belady else plan.inputs[:0])
         belady = None
         if with_belady:  # a nogil kernel: it runs on the other core while packing waits on the disk
             belady = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-belady")
@@ -857,8 +979,7 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
                     io_stats = _stream_rows(out, plan, ds, memory, progress, key, journal, journal_bytes)
                 except _CannotResume as exc:
                     log.warning("cannot resume %s (%s): packing from the start", out, exc)
-                    out = prepare_output_dir(out, overwrite=False)  # clears the unfinished directory
-                    files = _write_index(out, plan)
+                    _clear_except(out, {*(Path(f["path"]).name for f in files.values()), ".diskgnn-partial"})
                     plan.runs[:, 2] = 0
                     io_stats = _stream_rows(out, plan, ds, memory, progress, key, None, journal_bytes)
             else:
@@ -933,6 +1054,14 @@ def _pack_memory_and_bound(plan: PackPlan, ds: Dataset, cfg: PackConfig, budget:
                                                                      sum(plan.tier_rows.values()))),
                 format_bytes(budget))
     return lean, False
+
+
+def _clear_except(out: Path, keep: set) -> None:
+    """Remove every entry of the unfinished ``out`` but ``keep`` (the index files this run just wrote)."""
+    import shutil
+    for entry in out.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _write_array(out: Path, name: str, array: np.ndarray) -> dict:

@@ -806,6 +806,11 @@ class Samples:
         """The concatenated int64 input nodes of every batch of the part (a memory map)."""
         return self._array(part, "input_nodes")
 
+    def read_input_nodes(self, part: str, lo: int, hi: int) -> np.ndarray:
+        """Entries lo..hi-1 of the part's concatenated input nodes, read into a new int64 array (not mapped)."""
+        self._check_part(part)
+        return self._read(part, "input_nodes", lo, hi)
+
     def input_nodes(self, part: str, i: int) -> np.ndarray:
         i = self._check_batch(part, i)
         idx = self.index(part)
