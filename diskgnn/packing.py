@@ -295,8 +295,8 @@ def _fit_free_space(plan: PackPlan, samples, ds: Dataset, cfg: PackConfig, out: 
     return fitted
 
 
-INPUT_PIECE = 1 << 22
-"""Input nodes read (and checked) per piece while the plan gathers them."""
+INPUT_PIECE = 1 << 18
+"""Input nodes (and access counts, and nodes labelled by block) per piece while the plan reads and checks them."""
 
 
 def _read_inputs(samples, part: str, lo: int, hi: int) -> np.ndarray:
@@ -307,7 +307,7 @@ def _read_inputs(samples, part: str, lo: int, hi: int) -> np.ndarray:
     return np.asarray(samples.all_input_nodes(part)[lo:hi], dtype=np.int64)
 
 
-def _access_count_pieces(samples, rows: int = 1 << 22):
+def _access_count_pieces(samples, rows: int = INPUT_PIECE):
     """``(first node, counts)`` pieces of the samples' access counts, in node order (read, not mapped)."""
     spec = getattr(samples, "_counts_spec", None)
     if spec is not None:
@@ -362,7 +362,8 @@ def plan_memory_bytes(total_inputs: int, num_nodes: int, id_itemsize: int, *, nu
     """Bytes the plan of a pack holds at most (an upper bound): the input nodes, their maps (unless computed in
     place over them), the packed rows' nodes, the slot of every node, the shard's access counts."""
     arrays = total_inputs * id_itemsize * (2 if maps_in_place else 3)
-    return arrays + num_nodes * (8 + 2) + (num_nodes * 8 if num_shards > 1 else 0)
+    pieces = 8 * (min(INPUT_PIECE, total_inputs) + min(INPUT_PIECE, num_nodes))  # int64 pieces read
+    return arrays + pieces + num_nodes * (8 + 2) + (num_nodes * 8 if num_shards > 1 else 0)
 
 
 def _check_plan_memory(total_inputs: int, n: int, id_itemsize: int, num_shards: int, maps_in_place: bool,
