@@ -208,14 +208,15 @@ class LinkEdgeWriter:
     """
 
     def __init__(self, w, cfg: LinkSplitConfig, *, num_nodes: int, undirected: bool,
-                 given: GivenHeldOut | None = None):
+                 given: GivenHeldOut | None = None, open_files: bool = True):
         if (given is None) == (cfg.edge_split is None):
             raise ConfigError("give either held-out edges in the input (val_pos, test_pos) or --edge-split, not "
                               "both" if given is not None else "a link dataset needs --edge-split or held-out edges")
         self.w, self.cfg, self.num_nodes, self.undirected, self.given = w, cfg, int(num_nodes), undirected, given
-        self.train = w.writer("train_pos", np.int64, (2,), resume=True)
-        self.held = {} if given is not None else {p: w.writer(f"{p}_pos", np.int64, (2,), resume=True)
-                                                  for p in ("val", "test")}
+        # open_files=False: a resumed run whose edge files were finished (their specs are already in ``w``)
+        self.train = w.writer("train_pos", np.int64, (2,), resume=True) if open_files else None
+        self.held = {} if given is not None or not open_files else {
+            p: w.writer(f"{p}_pos", np.int64, (2,), resume=True) for p in ("val", "test")}
         self.removed_keys = (given.removal_keys(num_nodes, undirected) if given is not None
                              else np.zeros(0, dtype=np.int64))
         cuts = np.cumsum(cfg.edge_split) if cfg.edge_split else np.zeros(3)
@@ -225,11 +226,21 @@ class LinkEdgeWriter:
 
     def writers(self) -> tuple:
         """The growing files (to journal with the CSR's)."""
-        return (self.train, *self.held.values())
+        return (self.train, *self.held.values()) if self.train is not None else ()
+
+    def close_edges(self) -> dict:
+        """Close the edge files written by :meth:`filter`; returns their specs (also added to the writer)."""
+        specs = {"train_pos": self.train.close()}
+        for part, writer in self.held.items():
+            specs[f"{part}_pos"] = writer.close()
+        for name, spec in specs.items():
+            self.w.add(spec, name)
+        self.train, self.held = None, {}
+        return specs
 
     def filter(self, first_node: int, indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Split the in-edges of destinations ``first_node ..`` (local CSR); returns the CSR that stays."""
-        from diskgnn.kernels.link import REMOVED, TEST, TRAIN, VAL, assign_edges
+        from diskgnn.kernels.link import TEST, TRAIN, VAL, assign_edges
         indptr = np.asarray(indptr, dtype=np.int64)
         n = indptr.shape[0] - 1
         nnz = int(indptr[-1])
@@ -248,7 +259,7 @@ class LinkEdgeWriter:
             if m.any():
                 writer.write(np.stack([src[m], dst[m]], axis=1))
         keep = code <= TRAIN
-        self.removed += int(np.count_nonzero(code == REMOVED))
+        self.removed += int(nnz - np.count_nonzero(keep))
         if keep.all():
             return indptr, indices
         kept = np.zeros(n + 1, dtype=np.int64)
@@ -261,19 +272,20 @@ class LinkEdgeWriter:
         Returns ``(link section, stats)``; raises when no training edge is left.
         """
         w = self.w
-        specs = {"train_pos": self.train.close()}
+        if self.train is not None:
+            self.close_edges()
+        specs = {"train_pos": w.specs["train_pos"]}
         if not specs["train_pos"].shape[0]:
             what = (f"--edge-split {','.join(f'{x:g}' for x in self.cfg.edge_split)}" if self.cfg.edge_split
                     else "the held-out edges")
             raise InputFormatError(f"{what} leaves no training edges in {where or 'the graph'} "
-                                   f"({self.removed} edges removed); give a larger training share or a larger graph")
+                                   f"({self.removed} edges removed from it); give a larger training share, a graph "
+                                   f"with more edges, or fewer held-out edges")
         for part in ("val", "test"):
             if self.given is None:
-                specs[f"{part}_pos"] = self.held[part].close()
+                specs[f"{part}_pos"] = w.specs[f"{part}_pos"]
             else:
                 specs[f"{part}_pos"] = w.write_array(f"{part}_pos", self.given.pos[part])
-        for name, spec in specs.items():
-            w.add(spec, name)
         counts = {}
         for part in ("val", "test"):
             rows = specs[f"{part}_pos"].shape[0]

@@ -128,6 +128,8 @@ def scale_config(scale: str, *, task: str = "node", **overrides) -> SynthConfig:
     if task not in ("node", "link"):
         raise ConfigError(f"--task must be node or link, got {task!r}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if task == "node" and "edge_split" not in overrides and "eval_negatives" in overrides:
+        raise ConfigError("--eval-negatives applies to link-prediction datasets; add --task link or --edge-split")
     if task == "link" and "edge_split" not in overrides:
         from diskgnn.link import LINK_SPLITS
         overrides["edge_split"] = LINK_SPLITS[scale]
