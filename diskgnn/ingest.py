@@ -1398,6 +1398,7 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
     id_dtype = node_id_dtype(graph.num_nodes)
     dtype = cfg.dtype or _default_dtype(graph.feat_dtype)
     cfg_json = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(cfg).items()}
+    cfg_json = json.loads(json.dumps(cfg_json))  # as a journal reads it back (tuples become lists)
     key = {"step": "prepare", "format": DATASET_FORMAT, "version": DATASET_VERSION, "config": cfg_json,
            "inputs": _input_identity(cfg), "dtype": dtype, "id_dtype": id_dtype.str,
            "max_range_edges": max_range_edges}
