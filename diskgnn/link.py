@@ -380,6 +380,10 @@ class LinkSampler:
     """Samples link batches from one dataset (one per thread: it reuses two maps of size N)."""
 
     def __init__(self, sampler, cfg, dataset):
+        import numba
+        # launches numba's thread pool first: a cached kernel that reaches a parallel one through another
+        # cached kernel does not start it on its own when loaded from the cache (and would crash)
+        numba.get_num_threads()
         check_link_dataset(dataset)
         self.sampler, self.cfg, self.dataset = sampler, cfg, dataset
         self.excl_group = np.full(dataset.num_nodes, -1, dtype=np.int32)

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from diskgnn.kernels.rng import mix_key, randint_below, uniform01
-from diskgnn.kernels.sampling import reset_map, sample_blocks_excluding
+from diskgnn.kernels.sampling import floyd_positions, relabel, reset_map, sample_count, selection_positions
 
 # What assign_edges decides for an edge of the message-passing graph.
 GRAPH = 0
@@ -125,6 +125,148 @@ def weighted_candidates(key, first_row, cum_weights, out):
         for j in range(k):
             v = _first_above(cum_weights, uniform01(key, base + j) * total)
             out[i, j] = v if v < n else n - 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _is_excluded(u, group, group_ptr, group_src):
+    """Whether source ``u`` is one of the sorted excluded sources of exclusion group ``group``."""
+    lo = group_ptr[group]
+    hi = group_ptr[group + 1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if group_src[mid] < u:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < group_ptr[group + 1] and group_src[lo] == u
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def sample_layer_excluding(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_neighbors,
+                           excl_group, group_ptr, group_src, group_count):
+    """:func:`~diskgnn.kernels.sampling.sample_layer` on the graph minus some edges (link prediction's excluded edges).
+
+    ``excl_group`` (int32 [N], or empty for no exclusion) holds, for a node with
+    excluded in-edges, its exclusion group g (else -1); the group's excluded
+    sources are ``group_src[group_ptr[g]:group_ptr[g+1]]`` (int64, sorted), and
+    ``group_count[g]`` is how many positions of the node's CSR segment hold one
+    of them. Such a node samples from its other in-edges exactly as a node of
+    that smaller degree would (same key, same draws), mapped back to CSR order.
+    """
+    has_excl = excl_group.shape[0] > 0
+    for i in numba.prange(dst_nodes.shape[0]):
+        v = dst_nodes[i]
+        lo = indptr[v]
+        deg = indptr[v + 1] - lo
+        start = offsets[i]
+        k = offsets[i + 1] - start
+        g = excl_group[v] if has_excl else -1
+        if g < 0:
+            if k == deg:
+                for j in range(k):
+                    out_neighbors[start + j] = indices[lo + j]
+                continue
+            key = mix_key(layer_key, v)
+            if k * k <= 8 * deg:
+                floyd_positions(key, deg, k, out_neighbors, start)
+            else:
+                selection_positions(key, deg, k, out_neighbors, start)
+            for j in range(k):
+                out_neighbors[start + j] = indices[lo + out_neighbors[start + j]]
+            continue
+        kept = deg - group_count[g]
+        if k == kept:
+            q = 0
+            for p in range(deg):
+                u = indices[lo + p]
+                if not _is_excluded(u, g, group_ptr, group_src):
+                    out_neighbors[start + q] = u
+                    q += 1
+            continue
+        key = mix_key(layer_key, v)
+        if k * k <= 8 * kept:
+            floyd_positions(key, kept, k, out_neighbors, start)
+        else:
+            selection_positions(key, kept, k, out_neighbors, start)
+        # positions among the kept in-edges, ascending: walk the segment once, skipping excluded ones
+        q = 0
+        r = 0
+        for p in range(deg):
+            if q == k:
+                break
+            u = indices[lo + p]
+            if _is_excluded(u, g, group_ptr, group_src):
+                continue
+            if r == out_neighbors[start + q]:
+                out_neighbors[start + q] = u
+                q += 1
+            r += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def sample_blocks_excluding(indptr, indices, seeds, fanouts, batch_key, node_map, excl_group, group_ptr, group_src,
+                            group_count):
+    """:func:`~diskgnn.kernels.sampling.sample_blocks` on the graph minus the excluded edges of :func:`sample_layer_excluding`.
+
+    Every node then samples ``min(fanout, degree - excluded in-edges)`` of its
+    other in-edges, at every layer. ``excl_group`` empty: no exclusion (the same
+    output as :func:`sample_blocks`).
+    """
+    num_layers = fanouts.shape[0]
+    batch = seeds.shape[0]
+    has_excl = excl_group.shape[0] > 0
+    nodes = np.empty(max(2 * batch, 16), dtype=np.int64)
+    for i in range(batch):
+        nodes[i] = seeds[i]
+        node_map[seeds[i]] = i
+    num_nodes = batch
+    layer_sizes = np.empty(num_layers + 1, dtype=np.int64)
+    layer_sizes[num_layers] = batch
+    offsets_of = [np.empty(0, dtype=np.int64) for _ in range(num_layers)]
+    locals_of = [np.empty(0, dtype=np.int32) for _ in range(num_layers)]
+    for layer in range(num_layers - 1, -1, -1):
+        num_dst = num_nodes
+        dst = nodes[:num_dst]
+        offsets = np.empty(num_dst + 1, dtype=np.int64)
+        offsets[0] = 0
+        fanout = fanouts[layer]
+        for i in range(num_dst):
+            v = dst[i]
+            deg = indptr[v + 1] - indptr[v]
+            if has_excl and excl_group[v] >= 0:
+                deg -= group_count[excl_group[v]]
+            offsets[i + 1] = offsets[i] + sample_count(deg, fanout)
+        num_edges = offsets[num_dst]
+        neighbors = np.empty(num_edges, dtype=np.int64)
+        sample_layer_excluding(indptr, indices, dst, fanout, mix_key(batch_key, layer), offsets, neighbors,
+                               excl_group, group_ptr, group_src, group_count)
+        if num_nodes + num_edges > nodes.shape[0]:
+            grown = np.empty(max(2 * nodes.shape[0], num_nodes + num_edges), dtype=np.int64)
+            grown[:num_nodes] = nodes[:num_nodes]
+            nodes = grown
+        local = np.empty(num_edges, dtype=np.int32)
+        num_nodes = relabel(neighbors, node_map, nodes, num_nodes, local)
+        layer_sizes[layer] = num_nodes
+        offsets_of[layer] = offsets
+        locals_of[layer] = local
+    reset_map(node_map, nodes, num_nodes)
+    total_ptr = 0
+    total_idx = 0
+    for layer in range(num_layers):
+        total_ptr += offsets_of[layer].shape[0]
+        total_idx += locals_of[layer].shape[0]
+    block_indptr = np.empty(total_ptr, dtype=np.int64)
+    block_indices = np.empty(total_idx, dtype=np.int32)
+    p = 0
+    q = 0
+    for layer in range(num_layers):
+        a = offsets_of[layer]
+        block_indptr[p:p + a.shape[0]] = a
+        p += a.shape[0]
+        b = locals_of[layer]
+        block_indices[q:q + b.shape[0]] = b
+        q += b.shape[0]
+    return nodes[:num_nodes].copy(), layer_sizes, block_indptr, block_indices
 
 
 @numba.njit(cache=True, nogil=True)
@@ -310,3 +452,20 @@ def count_present_edges(indptr, indices, src, dst):
                 found += 1
                 break
     return found
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def find_edge_ids(indptr, indices, src, dst, out):
+    """CSR position (edge id) of every edge ``src[i] -> dst[i]`` into ``out`` (int64 [m]); -1 when absent.
+
+    Edge ids are positions in the in-edge CSR, the numbering a DGL graph built
+    from it in CSC form uses. With repeated edges, the first copy is found.
+    """
+    for i in numba.prange(src.shape[0]):
+        v = dst[i]
+        u = src[i]
+        out[i] = -1
+        for e in range(indptr[v], indptr[v + 1]):
+            if indices[e] == u:
+                out[i] = e
+                break

@@ -62,7 +62,7 @@ def sample_count(deg, fanout):
     return fanout
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def sample_layer(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_neighbors):
     """Sample the in-neighbours of every node in ``dst_nodes`` (int64 [n]) in parallel.
 
@@ -72,86 +72,23 @@ def sample_layer(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_nei
     its in-neighbours in CSR order; otherwise a uniform subset without
     replacement, in CSR order.
     """
-    no_groups = np.full(0, -1, dtype=np.int32)
-    empty = np.empty(0, dtype=np.int64)
-    sample_layer_excluding(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_neighbors,
-                           no_groups, empty, empty, empty)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _is_excluded(u, group, group_ptr, group_src):
-    """Whether source ``u`` is one of the sorted excluded sources of exclusion group ``group``."""
-    lo = group_ptr[group]
-    hi = group_ptr[group + 1]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if group_src[mid] < u:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < group_ptr[group + 1] and group_src[lo] == u
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def sample_layer_excluding(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_neighbors,
-                           excl_group, group_ptr, group_src, group_count):
-    """:func:`sample_layer` on the graph minus some edges (link prediction's excluded edges).
-
-    ``excl_group`` (int32 [N], or empty for no exclusion) holds, for a node with
-    excluded in-edges, its exclusion group g (else -1); the group's excluded
-    sources are ``group_src[group_ptr[g]:group_ptr[g+1]]`` (int64, sorted), and
-    ``group_count[g]`` is how many positions of the node's CSR segment hold one
-    of them. Such a node samples from its other in-edges exactly as a node of
-    that smaller degree would (same key, same draws), mapped back to CSR order.
-    """
-    has_excl = excl_group.shape[0] > 0
     for i in numba.prange(dst_nodes.shape[0]):
         v = dst_nodes[i]
         lo = indptr[v]
         deg = indptr[v + 1] - lo
         start = offsets[i]
         k = offsets[i + 1] - start
-        g = excl_group[v] if has_excl else -1
-        if g < 0:
-            if k == deg:
-                for j in range(k):
-                    out_neighbors[start + j] = indices[lo + j]
-                continue
-            key = mix_key(layer_key, v)
-            if k * k <= 8 * deg:
-                floyd_positions(key, deg, k, out_neighbors, start)
-            else:
-                selection_positions(key, deg, k, out_neighbors, start)
+        if k == deg:
             for j in range(k):
-                out_neighbors[start + j] = indices[lo + out_neighbors[start + j]]
-            continue
-        kept = deg - group_count[g]
-        if k == kept:
-            q = 0
-            for p in range(deg):
-                u = indices[lo + p]
-                if not _is_excluded(u, g, group_ptr, group_src):
-                    out_neighbors[start + q] = u
-                    q += 1
+                out_neighbors[start + j] = indices[lo + j]
             continue
         key = mix_key(layer_key, v)
-        if k * k <= 8 * kept:
-            floyd_positions(key, kept, k, out_neighbors, start)
+        if k * k <= 8 * deg:
+            floyd_positions(key, deg, k, out_neighbors, start)
         else:
-            selection_positions(key, kept, k, out_neighbors, start)
-        # positions among the kept in-edges, ascending: walk the segment once, skipping excluded ones
-        q = 0
-        r = 0
-        for p in range(deg):
-            if q == k:
-                break
-            u = indices[lo + p]
-            if _is_excluded(u, g, group_ptr, group_src):
-                continue
-            if r == out_neighbors[start + q]:
-                out_neighbors[start + q] = u
-                q += 1
-            r += 1
+            selection_positions(key, deg, k, out_neighbors, start)
+        for j in range(k):
+            out_neighbors[start + j] = indices[lo + out_neighbors[start + j]]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -200,24 +137,8 @@ def sample_blocks(indptr, indices, seeds, fanouts, batch_key, node_map):
     ``layer_sizes[i+1] + 1`` entries starting at 0), outermost first;
     block_indices int32, the L blocks' local source ids back to back.
     """
-    no_groups = np.full(0, -1, dtype=np.int32)
-    empty = np.empty(0, dtype=np.int64)
-    return sample_blocks_excluding(indptr, indices, seeds, fanouts, batch_key, node_map, no_groups, empty, empty,
-                                   empty)
-
-
-@numba.njit(cache=True, nogil=True)
-def sample_blocks_excluding(indptr, indices, seeds, fanouts, batch_key, node_map, excl_group, group_ptr, group_src,
-                            group_count):
-    """:func:`sample_blocks` on the graph minus the excluded edges of :func:`sample_layer_excluding`.
-
-    Every node then samples ``min(fanout, degree - excluded in-edges)`` of its
-    other in-edges, at every layer. ``excl_group`` empty: no exclusion (the same
-    output as :func:`sample_blocks`).
-    """
     num_layers = fanouts.shape[0]
     batch = seeds.shape[0]
-    has_excl = excl_group.shape[0] > 0
     nodes = np.empty(max(2 * batch, 16), dtype=np.int64)
     for i in range(batch):
         nodes[i] = seeds[i]
@@ -235,14 +156,10 @@ def sample_blocks_excluding(indptr, indices, seeds, fanouts, batch_key, node_map
         fanout = fanouts[layer]
         for i in range(num_dst):
             v = dst[i]
-            deg = indptr[v + 1] - indptr[v]
-            if has_excl and excl_group[v] >= 0:
-                deg -= group_count[excl_group[v]]
-            offsets[i + 1] = offsets[i] + sample_count(deg, fanout)
+            offsets[i + 1] = offsets[i] + sample_count(indptr[v + 1] - indptr[v], fanout)
         num_edges = offsets[num_dst]
         neighbors = np.empty(num_edges, dtype=np.int64)
-        sample_layer_excluding(indptr, indices, dst, fanout, mix_key(batch_key, layer), offsets, neighbors,
-                               excl_group, group_ptr, group_src, group_count)
+        sample_layer(indptr, indices, dst, fanout, mix_key(batch_key, layer), offsets, neighbors)
         if num_nodes + num_edges > nodes.shape[0]:
             grown = np.empty(max(2 * nodes.shape[0], num_nodes + num_edges), dtype=np.int64)
             grown[:num_nodes] = nodes[:num_nodes]

@@ -27,6 +27,10 @@ from diskgnn.synth import SynthConfig, synthesize
 from conftest import run_cli, run_killed
 from test_sampling_kernels import _draw, _mix_key, _ref_positions, odd_graph
 
+# numba's thread pool first: a cached kernel that reaches a parallel one through another cached kernel
+# (sample_link_batch > sample_blocks_excluding > sample_layer_excluding) does not start it when loaded
+numba.get_num_threads()
+
 LINK_SYNTH = SynthConfig(nodes=1237, avg_degree=6, dim=13, classes=5, seed=3, train_fraction=0.3,
                          val_fraction=0.1, test_fraction=0.1, edge_split=(0.6, 0.05, 0.07), eval_negatives=17)
 
