@@ -223,6 +223,24 @@ class DGLLinkRunner:
                 clock.add("compute", busy=time.perf_counter() - t2)
         return total / max(n, 1)
 
+    def load_epoch(self, max_batches: int | None = None, clock=None) -> int:
+        """Sample and fetch the features of one epoch's batches without a model (the loader benchmark)."""
+        n = 0
+        it = iter(self.loader())
+        while max_batches is None or n < max_batches:
+            t0 = time.perf_counter()
+            try:
+                input_nodes, _, _, _ = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            self._x(input_nodes)
+            n += 1
+            if clock is not None:
+                clock.add("sample", busy=t1 - t0)
+                clock.add("fetch", busy=time.perf_counter() - t1)
+        return n
+
     @torch.no_grad()
     def evaluate(self, parts=("val", "test")) -> dict:
         """MRR and Hits@K of every held-out edge against its candidates (the dataset's), sampled online."""

@@ -284,6 +284,13 @@ def _add_commands(sub) -> None:
     p.add_argument("--fanouts", default="10,15", help="loader, train: sampling fanouts, DGL order (default 10,15; "
                                                       "the DiskGNN paper's deep setting is 5,10,15)")
     p.add_argument("--batch-size", type=int, default=1024, help="loader, train: seeds per batch (default 1024)")
+    p.add_argument("--task", choices=["node", "link"], default="node",
+                   help="loader, train: link = link-prediction batches of a link dataset (generated with "
+                        "synth --task link unless --dataset is given); default systems diskgnn-10%%, in-memory, "
+                        "dgl-online, dgl-inmem")
+    p.add_argument("--negatives", type=int, default=1, help="loader, train --task link: negatives per positive")
+    p.add_argument("--decoder", choices=["dot", "mlp", "distmult"], default="dot",
+                   help="train --task link: the edge decoder (default dot)")
     p.add_argument("--models", default="sage,gcn,gat", help="compute: models to time (default sage,gcn,gat)")
     p.add_argument("--batches", type=int, default=20, help="compute: timed batches per model (after 3 warm-up)")
     p.add_argument("--threads", type=int, default=2, help="compute: torch threads (default 2)")
