@@ -46,7 +46,7 @@ def _require_dgl():
 def dgl_graph(dataset):
     """An int64 DGL graph of the dataset's in-edge CSR; edge ids are CSR positions."""
     dgl = _require_dgl()
-    indptr = torch.from_numpy(np.asarray(dataset.indptr, dtype=np.int64))
+    indptr = torch.from_numpy(np.array(dataset.indptr, dtype=np.int64))
     indices = torch.from_numpy(np.asarray(dataset.indices).astype(np.int64))
     g = dgl.graph(("csc", (indptr, indices, torch.empty(0, dtype=torch.int64))), num_nodes=dataset.num_nodes,
                   idtype=torch.int64)
