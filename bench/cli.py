@@ -87,5 +87,8 @@ def bench_cli(args, progress) -> int:
         return 0
     if args.what == "sample":
         from diskgnn.bench import sampling
-        return sampling.main(["--dataset", args.file] if args.file else [])
+        argv = (["--dataset", args.file] if args.file else ["--scale", args.scale])
+        if getattr(args, "task", "node") == "link":
+            argv += ["--task", "link", "--negatives", str(args.negatives)]
+        return sampling.main(argv)
     raise ConfigError(f"unknown bench {args.what!r}")
