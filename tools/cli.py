@@ -133,6 +133,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="link prediction's edge decoder (default dot)")
 
 
+def _train_task_arg(p: argparse.ArgumentParser) -> None:
+    """``--task`` of diskgnn train (in ``run`` the sampling group's ``--task`` serves both)."""
+    p.add_argument("--task", choices=["node", "link"], default=None,
+                   help="node or link; default: the task the samples were made for (a mismatch is an error)")
+
+
 def _add_commands(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic dataset",
                        description="Generate a realistic synthetic graph (power-law degrees, homophilous "
@@ -242,8 +248,7 @@ def _add_commands(sub) -> None:
                                    "validation/test batches every epoch.")
     p.add_argument("packed", help="packed directory")
     _train_args(p)
-    p.add_argument("--task", choices=["node", "link"], default=None,
-                   help="node or link; default: the task the samples were made for")
+    _train_task_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train)
 
