@@ -9,9 +9,11 @@ number of epochs; the only difference is where the batches come from:
   the batch's edges (and reverses, undirected) excluded, new samples every
   epoch; evaluation samples the same held-out edges and candidates online
   (:mod:`diskgnn.bench.dgl_link`), features in RAM;
-* ``diskgnn``: one presampled epoch reused with reshuffled batch order,
-  presampled val/test batches, features through the packed out-of-core store
-  (10 % host tier);
+* ``diskgnn``: ``--sample-epochs`` presampled epochs (default: as many as
+  trained, so every epoch has fresh neighbourhoods and fresh negatives as
+  online sampling has; with fewer, epochs cycle through them with the batch
+  order reshuffled), presampled val/test batches, features through the packed
+  out-of-core store (10 % host tier);
 * ``mlp``: a features-only encoder on the same presampled batches (shows that
   the graph matters).
 
@@ -61,7 +63,7 @@ def dgl_online(ds, *, seed, epochs, fanouts, batch_size, negatives, negative_sam
 
 
 def diskgnn_presampled(ds, workdir: Path, *, seed, epochs, fanouts, batch_size, negatives, negative_sampler,
-                       eval_batch_size, model, hidden, decoder, lr, mlp: bool = False) -> dict:
+                       eval_batch_size, model, hidden, decoder, lr, mlp: bool = False, sample_epochs: int = 1) -> dict:
     """Presample one epoch (seeded), pack it, and train through the out-of-core store."""
     from diskgnn.packing import PackConfig, pack
     from diskgnn.sampling import SampleConfig, presample
@@ -70,7 +72,7 @@ def diskgnn_presampled(ds, workdir: Path, *, seed, epochs, fanouts, batch_size, 
     tag = f"{'mlp' if mlp else 'gnn'}-s{seed}"
     samples_dir, packed_dir = workdir / f"samples-{tag}", workdir / f"packed-{tag}"
     try:
-        cfg = SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size, seed=seed, task="link",
+        cfg = SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size, seed=seed, task="link", epochs=sample_epochs,
                            negatives=negatives, negative_sampler=negative_sampler, eval_batch_size=eval_batch_size)
         samples = presample(ds.path, samples_dir, cfg, overwrite=True)
         packed = pack(samples_dir, packed_dir, PackConfig(host_cache="10%"), overwrite=True)
@@ -129,6 +131,10 @@ def main(argv=None) -> int:
     p.add_argument("--decoder", default="mlp", choices=["dot", "mlp", "distmult"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--systems", default="dgl-online,diskgnn,mlp")
+    p.add_argument("--sample-epochs", type=int, default=None,
+                   help="presampled training epochs of diskgnn and mlp (default: --epochs)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --out that were made with the same dataset and config")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="result JSON (default bench/results/link-parity-<name>.json)")
     args = p.parse_args(argv)
@@ -162,6 +168,21 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     results: dict = {}
+    sample_epochs = args.sample_epochs or args.epochs
+    done: dict = {}
+    if args.resume and out.exists():
+        try:
+            old = json.loads(out.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") == ds.fingerprint and \
+                {k: v for k, v in old.get("config", {}).items() if k not in ("seeds", "sample_epochs")} == \
+                json.loads(json.dumps(common)):
+            for name, s in old.get("systems", {}).items():
+                if name != "dgl-online" and old["config"].get("sample_epochs") != sample_epochs:
+                    continue
+                done[name] = {r["seed"]: r for r in s.get("runs", []) if r.get("seed") in seeds}
+            log.info("resuming: keeping %s", {k: sorted(v) for k, v in done.items()})
 
     def save() -> None:  # after every run, so a crash keeps what was measured
         from diskgnn.bench.harness import git_commit
@@ -172,7 +193,8 @@ def main(argv=None) -> int:
         doc = {"bench": "link-parity", "dataset": str(ds.path), "fingerprint": ds.fingerprint,
                "link": ds.manifest.get("link"), "nodes": ds.num_nodes, "edges": ds.num_edges,
                "train_edges": int(ds.specs["train_pos"].shape[0]), "val_edges": int(ds.specs["val_pos"].shape[0]),
-               "test_edges": int(ds.specs["test_pos"].shape[0]), "config": {**common, "seeds": seeds},
+               "test_edges": int(ds.specs["test_pos"].shape[0]),
+               "config": {**common, "seeds": seeds, "sample_epochs": sample_epochs},
                "commit": git_commit(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "cpus": os.cpu_count(), "seconds": round(time.time() - t_start, 1), "systems": results,
                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -186,6 +208,10 @@ def main(argv=None) -> int:
                                     else feats.astype(np.float32))
         runs = []
         for seed in seeds:
+            if seed in done.get("dgl-online", {}):
+                runs.append(done["dgl-online"][seed])
+                results["dgl-online"] = summarize(runs)
+                continue
             r = dgl_online(ds, seed=seed, features=features, **common)
             r["seed"] = seed
             log.info("dgl-online seed %d: test MRR %.4f (val %.4f, epoch %d), %.1f s/epoch", seed, r["test_mrr"],
@@ -199,14 +225,20 @@ def main(argv=None) -> int:
             continue
         runs = []
         for seed in seeds:
-            r = diskgnn_presampled(ds, workdir, seed=seed, mlp=name == "mlp", **common)
+            if seed in done.get(name, {}):
+                runs.append(done[name][seed])
+                results[name] = summarize(runs)
+                continue
+            r = diskgnn_presampled(ds, workdir, seed=seed, mlp=name == "mlp", sample_epochs=sample_epochs, **common)
             r["seed"] = seed
             log.info("%s seed %d: test MRR %.4f (val %.4f, epoch %s), %.1f s/epoch", name, seed, r["test_mrr"],
                      r["best_val_mrr"], r["best_epoch"], r["epoch_time_s"])
             runs.append(r)
             results[name] = summarize(runs)
             save()
-    print(f"link-prediction parity on {ds.path} ({args.epochs} epochs, seeds {seeds}, decoder {args.decoder}); "
+    save()
+    print(f"link-prediction parity on {ds.path} ({args.epochs} epochs, {sample_epochs} presampled, seeds {seeds}, "
+          f"decoder {args.decoder}); "
           f"best-validation epoch's test figures:")
     print("| system | test MRR | std | Hits@1 | Hits@10 | Hits@50 | gap to dgl (MRR points) | s/epoch |")
     print("|---|---|---|---|---|---|---|---|")
