@@ -123,10 +123,10 @@ def _link_worker(system: str, ds, cfg, batches, info: dict):
         return lambda: run_diskgnn_link(sampler, cfg, work), work
     import dgl
     import torch
-    from diskgnn.bench.dgl_link import edge_ids, edge_sampler
+    from diskgnn.bench.dgl_link import dgl_graph as link_graph, edge_ids, edge_sampler
     torch.set_num_threads(info["threads"])
     t0 = time.perf_counter()
-    g = dgl_graph(base.indptr, base.indices)
+    g = link_graph(ds)  # every sparse format: the edge-prediction sampler takes edge subgraphs
     eid_batches = [edge_ids(ds, b) for b in work]
     info.update(graph_build_seconds=round(time.perf_counter() - t0, 3), dgl_version=dgl.__version__,
                 torch_version=torch.__version__)

@@ -86,3 +86,14 @@ def test_dgl_and_diskgnn_rank_the_same_candidates_alike(link_dataset, tmp_path):
     for key in ("val_mrr", "test_mrr", "test_hits@10"):
         assert theirs[key] == pytest.approx(ours[key], rel=1e-4), key
     assert theirs["val_seeds"] == ours["val_seeds"] == ds.link_array("val_pos").shape[0]
+
+
+@requires_dgl
+def test_link_sampling_bench_runs_dgl_edge_prediction_sampler(link_dataset):
+    from diskgnn.bench.sampling import bench
+    result = bench(link_dataset.path, fanouts=(4, 3), batch_size=97, batches=2, repeats=1, passes=1, threads=1,
+                   systems=("diskgnn", "dgl"), task="link", negatives=2)
+    ours, theirs = result["systems"]["diskgnn"], result["systems"]["dgl"]
+    assert ours["batches"] == theirs["batches"] == 2 and ours["positive_edges"] == theirs["positive_edges"] == 194
+    # same fanouts and seeds of the same size: the sampled edge counts are alike (not equal: other negatives)
+    assert 0.5 < theirs["sampled_edges"] / ours["sampled_edges"] < 2 and result["ratio_edges_per_second"] > 0
