@@ -17,6 +17,16 @@ stored batches) and ``manifest.json`` (format ``diskgnn.samples`` version 1, wri
 last) with the config, the dataset's path and fingerprint, per-file crc32, sizes and
 throughput.
 
+A link-prediction samples directory (``config.task == "link"``, see
+:mod:`diskgnn.link`) also holds per part
+
+* ``<p>.pairs.bin``         int32  [rows, 2+k] every batch's positives back to back: seed
+  positions of (source, destination, k negative or candidate destinations)
+* ``<p>.pair_offsets.bin``  int64  [nb+1]  where batch b's rows start in ``pairs``
+
+and its seeds are the distinct endpoints of the batch's pairs; the four files
+above are unchanged (so packing and the store see an ordinary batch).
+
 Training parts shuffle the training nodes per epoch (seeded); ``val`` and ``test`` are
 one pass in node-id order. Sampling is uniform without replacement per layer, with
 DGL's fanout order (``fanouts[-1]`` for the seeds' layer); each draw depends only on
@@ -97,10 +107,18 @@ class MiniBatch:
     """int64 [n_in] distinct global ids; ``blocks[0].num_src == n_in``."""
     blocks: tuple[Block, ...]
     """Outermost (input side) first; ``blocks[-1].num_dst == B``, ``blocks[i].num_dst == blocks[i+1].num_src``."""
+    pairs: np.ndarray | None = None
+    """Link prediction only: int32 [P, 2 + k], row i the seed positions of positive i's source, destination and
+    its k negative (training) or candidate (evaluation) destinations; None for node classification."""
 
     @property
     def batch_size(self) -> int:
         return int(self.seeds.shape[0])
+
+    @property
+    def num_pairs(self) -> int:
+        """Positive edges of a link batch (0 for node classification)."""
+        return 0 if self.pairs is None else int(self.pairs.shape[0])
 
     @property
     def num_edges(self) -> int:
@@ -118,6 +136,16 @@ class SampleConfig:
     """Presampled training epochs K, each with its own shuffle of the training nodes."""
     seed: int = 0
     """Seed of the shuffles and of every neighbour draw."""
+    task: str = "node"
+    """``node`` (node classification: batches of seed nodes) or ``link`` (link prediction: batches of
+    positive edges with negatives; see :mod:`diskgnn.link`)."""
+    negatives: int | None = None
+    """link: negative destinations per positive training edge (None: 1)."""
+    negative_sampler: str | None = None
+    """link: how negatives are drawn: ``uniform`` over nodes or ``degree`` (probability ~ degree^0.75);
+    None: uniform."""
+    eval_batch_size: int | None = None
+    """link: held-out edges per evaluation batch (None: about a training batch's endpoints)."""
 
     def __post_init__(self):
         fanouts = self.fanouts
@@ -143,6 +171,36 @@ class SampleConfig:
             object.__setattr__(self, name, int(value))
         if self.seed >= 2**63:
             raise ConfigError(f"seed must be below 2**63, got {self.seed}")
+        self._check_task()
+
+    def _check_task(self) -> None:
+        from diskgnn.link import NEGATIVE_SAMPLERS
+        if self.task not in ("node", "link"):
+            raise ConfigError(f"--task must be node or link, got {self.task!r}")
+        if self.task == "node":
+            for name in ("negatives", "negative_sampler", "eval_batch_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name.replace('_', '-')} applies to link prediction only; add --task link "
+                                      f"(or leave it out for node classification)")
+            return
+        negatives = 1 if self.negatives is None else self.negatives
+        if isinstance(negatives, bool) or not isinstance(negatives, (int, np.integer)) or negatives < 1:
+            raise ConfigError(f"--negatives must be an integer >= 1 (negative destinations drawn per positive edge; "
+                              f"link prediction needs negatives to learn from), got {self.negatives!r}")
+        object.__setattr__(self, "negatives", int(negatives))
+        sampler = "uniform" if self.negative_sampler is None else self.negative_sampler
+        if sampler not in NEGATIVE_SAMPLERS:
+            raise ConfigError(f"--negative-sampler must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {sampler!r}")
+        object.__setattr__(self, "negative_sampler", sampler)
+        ebs = self.eval_batch_size
+        if ebs is not None:
+            if isinstance(ebs, bool) or not isinstance(ebs, (int, np.integer)) or ebs < 1:
+                raise ConfigError(f"--eval-batch-size must be an integer >= 1 (held-out edges per batch), got {ebs!r}")
+            object.__setattr__(self, "eval_batch_size", int(ebs))
+
+    @property
+    def is_link(self) -> bool:
+        return self.task == "link"
 
     @property
     def num_layers(self) -> int:
@@ -153,16 +211,24 @@ class SampleConfig:
         """Build from parsed CLI args: ``fanouts`` ("10,15"), ``batch_size``, ``sample_epochs``, ``seed``."""
         epochs = getattr(args, "sample_epochs", None)
         return cls(fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
-                   epochs=1 if epochs is None else epochs, seed=getattr(args, "seed", 0) or 0)
+                   epochs=1 if epochs is None else epochs, seed=getattr(args, "seed", 0) or 0,
+                   task=getattr(args, "task", None) or "node", negatives=getattr(args, "negatives", None),
+                   negative_sampler=getattr(args, "negative_sampler", None),
+                   eval_batch_size=getattr(args, "eval_batch_size", None))
 
     def to_json(self) -> dict:
-        return {"fanouts": list(self.fanouts), "batch_size": self.batch_size, "epochs": self.epochs,
-                "seed": self.seed}
+        out = {"fanouts": list(self.fanouts), "batch_size": self.batch_size, "epochs": self.epochs,
+               "seed": self.seed}
+        if self.is_link:  # node classification keeps the keys it always had (fingerprints stay the same)
+            out.update(task=self.task, negatives=self.negatives, negative_sampler=self.negative_sampler,
+                       eval_batch_size=self.eval_batch_size)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "SampleConfig":
         return cls(fanouts=tuple(obj["fanouts"]), batch_size=obj["batch_size"], epochs=obj["epochs"],
-                   seed=obj["seed"])
+                   seed=obj["seed"], task=obj.get("task", "node"), negatives=obj.get("negatives"),
+                   negative_sampler=obj.get("negative_sampler"), eval_batch_size=obj.get("eval_batch_size"))
 
 
 def parse_fanouts(text) -> tuple[int, ...]:
@@ -212,6 +278,23 @@ def part_seeds(dataset: Dataset, cfg: SampleConfig, part: str) -> np.ndarray:
     return np.sort(np.asarray(dataset.split(part), dtype=np.int64))
 
 
+def part_num_items(dataset: Dataset, cfg: SampleConfig, part: str) -> int:
+    """What ``part``'s batches cover: seed nodes (node classification) or positive edges (link prediction)."""
+    _check_part(part, cfg.epochs)
+    if cfg.is_link:
+        name = "train_pos" if part.startswith("train/") else f"{part}_pos"
+        return int(dataset.link_array(name).shape[0])
+    return int(dataset.split("train" if part.startswith("train/") else part).shape[0])
+
+
+def part_batch_size(dataset: Dataset, cfg: SampleConfig, part: str) -> int:
+    """Items per batch of ``part`` (link evaluation parts: :func:`diskgnn.link.eval_batch_size`)."""
+    if cfg.is_link and not part.startswith("train/"):
+        from diskgnn.link import eval_batch_size
+        return eval_batch_size(cfg, dataset)
+    return cfg.batch_size
+
+
 def num_batches_of(num_seeds: int, batch_size: int, num_shards: int = 1, shard: int = 0) -> int:
     """Batches of a part with ``num_seeds`` seeds that shard ``shard`` of ``num_shards`` holds."""
     total = -(-num_seeds // batch_size)
@@ -222,6 +305,16 @@ def batch_key(seed: int, part: str, index: int) -> np.uint64:
     """The random key of batch ``index`` (global number) of ``part``."""
     from diskgnn.kernels.rng import mix_key
     return np.uint64(mix_key(np.uint64(mix_key(np.uint64(seed), np.uint64(part_code(part)))), np.uint64(index)))
+
+
+def _pair_width(ds: Dataset, cfg: SampleConfig, part: str) -> int:
+    """Columns of a link part's pairs: source, destination and the negatives (train) or candidates (val, test)."""
+    if not cfg.is_link:
+        return 0
+    if part.startswith("train/"):
+        return 2 + cfg.negatives
+    from diskgnn.link import eval_candidates
+    return 2 + eval_candidates(ds, part)
 
 
 def _check_shards(num_shards: int, shard: int) -> None:
@@ -317,7 +410,7 @@ def _advise_random(array) -> None:
             pass
 
 
-def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices) -> MiniBatch:
+def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices, pairs=None) -> MiniBatch:
     num_layers = layer_sizes.shape[0] - 1
     blocks = []
     p = q = 0
@@ -330,7 +423,7 @@ def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indic
         q += nnz
     batch = int(layer_sizes[num_layers])
     return MiniBatch(part=part, index=int(index), seeds=input_nodes[:batch], input_nodes=input_nodes,
-                     blocks=tuple(blocks))
+                     blocks=tuple(blocks), pairs=pairs)
 
 
 def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | None = None,
@@ -348,13 +441,21 @@ def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | No
     elif tuple(sampler.fanouts.tolist()) != cfg.fanouts:
         raise ConfigError(f"the sampler was made for fanouts {sampler.fanouts.tolist()}, "
                           f"the config asks for {list(cfg.fanouts)}")
+    if cfg.is_link:
+        from diskgnn.link import LinkSampler
+        sampler = LinkSampler(sampler, cfg, ds)
     for local, arrays in enumerate(_iter_raw(ds, cfg, part, sampler, num_shards, shard)):
         yield _make_batch(part, local, *arrays)
 
 
-def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler: Sampler, num_shards: int, shard: int):
-    """The kernel's raw output ``(input_nodes, layer_sizes, block_indptr, block_indices)`` per batch of the shard."""
+def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler, num_shards: int, shard: int):
+    """The kernel's raw output ``(input_nodes, layer_sizes, block_indptr, block_indices[, pairs])`` per batch of
+    the shard (``pairs`` for link prediction, where ``sampler`` is a :class:`diskgnn.link.LinkSampler`)."""
     from diskgnn.kernels.sampling import sample_blocks
+    if cfg.is_link:
+        from diskgnn.link import iter_link_raw
+        yield from iter_link_raw(ds, cfg, part, sampler, num_shards, shard)
+        return
     seeds = part_seeds(ds, cfg, part)
     if seeds.size:
         sampler.check_seeds(seeds)  # once per part, so each batch can skip it
@@ -370,18 +471,27 @@ def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler: Sampler, num_s
 class _PartWriter:
     """Streams one part's batches into its four files."""
 
-    def __init__(self, out: Path, part: str, num_layers: int):
+    def __init__(self, out: Path, part: str, num_layers: int, pair_width: int = 0):
         self.part = part
         self.prefix = _part_file_prefix(part)
         self.num_layers = num_layers
-        self.writers = {name: Crc32Writer(out / f"{self.prefix}.{name}.bin")
-                        for name in ("input_nodes", "block_indptr", "block_indices")}
+        self.pair_width = pair_width
+        """Columns of a link batch's pairs (0: node classification, no pairs)."""
+        names = ("input_nodes", "block_indptr", "block_indices") + (("pairs",) if pair_width else ())
+        self.writers = {name: Crc32Writer(out / f"{self.prefix}.{name}.bin") for name in names}
+        self.pair_rows = [0]
         self.rows: list[list[int]] = []
         self.offsets = [0, 0, 0]
         self.num_edges = 0
         self.num_seeds = 0
 
-    def add(self, input_nodes, layer_sizes, block_indptr, block_indices) -> None:
+    def add(self, input_nodes, layer_sizes, block_indptr, block_indices, pairs=None) -> None:
+        if self.pair_width:
+            if pairs is None or pairs.ndim != 2 or pairs.shape[1] != self.pair_width:
+                raise IntegrityError(f"part {self.part}: a link batch's pairs must be [P, {self.pair_width}], got "
+                                     f"{None if pairs is None else list(pairs.shape)}")
+            self.writers["pairs"].write(np.ascontiguousarray(pairs, dtype="<i4"))
+            self.pair_rows.append(self.pair_rows[-1] + int(pairs.shape[0]))
         self.rows.append(self.offsets + [int(s) for s in layer_sizes])
         self.writers["input_nodes"].write(np.ascontiguousarray(input_nodes, dtype="<i8"))
         self.writers["block_indptr"].write(np.ascontiguousarray(block_indptr, dtype="<i8"))
@@ -397,6 +507,17 @@ class _PartWriter:
                                    ("block_indices", "<i4", self.offsets[2])):
             info = self.writers[name].close()
             specs[name] = ArraySpec(path=f"{self.prefix}.{name}.bin", dtype=dtype, shape=(count,), crc32=info["crc32"])
+        extra = {}
+        if self.pair_width:
+            info = self.writers["pairs"].close()
+            specs["pairs"] = ArraySpec(path=f"{self.prefix}.pairs.bin", dtype="<i4",
+                                       shape=(self.pair_rows[-1], self.pair_width), crc32=info["crc32"])
+            w = Crc32Writer(out / f"{self.prefix}.pair_offsets.bin")
+            w.write(np.asarray(self.pair_rows, dtype="<i8"))
+            info = w.close()
+            specs["pair_offsets"] = ArraySpec(path=f"{self.prefix}.pair_offsets.bin", dtype="<i8",
+                                              shape=(len(self.pair_rows),), crc32=info["crc32"])
+            extra = {"pair_width": self.pair_width, "num_pairs": self.pair_rows[-1]}
         index = np.zeros((len(self.rows) + 1, _INDEX_FIXED + self.num_layers + 1), dtype="<i8")
         if self.rows:
             index[:-1] = np.asarray(self.rows, dtype=np.int64)
@@ -406,7 +527,7 @@ class _PartWriter:
         info = w.close()
         specs["index"] = ArraySpec(path=f"{self.prefix}.index.bin", dtype="<i8", shape=index.shape, crc32=info["crc32"])
         return {"num_batches": len(self.rows), "num_seeds": self.num_seeds, "num_edges": self.num_edges,
-                "num_input_nodes": self.offsets[0], "files": {n: s.to_json() for n, s in specs.items()}}
+                "num_input_nodes": self.offsets[0], **extra, "files": {n: s.to_json() for n, s in specs.items()}}
 
     def abort(self) -> None:
         for w in self.writers.values():
@@ -535,10 +656,19 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
     out = Path(out)
     if out.resolve() == ds.path.resolve() or ds.path.resolve() in out.resolve().parents:
         raise ConfigError(f"--out {out} lies inside the dataset directory {ds.path}; choose another directory")
+    if cfg.is_link:
+        from diskgnn.link import check_link_dataset
+        check_link_dataset(ds)
+    elif ds.has_link and ds.split("train").shape[0] == 0:
+        raise ConfigError(f"{ds.path} is a link-prediction dataset without training nodes (no labels); sample it "
+                          f"with --task link, or give labels and train_idx for node classification")
     previous_threads, used_threads = _set_threads(threads)
     try:
         t0 = time.perf_counter()
         sampler = Sampler(ds, cfg.fanouts, mmap_topology=mmap_topology, memory_budget=memory_budget)
+        if cfg.is_link:
+            from diskgnn.link import LinkSampler
+            sampler = LinkSampler(sampler, cfg, ds)
         load_seconds = time.perf_counter() - t0
         log.info("%r loaded in %.2f s", sampler, load_seconds)
         key = _resume_key(ds, cfg, num_shards, shard)
@@ -549,7 +679,7 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
             seconds = time.perf_counter() - t_start
             stats = manifest["stats"]
             stats.update({"seconds": round(seconds, 3), "topology_load_seconds": round(load_seconds, 3),
-                          "mmap_topology": sampler.mmapped, "threads": used_threads})
+                          "mmap_topology": getattr(sampler, "sampler", sampler).mmapped, "threads": used_threads})
             stats["edges_per_second"] = round(stats["sampled_edges"] / max(stats["sample_seconds"], 1e-9), 1)
             (out / RESUME_JOURNAL).unlink(missing_ok=True)  # the output is the same as an uninterrupted run's
             write_manifest(out, FORMAT, VERSION, manifest)
@@ -572,7 +702,7 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     sampled_edges = 0
     sample_seconds = 0.0
     written = {"batches": 0, "bytes": 0}
-    total_batches = sum(num_batches_of(part_seeds(ds, cfg, p).shape[0], cfg.batch_size, num_shards, shard)
+    total_batches = sum(num_batches_of(part_num_items(ds, cfg, p), part_batch_size(ds, cfg, p), num_shards, shard)
                         for p in part_names(cfg.epochs))
     # For a disk-full message: the bytes per batch so far, extrapolated to every batch.
     expect_output_bytes(out, lambda: ds.num_nodes * 8 + written["bytes"] * total_batches // max(written["batches"], 1))
@@ -590,21 +720,20 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
                     counts += np.bincount(np.asarray(nodes[lo:lo + (1 << 24)]), minlength=ds.num_nodes)
                 sampled_edges += int(done[part]["num_edges"])
                 continue
-            seeds = part_seeds(ds, cfg, part)
-            nb = num_batches_of(seeds.shape[0], cfg.batch_size, num_shards, shard)
-            pw = _PartWriter(out, part, cfg.num_layers)
+            nb = num_batches_of(part_num_items(ds, cfg, part), part_batch_size(ds, cfg, part), num_shards, shard)
+            pw = _PartWriter(out, part, cfg.num_layers, pair_width=_pair_width(ds, cfg, part))
             part_writers.append(pw)
             if nb:
                 progress(f"sample {part}", 0, nb)
             t0 = time.perf_counter()
-            for input_nodes, layer_sizes, block_indptr, block_indices in _iter_raw(ds, cfg, part, sampler,
-                                                                                    num_shards, shard):
+            for arrays in _iter_raw(ds, cfg, part, sampler, num_shards, shard):
+                input_nodes, layer_sizes, block_indptr, block_indices = arrays[:4]
                 counts[input_nodes] += 1  # input nodes are distinct within a batch
-                writer.submit(pw.add, input_nodes, layer_sizes, block_indptr, block_indices)
+                writer.submit(pw.add, *arrays)
                 sampled_edges += block_indices.shape[0]
                 written["batches"] += 1
                 written["bytes"] += 8 * (input_nodes.shape[0] + block_indptr.shape[0] + layer_sizes.shape[0] + 3) \
-                    + 4 * block_indices.shape[0]
+                    + 4 * block_indices.shape[0] + (arrays[4].nbytes + 8 if len(arrays) > 4 else 0)
                 progress(f"sample {part}", 1, nb)
             sample_seconds += time.perf_counter() - t0
             writer.submit(_close_part, pw, out, parts, journal)
@@ -624,7 +753,16 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     files = {"access_counts": ArraySpec(path="access_counts.bin", dtype="<i8", shape=(ds.num_nodes,),
                                         crc32=info["crc32"]).to_json()}
     disk_bytes = sum(f["bytes"] for p in parts.values() for f in p["files"].values()) + files["access_counts"]["bytes"]
+    extra = {}
+    if cfg.is_link:
+        from diskgnn.link import eval_batch_size
+        extra["link"] = {"negatives": cfg.negatives, "negative_sampler": cfg.negative_sampler,
+                         "eval_batch_size": eval_batch_size(cfg, ds), "undirected": ds.undirected,
+                         "excluded": "each batch's positive edges and their reverses" if ds.undirected
+                         else "each batch's positive edges",
+                         "pair_width": {p: _pair_width(ds, cfg, p) for p in part_names(cfg.epochs)}}
     return {
+        "task": cfg.task, **extra,
         "config": cfg.to_json(),
         "dataset": {"path": str(ds.path.resolve()), "fingerprint": ds.fingerprint, "num_nodes": ds.num_nodes,
                     "num_edges": ds.num_edges, "feature_bytes": ds.feature_bytes},
@@ -674,6 +812,17 @@ class Samples:
         width = _INDEX_FIXED + self.config.num_layers + 1
         layout = {"input_nodes": ("<i8", 1), "block_indptr": ("<i8", 1), "block_indices": ("<i4", 1),
                   "index": ("<i8", 2)}
+        self.task = self.config.task
+        """``node`` or ``link`` (see :class:`SampleConfig`)."""
+        if self.config.is_link:
+            layout.update({"pairs": ("<i4", 2), "pair_offsets": ("<i8", 1)})
+            link = manifest.get("link")
+            if not isinstance(link, dict) or not isinstance(link.get("undirected"), bool):
+                raise IntegrityError(f"{where}: link samples need a link section with 'undirected'; re-create "
+                                     f"{self.path} with diskgnn sample --task link")
+            self.link = link
+        else:
+            self.link = None
         for part, specs in self._specs.items():
             for name, (dtype, ndim) in layout.items():
                 if name not in specs:
@@ -686,11 +835,19 @@ class Samples:
             if len(shape) != 2 or shape[1] != width or shape[0] != nb + 1:
                 raise IntegrityError(f"{where}: part {part} index has shape {list(shape)}, expected "
                                      f"[{nb + 1}, {width}]")
+            if self.config.is_link:
+                pw = specs["pairs"].shape[1]
+                if specs["pair_offsets"].shape[0] != nb + 1 or pw < 3 or \
+                        (part.startswith("train/") and pw != 2 + self.config.negatives):
+                    raise IntegrityError(f"{where}: part {part} describes pairs {list(specs['pairs'].shape)} and "
+                                         f"pair offsets {list(specs['pair_offsets'].shape)}, which do not fit its "
+                                         f"{nb} batches; re-create {self.path}")
         if self._counts_spec.dtype != "<i8" or self._counts_spec.shape != (self.num_nodes,):
             raise IntegrityError(f"{where}: access_counts must be <i8 [{self.num_nodes}], the manifest says "
                                  f"{self._counts_spec.dtype} {list(self._counts_spec.shape)}")
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
         self._index: dict[str, np.ndarray] = {}
+        self._pair_offsets: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, path) -> "Samples":
@@ -733,6 +890,19 @@ class Samples:
         if problem:
             raise IntegrityError(f"{where}: the index of part {part} is corrupt: {problem}; "
                                  f"run diskgnn sample again")
+
+    def pair_offsets(self, part: str) -> np.ndarray:
+        """int64 [nb+1]: link batch b's pairs are rows ``off[b]:off[b+1]`` of the part's pairs file."""
+        if not self.config.is_link:
+            raise ConfigError(f"{self.path} was sampled for node classification; it has no link pairs")
+        if part not in self._pair_offsets:
+            off = np.array(self._array(part, "pair_offsets"))
+            rows = self._specs[part]["pairs"].shape[0]
+            if off[0] != 0 or (np.diff(off) < 1).any() or off[-1] != rows:
+                raise IntegrityError(f"{self.path / self._specs[part]['pair_offsets'].path}: offsets must start at "
+                                     f"0, grow by at least one per batch and end at {rows}; run diskgnn sample again")
+            self._pair_offsets[part] = off
+        return self._pair_offsets[part]
 
     def num_batches(self, part: str) -> int:
         self._check_part(part)
@@ -794,7 +964,15 @@ class Samples:
         block_indptr = self._read(part, "block_indptr", row[1], nxt[1])
         block_indices = self._read(part, "block_indices", row[2], nxt[2])
         self._check_batch_arrays(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
-        return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
+        pairs = None
+        if self.config.is_link:
+            off = self.pair_offsets(part)
+            width = self._specs[part]["pairs"].shape[1]
+            pairs = self._read(part, "pairs", off[i] * width, off[i + 1] * width).reshape(-1, width)
+            if pairs.size and (int(pairs.min()) < 0 or int(pairs.max()) >= int(row[-1])):
+                raise IntegrityError(f"{self.path}: part {part} batch {i} is corrupt (pairs point outside its "
+                                     f"seeds) in {_part_file_prefix(part)}.pairs.bin; run diskgnn sample again")
+        return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices, pairs)
 
     def _check_batch_arrays(self, part, i, input_nodes, sizes, block_indptr, block_indices) -> None:
         """Cheap bounds checks of one stored batch, so a damaged file stops here rather than in a kernel."""
@@ -876,6 +1054,10 @@ class Samples:
             "edges_per_second": stats.get("edges_per_second"),
             "mmap_topology": stats.get("mmap_topology"),
             "threads": stats.get("threads"),
+            **({"task": "link", "link": {**self.link,
+                                         "positives": {p: self.manifest["parts"][p].get("num_pairs")
+                                                       for p in self.parts}}}
+               if self.config.is_link else {}),
         }
 
     def __repr__(self) -> str:
@@ -937,7 +1119,11 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
             raise IntegrityError(f"{where}: the index of part {part} ends at {list(idx[-1, :_INDEX_FIXED])}, "
                                  f"the files hold {totals} items")
         seeds_all = None
-        if ds is not None:
+        link_check = None
+        if ds is not None and cfg.is_link:
+            from diskgnn.link import LinkBatchCheck
+            link_check = LinkBatchCheck(ds, cfg, part)
+        elif ds is not None:
             seeds_all = part_seeds(ds, cfg, part)
         for i in range(nb):
             what = f"{where}: part {part} batch {i}"
@@ -983,6 +1169,8 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
                 if ds is not None:
                     dst = nodes[:b.num_dst]
                     deg = np.asarray(indptr[dst + 1]) - np.asarray(indptr[dst])
+                    if link_check is not None:  # this batch's excluded edges are not in its graph
+                        deg = deg - link_check.excluded_in_degree(mb, dst)
                     expect = deg if fanout < 0 else np.minimum(deg, fanout)
                     if not np.array_equal(np.diff(ptr), expect):
                         j = int(np.flatnonzero(np.diff(ptr) != expect)[0])
@@ -995,6 +1183,10 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
                 edges += b.num_edges
             if nxt[2] - row[2] != edges:
                 raise IntegrityError(f"{what}: blocks hold {edges} edges, the index says {nxt[2] - row[2]}")
+            if link_check is not None:
+                link_check.check(mb, samples.global_index(part, i), what)
+            elif cfg.is_link and (mb.pairs is None or mb.pairs.size == 0 or np.unique(mb.pairs).size != mb.batch_size):
+                raise IntegrityError(f"{what}: its seeds must be exactly the endpoints of its pairs")
             if seeds_all is not None:
                 g = samples.global_index(part, i)
                 expect = seeds_all[g * cfg.batch_size:(g + 1) * cfg.batch_size]

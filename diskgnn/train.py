@@ -13,6 +13,12 @@ order). Validation and test run every ``eval_every`` epochs on the presampled
 ``val``/``test`` batches through the same out-of-core path; the reported test
 accuracy is the one of the best-validation epoch.
 
+Link prediction (samples made with ``--task link``): the model is an encoder
+and an edge decoder (:mod:`diskgnn.decoders`), trained with binary
+cross-entropy over each batch's positive and negative pairs; evaluation ranks
+every held-out edge among its candidates (MRR, Hits@1/10/50), and the reported
+test figures are those of the best-validation-MRR epoch.
+
 Checkpoints (model, optimizer, epoch, RNG state, best metrics, history) are
 written atomically after every epoch; ``resume`` continues from the last one
 and, on CPU with a fixed seed, ends with the same weights as an uninterrupted
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diskgnn.decoders import HITS_AT, RankingMetrics, build_link_model, link_loss
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
 from diskgnn.models import TorchBlock, build_model, model_spec
@@ -95,8 +102,20 @@ class TrainConfig:
     """Read requests in flight (a disk with a long latency wants more)."""
     io_request: int = 1 << 20
     """Bytes per read request (a multiple of 4096)."""
+    task: str | None = None
+    """``node`` or ``link``; None: the task the samples were made for (a mismatch is an error)."""
+    decoder: str | None = None
+    """Link prediction's edge decoder: dot, mlp or distmult (None: dot)."""
 
     def __post_init__(self):
+        if self.task not in (None, "node", "link"):
+            raise ConfigError(f"--task must be node or link, got {self.task!r}")
+        if self.decoder is not None:
+            from diskgnn.decoders import DECODERS
+            if self.decoder not in DECODERS:
+                raise ConfigError(f"--decoder {self.decoder!r} does not exist; choose one of {', '.join(DECODERS)}")
+            if self.task == "node":
+                raise ConfigError("--decoder applies to link prediction only; use it with --task link")
         spec = model_spec(self.model)
         if self.hidden is None:
             object.__setattr__(self, "hidden", spec.default_hidden)
@@ -135,7 +154,8 @@ class TrainConfig:
                    nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
                    checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)),
                    io_depth=getattr(args, "io_depth", None) or 8,
-                   io_request=parse_size(getattr(args, "io_request", None) or "1M", name="--io-request"))
+                   io_request=parse_size(getattr(args, "io_request", None) or "1M", name="--io-request"),
+                   task=getattr(args, "task", None), decoder=getattr(args, "decoder", None))
 
     def model_fields(self) -> dict:
         """The fields that define the model and optimizer (must match to resume)."""
@@ -144,6 +164,23 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def check_task(cfg: TrainConfig, samples) -> bool:
+    """Whether training is link prediction; an error when ``--task`` asks for the other task than the samples'."""
+    link = samples.config.is_link
+    if cfg.task == "link" and not link:
+        raise MismatchError(f"--task link: {samples.path} was sampled for node classification; sample the dataset "
+                            f"with `diskgnn sample DATASET --task link ...` (it needs held-out edges: prepare or "
+                            f"synth it with --edge-split), pack those samples and train that packed directory")
+    if cfg.task == "node" and link:
+        raise MismatchError(f"--task node: {samples.path} was sampled for link prediction (--task link); train it "
+                            f"with --task link, or sample the dataset again without --task link for node "
+                            f"classification")
+    if not link and cfg.decoder is not None:
+        raise ConfigError(f"--decoder applies to link prediction only, but {samples.path} was sampled for node "
+                          f"classification")
+    return link
 
 
 def epoch_permutation(seed: int, epoch: int, num_batches: int, segments: list[np.ndarray] | None = None) -> np.ndarray:
@@ -267,13 +304,17 @@ class _Batch:
     x: torch.Tensor | None = None
     ready: Any = None
     """A CUDA event recorded on the side stream after the copies (None on CPU)."""
+    pairs: torch.Tensor | None = None
+    """Link prediction: int64 [P, 2 + k] seed positions of each positive and its negatives (None otherwise)."""
 
     def wait(self) -> None:
         """Make the compute stream wait for the side-stream copies of this batch."""
         if self.ready is not None:
             stream = torch.cuda.current_stream(self.x.device)
             stream.wait_event(self.ready)
-            for t in (self.x, self.labels, *(t for b in self.blocks for t in (b.src, b.dst, b.indptr, b.in_degree))):
+            extra = (self.pairs,) if self.pairs is not None else ()
+            for t in (self.x, self.labels, *extra,
+                      *(t for b in self.blocks for t in (b.src, b.dst, b.indptr, b.in_degree))):
                 t.record_stream(stream)
 
 
@@ -292,11 +333,17 @@ class BatchStages:
         part, i = key
         mb = self.samples.batch(part, i)
         blocks = [TorchBlock.from_block(b) for b in mb.blocks]
-        labels = torch.from_numpy(np.asarray(self.labels[mb.seeds], dtype=np.int64))
+        pairs = None
+        if mb.pairs is not None:  # link prediction: no labels, the pairs say what to score
+            pairs = torch.from_numpy(mb.pairs.astype(np.int64))
+            labels = torch.empty(0, dtype=torch.int64)
+        else:
+            labels = torch.from_numpy(np.asarray(self.labels[mb.seeds], dtype=np.int64))
         if self.cuda:
             blocks = [b.pin_memory() for b in blocks]
             labels = labels.pin_memory()
-        return _Batch(part=part, index=i, blocks=blocks, labels=labels)
+            pairs = pairs.pin_memory() if pairs is not None else None
+        return _Batch(part=part, index=i, blocks=blocks, labels=labels, pairs=pairs)
 
     def read(self, batch: _Batch) -> _Batch:
         batch.extent = self.features.read(batch.part, batch.index)
@@ -310,6 +357,8 @@ class BatchStages:
                 batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
                 batch.blocks = [b.to(self.device, non_blocking=True) for b in batch.blocks]
                 batch.labels = batch.labels.to(self.device, non_blocking=True)
+                if batch.pairs is not None:
+                    batch.pairs = batch.pairs.to(self.device, non_blocking=True)
                 batch.ready = torch.cuda.Event()
                 batch.ready.record(self.side_stream)
         else:
@@ -560,16 +609,20 @@ class Trainer:
         self.progress = progress
         self.data_id = data_id or {"dataset_fingerprint": dataset.fingerprint,
                                    "samples": samples.config.to_json()}
+        self.link = check_task(cfg, samples)
+        """Whether this is link prediction (the samples' task)."""
+        self.decoder = (cfg.decoder or "dot") if self.link else None
         self.threads = ThreadBudget.from_config(cfg)
         self.threads.apply_to_compute_thread()
         self.train_parts = list(samples.train_parts)
         for part in ("val", "test"):
             if samples.num_batches(part) == 0:
-                log.warning("%s has no %s batches; %s accuracy will be reported as null", samples.path, part, part)
+                log.warning("%s has no %s batches; %s %s will be reported as null", samples.path, part, part,
+                            "MRR" if self.link else "accuracy")
         torch.manual_seed(cfg.seed)
-        self.model = model if model is not None else build_model(
-            cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-            num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+        if model is None:
+            model = build_task_model(cfg, dataset, samples.config.num_layers, link=self.link)
+        self.model = model
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.train_module: torch.nn.Module = self.model
@@ -579,7 +632,9 @@ class Trainer:
         self.metrics = _MetricsLog(cfg.metrics)
         self.epoch = 0
         self.history: list[dict] = []
-        self.best: dict = {"best_val_acc": None, "test_acc": None, "best_epoch": None}
+        self.best: dict = ({"best_val_mrr": None, "test_mrr": None, **{f"test_hits@{k}": None for k in HITS_AT},
+                            "best_epoch": None} if self.link else
+                           {"best_val_acc": None, "test_acc": None, "best_epoch": None})
 
     # --- passes ----------------------------------------------------------------------------------
 
@@ -607,16 +662,27 @@ class Trainer:
             for k, batch in enumerate(pipe):
                 batch.wait()
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = self.train_module(batch.blocks, batch.x)
-                loss = F.cross_entropy(logits, batch.labels)
+                if self.link:
+                    # scores [P, 1 + k]: column 0 the positive edge, the others its negatives
+                    scores = self.train_module(batch.blocks, batch.x, batch.pairs)
+                    loss = link_loss(scores)
+                else:
+                    logits = self.train_module(batch.blocks, batch.x)
+                    loss = F.cross_entropy(logits, batch.labels)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise self._diverged(epoch, k, batch, value)
                 loss.backward()
                 self.optimizer.step()
-                n = batch.labels.shape[0]
+                if self.link:  # accuracy of the binary decision score > 0 over positives and negatives
+                    n = batch.pairs.shape[0]
+                    with torch.no_grad():
+                        right = int((scores[:, 0] > 0).sum()) + int((scores[:, 1:] <= 0).sum())
+                    correct += right / scores.shape[1]
+                else:
+                    n = batch.labels.shape[0]
+                    correct += int((logits.argmax(1) == batch.labels).sum())
                 loss_sum += value * n
-                correct += int((logits.argmax(1) == batch.labels).sum())
                 seen += n
                 self.progress(task, 1, len(keys))
         seconds = time.perf_counter() - t0
@@ -649,9 +715,14 @@ class Trainer:
         x = torch.zeros((1, width), dtype=torch.float32, device=self.device)
         was_training = self.model.training
         self.model.eval()
+        if self.link:
+            classes = 2  # one pair of one positive and one negative: two scores
         try:
             with torch.inference_mode():
-                out = self.model(blocks, x)
+                if self.link:
+                    out = self.model(blocks, x, torch.zeros((1, 3), dtype=torch.int64, device=self.device))
+                else:
+                    out = self.model(blocks, x)
         except (RuntimeError, ValueError, IndexError) as exc:
             raise ConfigError(f"the model does not fit the packed data: it was given {width}-wide feature rows "
                               f"and {layers} blocks (--fanouts has {layers} layers) and failed with "
@@ -659,6 +730,11 @@ class Trainer:
                               f"num_classes={classes} and {layers} layers") from None
         finally:
             self.model.train(was_training)
+        if self.link and (not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 2)):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"the link model does not fit the packed data: it returns {shape} for one positive "
+                              f"pair with one negative, expected scores of shape (1, 2); build it with "
+                              f"diskgnn.decoders.build_link_model")
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ConfigError(f"the model does not fit the packed data: it returns {shape} for one seed, but the "
@@ -668,6 +744,8 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
         """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
+        if self.link:
+            return self._evaluate_link(parts, task)
         self.model.eval()
         keys = self.eval_keys(parts)
         correct = {p: 0 for p in parts}
@@ -694,12 +772,39 @@ class Trainer:
         out["eval_bytes_read"] = eval_store.get("bytes_read")
         return out
 
+    def _evaluate_link(self, parts, task: str) -> dict:
+        """MRR, Hits@K and loss of every held-out edge against its candidates, through the same pipeline."""
+        self.model.eval()
+        keys = self.eval_keys(parts)
+        metrics = {p: RankingMetrics() for p in parts}
+        store_before = self.features.stats()
+        t0 = time.perf_counter()
+        self.progress(task, 0, len(keys))
+        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="eval")
+        with pipe:
+            for batch in pipe:
+                batch.wait()
+                metrics[batch.part].add(self.model(batch.blocks, batch.x, batch.pairs))
+                self.progress(task, 1, len(keys))
+        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": pipe.stats()}
+        for p in parts:
+            out.update(metrics[p].result(p))
+        out["eval_bytes_read"] = store_epoch_metrics(store_before, self.features.stats()).get("bytes_read")
+        return out
+
+    def _model_fields(self) -> dict:
+        """What defines the model and optimizer in a checkpoint (link prediction adds the task and decoder)."""
+        fields = self.cfg.model_fields()
+        if self.link:
+            fields.update(task="link", decoder=self.decoder)
+        return fields
+
     # --- checkpoint ------------------------------------------------------------------------------
 
     def state(self) -> dict:
         state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": self.epoch,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "config": json.dumps(self.cfg.model_fields(), sort_keys=True),
+                 "torch_rng": torch.get_rng_state(), "config": json.dumps(self._model_fields(), sort_keys=True),
                  "data": json.dumps(self.data_id, sort_keys=True), "history": json.dumps(self.history),
                  "best": json.dumps(self.best)}
         if self.device.type == "cuda":
@@ -707,7 +812,7 @@ class Trainer:
         return state
 
     def restore(self, state: dict, where: str) -> None:
-        mine = json.dumps(self.cfg.model_fields(), sort_keys=True)
+        mine = json.dumps(self._model_fields(), sort_keys=True)
         if state["config"] != mine:
             raise CheckpointError(f"{where} was written with {state['config']}, this run asks for {mine}; resume "
                                   f"with the same model flags, or start again without --resume")
@@ -750,21 +855,34 @@ class Trainer:
             last = e + 1 == cfg.epochs
             if (e + 1) % cfg.eval_every == 0 or last:
                 record.update(self.evaluate(task=f"epoch {e + 1}/{cfg.epochs} eval"))
-                val = record.get("val_acc")
-                if val is not None and (self.best["best_val_acc"] is None or val > self.best["best_val_acc"]):
-                    self.best = {"best_val_acc": val, "test_acc": record.get("test_acc"), "best_epoch": e + 1}
+                self._update_best(record, e + 1)
             record["peak_rss_bytes"] = peak_rss_bytes()
             self.history.append(record)
             self.epoch = e + 1
             if cfg.checkpoint:
                 save_checkpoint(cfg.checkpoint, self.state())
             self.metrics.write(record)
-            log.info("epoch %d/%d: %.2f s (%.1f batches/s), loss %.4f, train %.4f, val %s, test %s",
+            what = "mrr" if self.link else "acc"
+            log.info("epoch %d/%d: %.2f s (%.1f batches/s), loss %.4f, train %.4f, val %s %s, test %s %s",
                      e + 1, cfg.epochs, record["epoch_time_s"], record["batches_per_s"] or 0.0, record["loss"],
-                     record["train_acc"], _fmt(record.get("val_acc")), _fmt(record.get("test_acc")))
+                     record["train_acc"], what, _fmt(record.get(f"val_{what}")), what,
+                     _fmt(record.get(f"test_{what}")))
         report = self.report()
         self.metrics.write(report)
         return report
+
+    def _update_best(self, record: dict, epoch: int) -> None:
+        """Keep the test figures of the epoch with the best validation accuracy (link prediction: MRR)."""
+        if self.link:
+            val = record.get("val_mrr")
+            if val is not None and (self.best["best_val_mrr"] is None or val > self.best["best_val_mrr"]):
+                self.best = {"best_val_mrr": val, "test_mrr": record.get("test_mrr"),
+                             **{f"test_hits@{k}": record.get(f"test_hits@{k}") for k in HITS_AT},
+                             "best_epoch": epoch}
+            return
+        val = record.get("val_acc")
+        if val is not None and (self.best["best_val_acc"] is None or val > self.best["best_val_acc"]):
+            self.best = {"best_val_acc": val, "test_acc": record.get("test_acc"), "best_epoch": epoch}
 
     def report(self) -> dict:
         times = [h["epoch_time_s"] for h in self.history]
@@ -775,9 +893,12 @@ class Trainer:
                 acc = stages.setdefault(name, {"busy_s": 0.0, "wait_s": 0.0})
                 acc["busy_s"] += s["busy_s"] / len(self.history)
                 acc["wait_s"] += s["wait_s"] / len(self.history)
-        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch,
-                "best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
-                "best_epoch": self.best["best_epoch"],
+        if self.link:
+            best = {"task": "link", "decoder": self.decoder, **self.best}
+        else:
+            best = {"best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
+                    "best_epoch": self.best["best_epoch"]}
+        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch, **best,
                 "epoch_time_s": statistics.median(times) if times else None,
                 "epoch_times_s": [round(t, 4) for t in times],
                 "final_loss": last.get("loss"), "final_train_acc": last.get("train_acc"),
@@ -810,7 +931,17 @@ def open_packed(packed_dir):
     return packed
 
 
-def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.device) -> TrainingMemory:
+def build_task_model(cfg: TrainConfig, dataset, num_layers: int, *, link: bool) -> torch.nn.Module:
+    """The model ``cfg`` asks for: a classifier over the dataset's classes, or (``link``) an encoder and decoder."""
+    if link:
+        return build_link_model(cfg.model, in_dim=dataset.feat_dim, num_layers=num_layers, hidden=cfg.hidden,
+                                heads=cfg.heads, dropout=cfg.dropout, decoder=cfg.decoder or "dot")
+    return build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
+                       num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+
+
+def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.device, *,
+                    link: bool = False) -> TrainingMemory:
     """What a trainer with ``cfg`` holds in host memory beside its feature store (checked by the store).
 
     The model is built once (without touching the global RNG) to count its parameters: weights,
@@ -819,8 +950,7 @@ def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.de
     model_bytes = 0
     if device.type != "cuda":
         with torch.random.fork_rng(devices=[]):
-            model = build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-                                num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+            model = build_task_model(cfg, dataset, num_layers, link=link)
         model_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
     return TrainingMemory(queue_depth=cfg.queue_depth, model_bytes=int(model_bytes))
 
@@ -833,8 +963,9 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
     from diskgnn.store import FeatureStore
     if isinstance(packed, (str, os.PathLike)):
         packed = open_packed(packed)
+    link = check_task(cfg, packed.samples)  # before the store loads its tiers
     device = resolve_device(cfg.device)
-    training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device)
+    training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device, link=link)
     store = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
                          request_size=cfg.io_request)
     trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,

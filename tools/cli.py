@@ -61,6 +61,24 @@ def _sample_args(p: argparse.ArgumentParser, required: bool = True, epochs_flag:
     g.add_argument(epochs_flag, dest="sample_epochs", type=int, default=None,
                    help="presampled training epochs K, cycled during training (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g = p.add_argument_group("link prediction (--task link)")
+    g.add_argument("--task", choices=["node", "link"], default=None,
+                   help="node: batches of seed nodes (default); link: batches of positive training edges with "
+                        "negatives, the batch's own edges (and reverses, undirected) excluded from message passing")
+    g.add_argument("--negatives", type=int, default=None, help="negative destinations per positive edge (default 1)")
+    g.add_argument("--negative-sampler", choices=["uniform", "degree"], default=None,
+                   help="uniform over nodes (default), or degree: probability ~ degree^0.75")
+    g.add_argument("--eval-batch-size", type=int, default=None,
+                   help="held-out edges per evaluation batch (default: about a training batch's endpoints)")
+
+
+def _link_split_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("link prediction datasets")
+    g.add_argument("--edge-split", default=None,
+                   help="make a link-prediction dataset: train,val,test shares of the edges, e.g. 0.90,0.05,0.05 "
+                        "(seeded); held-out edges (and reverses, --undirected) leave the message-passing graph")
+    g.add_argument("--eval-negatives", type=int, default=None,
+                   help="candidate destinations drawn per held-out edge (default 100)")
 
 
 def _pack_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +142,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="threads that assemble each batch's feature matrix while the previous batch computes "
                         "(default: the same as --threads)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
+    g.add_argument("--decoder", choices=["dot", "mlp", "distmult"], default=None,
+                   help="link prediction's edge decoder (default dot)")
+
+
+def _train_task_arg(p: argparse.ArgumentParser) -> None:
+    """``--task`` of diskgnn train (in ``run`` the sampling group's ``--task`` serves both)."""
+    p.add_argument("--task", choices=["node", "link"], default=None,
+                   help="node or link; default: the task the samples were made for (a mismatch is an error)")
 
 
 def _add_commands(sub) -> None:
@@ -146,6 +172,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--train-fraction", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--test-fraction", type=float, default=None)
+    p.add_argument("--task", choices=["node", "link"], default="node",
+                   help="link: a link-prediction dataset with the scale's default --edge-split (tiny 0.5,0.05,0.05; "
+                        "s 0.1,0.005,0.005; m 0.0015,0.0001,0.0001)")
+    _link_split_args(p)
     p.add_argument("--chunk-nodes", type=int, default=1 << 18,
                    help="nodes generated per chunk (default 262144); a killed run resumes after its last chunk. "
                         "Feature noise is drawn per chunk, so another value gives other features")
@@ -170,6 +200,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--splits", default=None, help="edgelist: .npz with train_idx, val_idx, test_idx")
     p.add_argument("--num-nodes", type=int, default=None, help="edgelist: node count (default: max id + 1)")
     p.add_argument("--dataset-name", default=None, help="ogb: split name under split/ (default: the only one)")
+    _link_split_args(p)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of --edge-split and the drawn candidates")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     _common(p)
     p.set_defaults(func=cmd_prepare)
@@ -229,6 +261,7 @@ def _add_commands(sub) -> None:
                                    "validation/test batches every epoch.")
     p.add_argument("packed", help="packed directory")
     _train_args(p)
+    _train_task_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train)
 
@@ -239,6 +272,8 @@ def _add_commands(sub) -> None:
     src.add_argument("--scale", choices=["tiny", "s", "m"], help="generate a synthetic dataset of this scale")
     src.add_argument("--dataset", help="an existing dataset directory")
     p.add_argument("--workdir", required=True, help="directory for the dataset, samples, packed data and metrics")
+    p.add_argument("--edge-split", default=None,
+                   help="--scale with --task link: train,val,test shares of the edges (default: the scale's)")
     _sample_args(p, epochs_flag="--sample-epochs")  # --epochs is the training epochs here
     _pack_args(p)
     _train_args(p)
@@ -271,6 +306,13 @@ def _add_commands(sub) -> None:
                                                        "(e.g. 2x: segments, each read once per epoch)")
     p.add_argument("--segment-memory", default=None, help="loader, train: largest segment (default: a quarter of "
                                                           "--memory-cap)")
+    p.add_argument("--task", choices=["node", "link"], default="node",
+                   help="loader, train: link = link-prediction batches of a link dataset (generated with "
+                        "synth --task link unless --dataset is given); default systems diskgnn-10%%, in-memory, "
+                        "dgl-online, dgl-inmem")
+    p.add_argument("--negatives", type=int, default=1, help="loader, train --task link: negatives per positive")
+    p.add_argument("--decoder", choices=["dot", "mlp", "distmult"], default="dot",
+                   help="train --task link: the edge decoder (default dot)")
     p.add_argument("--models", default="sage,gcn,gat", help="compute: models to time (default sage,gcn,gat)")
     p.add_argument("--batches", type=int, default=20, help="compute: timed batches per model (after 3 warm-up)")
     p.add_argument("--threads", type=int, default=2, help="compute: torch threads (default 2)")
@@ -350,10 +392,11 @@ def _print_json(obj) -> None:
 def cmd_synth(args, progress) -> int:
     from diskgnn.synth import scale_config, synthesize
     from diskgnn.dataset import summary
-    cfg = scale_config(args.scale, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree, dim=args.dim,
-                       dtype=args.dtype, classes=args.classes, homophily=args.homophily,
+    cfg = scale_config(args.scale, task=args.task, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree,
+                       dim=args.dim, dtype=args.dtype, classes=args.classes, homophily=args.homophily,
                        separation=args.separation, train_fraction=args.train_fraction,
-                       val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                       edge_split=args.edge_split, eval_negatives=args.eval_negatives)
     ds = synthesize(cfg, args.out, overwrite=args.overwrite, chunk_nodes=args.chunk_nodes, progress=progress)
     if not args.quiet:
         _print_summary(summary(ds))
@@ -367,7 +410,8 @@ def cmd_prepare(args, progress) -> int:
                         drop_self_loops=not args.keep_self_loops, drop_duplicates=not args.keep_duplicates,
                         dtype=args.dtype, memory_budget=args.memory_budget, allow_nonfinite=args.allow_nonfinite,
                         features=args.features, labels=args.labels, splits=args.splits,
-                        num_nodes=args.num_nodes, split_name=args.dataset_name)
+                        num_nodes=args.num_nodes, split_name=args.dataset_name, edge_split=args.edge_split,
+                        eval_negatives=args.eval_negatives, split_seed=args.split_seed)
     ds = prepare(cfg, args.out, overwrite=args.overwrite, progress=progress)
     if not args.quiet:
         _print_summary(summary(ds))
