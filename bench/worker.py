@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--decoder", default="dot")
     args = p.parse_args(argv)
     if args.threads:
-        from diskgnn.train import set_numba_threads
+        from diskgnn.loader import set_numba_threads
         torch.set_num_threads(args.threads)
         set_numba_threads(args.threads)  # the compute thread's fused kernels
 
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         feature_read_fn = runner.bytes_read
     else:
         from diskgnn.bench.packed_systems import make_features
-        from diskgnn.train import BatchStages
+        from diskgnn.loader import BatchStages
         features = make_features(args.system, samples, ds, args.packed)
         stages = BatchStages(samples, ds.labels, features, torch.device("cpu"),
                              assemble_threads=args.assemble_threads)
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
             def step(batch):
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(batch.blocks, batch.x), batch.labels).backward()
+                F.cross_entropy(model(batch.blocks, batch.x), batch.y).backward()
                 opt.step()
         else:
             def step(batch):

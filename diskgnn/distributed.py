@@ -60,7 +60,8 @@ import torch
 
 from diskgnn.errors import ConfigError, DiskGNNError, DistributedError, InputNotFoundError, MismatchError
 from diskgnn.progress import ProgressFn, no_progress
-from diskgnn.train import Trainer, TrainConfig, epoch_permutation, resolve_device
+from diskgnn.loader import epoch_permutation, open_packed, resolve_device
+from diskgnn.train import Trainer, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +453,7 @@ def resolve_rank_dir(path: str | os.PathLike, rank: int) -> Path:
 def _open_rank_data(path, info: RankInfo, device: torch.device, memory_budget: int, features: str,
                     cfg: TrainConfig):
     """(samples, dataset, feature source, data id, layout) for this rank."""
-    from diskgnn.train import DatasetFeatures, open_packed, packed_data_id, training_memory
+    from diskgnn.train import DatasetFeatures, packed_data_id, training_memory
     where = resolve_rank_dir(path, info.rank)
     if features == "packed":
         from diskgnn.store import FeatureStore

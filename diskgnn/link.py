@@ -332,7 +332,7 @@ def link_part_edges(dataset, cfg, part: str) -> tuple[np.ndarray, np.ndarray | N
     Training epoch e shuffles the training edges (seeded by ``(cfg.seed, e)``);
     val and test keep the dataset's order.
     """
-    from diskgnn.sampling import part_code
+    from diskgnn.keys import part_code
     if part.startswith("train/"):
         edges = np.asarray(dataset.link_array("train_pos"))
         rng = np.random.default_rng([cfg.seed, ORDER_TAG, part_code(part)])
@@ -418,7 +418,7 @@ class LinkSampler:
 
 def iter_link_raw(dataset, cfg, part: str, sampler: LinkSampler, num_shards: int, shard: int) -> Iterator[tuple]:
     """Raw link batches of ``part`` that shard ``shard`` of ``num_shards`` holds (see :meth:`LinkSampler.sample_raw`)."""
-    from diskgnn.sampling import batch_key
+    from diskgnn.keys import batch_key
     edges, candidates = link_part_edges(dataset, cfg, part)
     train = part.startswith("train/")
     size = cfg.batch_size if train else eval_batch_size(cfg, dataset)
@@ -467,7 +467,7 @@ class LinkBatchCheck:
         from diskgnn.errors import IntegrityError
         from diskgnn.kernels.link import NEGATIVE_TAG, count_excluded_edges, uniform_candidates, weighted_candidates
         from diskgnn.kernels.rng import mix_key
-        from diskgnn.sampling import batch_key
+        from diskgnn.keys import batch_key
         pairs = mb.pairs
         lo, hi = g * self.size, min((g + 1) * self.size, self.edges.shape[0])
         if pairs is None or pairs.shape[0] != hi - lo:

@@ -113,7 +113,8 @@ def _packed_step(args, samples, ds, workdir: Path, progress: ProgressFn):
 
 def run_cli(args, progress: ProgressFn = no_progress) -> dict:
     """Run every step for ``args`` (see tools/cli.py ``run``); returns the training report."""
-    from diskgnn.train import TrainConfig, train
+    from diskgnn.launch import train
+    from diskgnn.train import TrainConfig
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir} exists and is not a directory; choose a directory")

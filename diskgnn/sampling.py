@@ -52,6 +52,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
+from diskgnn.keys import EVAL_PARTS, batch_key, part_code  # noqa: F401 (batch_key re-exported)
 from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
                               read_manifest, write_json_atomic, write_manifest)
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "diskgnn.samples"
 VERSION = 1
-EVAL_PARTS = ("val", "test")
 _INDEX_FIXED = 3  # input offset, block_indptr offset, block_indices offset
 _WRITE_QUEUE_DEPTH = 4
 
@@ -261,13 +261,6 @@ def _check_part(part: str, epochs: int) -> None:
         raise ConfigError(f"unknown part {part!r}; choose train/0 .. train/{epochs - 1}, val or test")
 
 
-def part_code(part: str) -> int:
-    """The integer that keys a part's random draws (train epoch e -> e; val, test -> 2**32, 2**32+1)."""
-    if part.startswith("train/"):
-        return int(part.split("/", 1)[1])
-    return (1 << 32) + EVAL_PARTS.index(part)
-
-
 def part_seeds(dataset: Dataset, cfg: SampleConfig, part: str) -> np.ndarray:
     """The seed order of ``part``: a seeded shuffle of the training nodes per epoch; eval nodes sorted by id."""
     _check_part(part, cfg.epochs)
@@ -299,12 +292,6 @@ def num_batches_of(num_seeds: int, batch_size: int, num_shards: int = 1, shard: 
     """Batches of a part with ``num_seeds`` seeds that shard ``shard`` of ``num_shards`` holds."""
     total = -(-num_seeds // batch_size)
     return max(0, -(-(total - shard) // num_shards))
-
-
-def batch_key(seed: int, part: str, index: int) -> np.uint64:
-    """The random key of batch ``index`` (global number) of ``part``."""
-    from diskgnn.kernels.rng import mix_key
-    return np.uint64(mix_key(np.uint64(mix_key(np.uint64(seed), np.uint64(part_code(part)))), np.uint64(index)))
 
 
 def _pair_width(ds: Dataset, cfg: SampleConfig, part: str) -> int:

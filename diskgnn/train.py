@@ -47,7 +47,8 @@ from diskgnn.decoders import HITS_AT, RankingMetrics, build_link_model, link_los
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
 from diskgnn.models import TorchBlock, build_model, model_spec
-from diskgnn.pipeline import Pipeline
+from diskgnn.loader import (BatchStages, FeatureSource, Loader, ThreadBudget, epoch_permutation, open_packed,
+                            resolve_device)
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import parse_size
 
@@ -183,44 +184,7 @@ def check_task(cfg: TrainConfig, samples) -> bool:
     return link
 
 
-def epoch_permutation(seed: int, epoch: int, num_batches: int, segments: list[np.ndarray] | None = None) -> np.ndarray:
-    """The shuffled batch order of training epoch ``epoch`` (0-based) over ``num_batches`` batches.
-
-    With ``segments`` (groups of batches that read one segment of the disk-budget layout), the
-    segments are visited in a shuffled order and the batches of each in a shuffled order, so a
-    segment is read once per epoch.
-    """
-    if not segments:
-        return np.random.default_rng([seed, 0x0DE5, epoch]).permutation(num_batches)
-    rng = np.random.default_rng([seed, 0x5E6, epoch])
-    return np.concatenate([rng.permutation(segments[k]) for k in rng.permutation(len(segments))]).astype(np.int64)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA request without CUDA is a clear error."""
-    from diskgnn.capabilities import cuda_available
-    if name == "auto":
-        return torch.device("cuda" if cuda_available() else "cpu")
-    if name.startswith("cuda"):
-        if not cuda_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch "
-                              f"{torch.__version__}); use --device cpu or auto")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
-        return dev
-    return torch.device("cpu")
-
-
 # --- feature sources -----------------------------------------------------------------------------
-
-class FeatureSource(Protocol):
-    """What the trainer needs from a feature store (see :class:`diskgnn.store.FeatureStore`)."""
-
-    def read(self, part: str, i: int) -> Any: ...
-    def assemble(self, part: str, i: int, extent_read: Any) -> torch.Tensor: ...
-    def stats(self) -> dict: ...
-
 
 class DatasetFeatures:
     """Feature rows gathered from the dataset's ``features.bin`` (memmap, or all in RAM).
@@ -251,129 +215,6 @@ class DatasetFeatures:
 
     def stats(self) -> dict:
         return {"bytes_read": self._bytes_useful, "bytes_useful": self._bytes_useful}
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadBudget:
-    """How the trainer's threads share the cores.
-
-    The pipeline's stages run at once: while the consumer computes batch k
-    (torch's intra-op threads, then the fused message-passing kernels' numba
-    threads, one after the other in the same thread), the assembly stage
-    gathers batch k+1 with its own numba threads, and the read stage's I/O
-    threads wait on the disk (they need almost no CPU). Measured at 2 cores on
-    scale m (``python -m diskgnn.bench.threads``): compute 2 + assembly 2 and
-    2 + 1 and 1 + 1 are within the run-to-run spread, 1 + 2 is about 15 % slower,
-    so both get every core by default and the OS shares them.
-    """
-    compute: int
-    """torch intra-op threads and numba threads of the compute thread's kernels."""
-    assemble: int
-    """numba threads of the assembly gathers."""
-
-    @classmethod
-    def from_config(cls, cfg: "TrainConfig") -> "ThreadBudget":
-        from diskgnn.capabilities import available_cores
-        compute = cfg.threads or available_cores()
-        return cls(compute=compute, assemble=cfg.assemble_threads or compute)
-
-    def apply_to_compute_thread(self) -> None:
-        """Set torch's and numba's thread counts for the calling (compute) thread."""
-        torch.set_num_threads(self.compute)
-        set_numba_threads(self.compute)
-
-
-def set_numba_threads(n: int) -> None:
-    """Use ``n`` numba threads in the calling thread (numba's setting is per thread), capped by its pool."""
-    import numba
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
-
-
-# --- batches -----------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class _Batch:
-    """One minibatch on its way through the pipeline."""
-    part: str
-    index: int
-    blocks: list[TorchBlock]
-    labels: torch.Tensor
-    extent: Any = None
-    x: torch.Tensor | None = None
-    ready: Any = None
-    """A CUDA event recorded on the side stream after the copies (None on CPU)."""
-    pairs: torch.Tensor | None = None
-    """Link prediction: int64 [P, 2 + k] seed positions of each positive and its negatives (None otherwise)."""
-
-    def wait(self) -> None:
-        """Make the compute stream wait for the side-stream copies of this batch."""
-        if self.ready is not None:
-            stream = torch.cuda.current_stream(self.x.device)
-            stream.wait_event(self.ready)
-            extra = (self.pairs,) if self.pairs is not None else ()
-            for t in (self.x, self.labels, *extra,
-                      *(t for b in self.blocks for t in (b.src, b.dst, b.indptr, b.in_degree))):
-                t.record_stream(stream)
-
-
-class BatchStages:
-    """The stage functions of one trainer (load > read > assemble); :meth:`pipeline` chains them."""
-
-    def __init__(self, samples, labels: np.ndarray, features: FeatureSource, device: torch.device, *,
-                 assemble_threads: int | None = None):
-        self.samples, self.labels, self.features, self.device = samples, labels, features, device
-        self.cuda = device.type == "cuda"
-        self.side_stream = torch.cuda.Stream(device) if self.cuda else None
-        self.assemble_threads = assemble_threads
-        """numba threads of the assembly stage's gathers (None: numba's default); see :class:`ThreadBudget`."""
-
-    def load(self, key: tuple[str, int]) -> _Batch:
-        part, i = key
-        mb = self.samples.batch(part, i)
-        blocks = [TorchBlock.from_block(b) for b in mb.blocks]
-        pairs = None
-        if mb.pairs is not None:  # link prediction: no labels, the pairs say what to score
-            pairs = torch.from_numpy(mb.pairs.astype(np.int64))
-            labels = torch.empty(0, dtype=torch.int64)
-        else:
-            labels = torch.from_numpy(np.asarray(self.labels[mb.seeds], dtype=np.int64))
-        if self.cuda:
-            blocks = [b.pin_memory() for b in blocks]
-            labels = labels.pin_memory()
-            pairs = pairs.pin_memory() if pairs is not None else None
-        return _Batch(part=part, index=i, blocks=blocks, labels=labels, pairs=pairs)
-
-    def read(self, batch: _Batch) -> _Batch:
-        batch.extent = self.features.read(batch.part, batch.index)
-        return batch
-
-    def assemble(self, batch: _Batch) -> _Batch:
-        if self.assemble_threads:
-            set_numba_threads(self.assemble_threads)  # per thread: the compute thread keeps its own count
-        if self.cuda:
-            with torch.cuda.stream(self.side_stream):
-                batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
-                batch.blocks = [b.to(self.device, non_blocking=True) for b in batch.blocks]
-                batch.labels = batch.labels.to(self.device, non_blocking=True)
-                if batch.pairs is not None:
-                    batch.pairs = batch.pairs.to(self.device, non_blocking=True)
-                batch.ready = torch.cuda.Event()
-                batch.ready.record(self.side_stream)
-        else:
-            batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
-        batch.extent = None  # the read buffer can go back to the store
-        return batch
-
-    def pipeline(self, keys: list[tuple[str, int]], depth: int, name: str) -> Pipeline:
-        if hasattr(self.features, "plan_reads"):  # the store queues each next read before waiting on this one
-            self.features.plan_reads(keys)
-        return Pipeline(keys, [("load", self.load), ("read", self.read), ("assemble", self.assemble)],
-                        depth=depth, consumer="compute", name=name)
-
-
-_Stages = BatchStages  # the name bench/worker.py imported first
 
 
 # --- metrics helpers -----------------------------------------------------------------------------
@@ -612,7 +453,7 @@ class Trainer:
         self.link = check_task(cfg, samples)
         """Whether this is link prediction (the samples' task)."""
         self.decoder = (cfg.decoder or "dot") if self.link else None
-        self.threads = ThreadBudget.from_config(cfg)
+        self.threads = ThreadBudget.of(cfg.threads, cfg.assemble_threads)
         self.threads.apply_to_compute_thread()
         self.train_parts = list(samples.train_parts)
         for part in ("val", "test"):
@@ -654,42 +495,40 @@ class Trainer:
         task = f"epoch {epoch + 1}/{self.cfg.epochs} train"
         self.model.train()
         store_before = self.features.stats()
-        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="train")
+        loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="train")
         loss_sum, correct, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
-        with pipe:
-            for k, batch in enumerate(pipe):
-                batch.wait()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.link:
-                    # scores [P, 1 + k]: column 0 the positive edge, the others its negatives
-                    scores = self.train_module(batch.blocks, batch.x, batch.pairs)
-                    loss = link_loss(scores)
-                else:
-                    logits = self.train_module(batch.blocks, batch.x)
-                    loss = F.cross_entropy(logits, batch.labels)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise self._diverged(epoch, k, batch, value)
-                loss.backward()
-                self.optimizer.step()
-                if self.link:  # accuracy of the binary decision score > 0 over positives and negatives
-                    n = batch.pairs.shape[0]
-                    with torch.no_grad():
-                        right = int((scores[:, 0] > 0).sum()) + int((scores[:, 1:] <= 0).sum())
-                    correct += right / scores.shape[1]
-                else:
-                    n = batch.labels.shape[0]
-                    correct += int((logits.argmax(1) == batch.labels).sum())
-                loss_sum += value * n
-                seen += n
-                self.progress(task, 1, len(keys))
+        for k, batch in enumerate(loader):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.link:
+                # scores [P, 1 + k]: column 0 the positive edge, the others its negatives
+                scores = self.train_module(batch.blocks, batch.x, batch.pairs)
+                loss = link_loss(scores)
+            else:
+                logits = self.train_module(batch.blocks, batch.x)
+                loss = F.cross_entropy(logits, batch.y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._diverged(epoch, k, batch, value)
+            loss.backward()
+            self.optimizer.step()
+            if self.link:  # accuracy of the binary decision score > 0 over positives and negatives
+                n = batch.pairs.shape[0]
+                with torch.no_grad():
+                    right = int((scores[:, 0] > 0).sum()) + int((scores[:, 1:] <= 0).sum())
+                correct += right / scores.shape[1]
+            else:
+                n = batch.y.shape[0]
+                correct += int((logits.argmax(1) == batch.y).sum())
+            loss_sum += value * n
+            seen += n
+            self.progress(task, 1, len(keys))
         seconds = time.perf_counter() - t0
         return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
                 "batches_per_s": len(keys) / seconds if seconds > 0 else None,
                 "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen,
-                "stages": pipe.stats(), **store_epoch_metrics(store_before, self.features.stats())}
+                "stages": loader.stats(), **store_epoch_metrics(store_before, self.features.stats())}
 
     def _diverged(self, epoch: int, k: int, batch, value: float) -> TrainingDivergedError:
         kept = (f"the checkpoint of epoch {self.epoch} in {self.cfg.checkpoint} is kept (the last good one)"
@@ -754,16 +593,14 @@ class Trainer:
         store_before = self.features.stats()
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
-        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="eval")
-        with pipe:
-            for batch in pipe:
-                batch.wait()
-                logits = self.model(batch.blocks, batch.x)
-                loss_sum[batch.part] += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-                correct[batch.part] += int((logits.argmax(1) == batch.labels).sum())
-                total[batch.part] += int(batch.labels.shape[0])
-                self.progress(task, 1, len(keys))
-        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": pipe.stats()}
+        loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="eval")
+        for batch in loader:
+            logits = self.model(batch.blocks, batch.x)
+            loss_sum[batch.part] += float(F.cross_entropy(logits, batch.y, reduction="sum"))
+            correct[batch.part] += int((logits.argmax(1) == batch.y).sum())
+            total[batch.part] += int(batch.y.shape[0])
+            self.progress(task, 1, len(keys))
+        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": loader.stats()}
         for p in parts:
             out[f"{p}_acc"] = correct[p] / total[p] if total[p] else None
             out[f"{p}_loss"] = loss_sum[p] / total[p] if total[p] else None
@@ -780,13 +617,11 @@ class Trainer:
         store_before = self.features.stats()
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
-        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="eval")
-        with pipe:
-            for batch in pipe:
-                batch.wait()
-                metrics[batch.part].add(self.model(batch.blocks, batch.x, batch.pairs))
-                self.progress(task, 1, len(keys))
-        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": pipe.stats()}
+        loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="eval")
+        for batch in loader:
+            metrics[batch.part].add(self.model(batch.blocks, batch.x, batch.pairs))
+            self.progress(task, 1, len(keys))
+        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": loader.stats()}
         for p in parts:
             out.update(metrics[p].result(p))
         out["eval_bytes_read"] = store_epoch_metrics(store_before, self.features.stats()).get("bytes_read")
@@ -920,17 +755,6 @@ def packed_data_id(packed) -> dict:
             "num_nodes": int(packed.dataset.num_nodes)}
 
 
-def open_packed(packed_dir):
-    """Open a packed directory and check it belongs to its samples and dataset."""
-    from diskgnn.store import Packed
-    packed = Packed.open(packed_dir)
-    samples, ds = packed.samples, packed.dataset
-    if samples.dataset_fingerprint != ds.fingerprint:
-        raise MismatchError(f"{packed_dir} was packed from samples of dataset {samples.dataset_fingerprint}, but "
-                            f"its dataset {ds.path} has fingerprint {ds.fingerprint}; run sample and pack again")
-    return packed
-
-
 def build_task_model(cfg: TrainConfig, dataset, num_layers: int, *, link: bool) -> torch.nn.Module:
     """The model ``cfg`` asks for: a classifier over the dataset's classes, or (``link``) an encoder and decoder."""
     if link:
@@ -955,11 +779,11 @@ def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.de
     return TrainingMemory(queue_depth=cfg.queue_depth, model_bytes=int(model_bytes))
 
 
-def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
-    """Train on a packed directory (path or :class:`~diskgnn.store.Packed`); returns the final report."""
-    from diskgnn.distributed import train_distributed, wants_distributed
-    if wants_distributed(cfg):  # --nproc N > 1, or this process is one rank of torchrun
-        return train_distributed(packed, cfg, progress=progress, memory_budget=memory_budget)
+def train_single(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
+    """Train in this process on a packed directory (path or :class:`~diskgnn.store.Packed`); the final report.
+
+    Data-parallel training (``--nproc``, torchrun) goes through :func:`diskgnn.launch.train`.
+    """
     from diskgnn.store import FeatureStore
     if isinstance(packed, (str, os.PathLike)):
         packed = open_packed(packed)
@@ -968,13 +792,11 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
     training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device, link=link)
     store = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
                          request_size=cfg.io_request)
-    trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
-                      data_id=packed_data_id(packed))
-    report = trainer.fit()
+    try:
+        trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
+                          data_id=packed_data_id(packed))
+        report = trainer.fit()
+    finally:
+        store.close()
     report["packed"] = str(packed.path) if hasattr(packed, "path") else None
     return report
-
-
-def train_cli(packed_dir, cfg: TrainConfig, *, args=None, progress: ProgressFn = no_progress) -> dict:
-    """``diskgnn train``: train and return the final report."""
-    return train(packed_dir, cfg, progress=progress, memory_budget=getattr(args, "memory_budget", None))

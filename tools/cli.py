@@ -470,7 +470,8 @@ def cmd_pack(args, progress) -> int:
 
 
 def cmd_train(args, progress) -> int:
-    from diskgnn.train import TrainConfig, train_cli
+    from diskgnn.launch import train_cli
+    from diskgnn.train import TrainConfig
     cfg = TrainConfig.from_cli(args)
     report = train_cli(args.packed, cfg, args=args, progress=progress)
     if not args.quiet and report is not None:
