@@ -11,6 +11,14 @@ from conftest import requires_dgl
 from test_link import LINK_SAMPLE, link_dataset, link_samples  # noqa: F401 (module fixtures)
 
 
+@pytest.fixture(autouse=True)
+def restore_numba_threads():
+    """A trainer sets the calling thread's numba thread count (--threads); later tests expect the default."""
+    import numba
+    yield
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
 def test_pajek_and_tab_readers():
     from diskgnn.bench.realgraph import parse_pajek, parse_tab_features
     from diskgnn.errors import InputFormatError

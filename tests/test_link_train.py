@@ -19,6 +19,14 @@ from conftest import run_cli
 from test_link import LINK_SAMPLE, LINK_SYNTH, link_dataset, link_samples  # noqa: F401 (module fixtures)
 
 
+@pytest.fixture(autouse=True)
+def restore_numba_threads():
+    """A trainer sets the calling thread's numba thread count (--threads); later tests expect the default."""
+    import numba
+    yield
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
 def make_trainer(samples, dataset, features=None, **kw):
     kw.setdefault("lr", 1e-2)
     kw.setdefault("threads", 1)

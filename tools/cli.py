@@ -174,7 +174,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=None)
     p.add_argument("--task", choices=["node", "link"], default="node",
                    help="link: a link-prediction dataset with the scale's default --edge-split (tiny 0.5,0.05,0.05; "
-                        "s 0.1,0.005,0.005; m 0.0015,0.0001,0.0001)")
+                        "s 0.1,0.005,0.005; m 0.0015,0.00002,0.00002)")
     _link_split_args(p)
     p.add_argument("--chunk-nodes", type=int, default=1 << 18,
                    help="nodes generated per chunk (default 262144); a killed run resumes after its last chunk. "
