@@ -47,7 +47,7 @@ def _batches(seeds: np.ndarray, batch_size: int, limit: int | None) -> list[np.n
 
 def run_diskgnn(sampler, cfg, batches) -> tuple[float, int]:
     """Seconds and sampled edges for sampling every batch with diskgnn's kernels (MiniBatch objects included)."""
-    from diskgnn.sampling import batch_key
+    from diskgnn.keys import batch_key
     edges = 0
     t0 = time.perf_counter()
     for i, seeds in enumerate(batches):
@@ -85,7 +85,8 @@ def run_dgl(g, fanouts, batches) -> tuple[float, int]:
 
 def run_diskgnn_link(sampler, cfg, batches) -> tuple[float, int]:
     """Seconds and sampled edges (block edges plus the negative edges drawn) of diskgnn's link batches."""
-    from diskgnn.sampling import _make_batch, batch_key
+    from diskgnn.keys import batch_key
+    from diskgnn.sampling import _make_batch
     edges = 0
     t0 = time.perf_counter()
     for i, pos in enumerate(batches):

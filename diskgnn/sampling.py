@@ -52,7 +52,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
-from diskgnn.keys import EVAL_PARTS, batch_key, part_code  # noqa: F401 (batch_key re-exported)
+from diskgnn.keys import EVAL_PARTS, batch_key, part_code
 from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
                               read_manifest, write_json_atomic, write_manifest)

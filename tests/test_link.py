@@ -21,7 +21,8 @@ from diskgnn.kernels.link import (GRAPH, TEST, TRAIN, VAL, assign_edges, count_e
                                   uniform_candidates, weighted_candidates)
 from diskgnn.kernels.rng import mix_key, uniform01
 from diskgnn.link import LinkSplitConfig, parse_edge_split
-from diskgnn.sampling import SampleConfig, Samples, batch_key, presample, verify_samples
+from diskgnn.keys import batch_key
+from diskgnn.sampling import SampleConfig, Samples, presample, verify_samples
 from diskgnn.synth import SynthConfig, synthesize
 
 from conftest import run_cli, run_killed

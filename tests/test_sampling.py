@@ -9,7 +9,8 @@ import pytest
 from conftest import requires_dgl
 from diskgnn.dataset import Dataset
 from diskgnn.errors import (ConfigError, IntegrityError, ManifestNotFoundError, OutputExistsError)
-from diskgnn.sampling import (MiniBatch, SampleConfig, Sampler, Samples, batch_key, iter_batches, parse_fanouts,
+from diskgnn.keys import batch_key
+from diskgnn.sampling import (MiniBatch, SampleConfig, Sampler, Samples, iter_batches, parse_fanouts,
                               part_seeds, presample, verify_samples)
 from diskgnn.tools.cli import main
 
