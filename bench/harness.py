@@ -225,9 +225,8 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
             floor = d10["feature_bytes_read"] / (disk["seq_read_GBps"] * 1e9)
             d10["disk_floor_s"] = floor
             d10["epoch_over_disk_floor"] = d10["epoch_time_s"] / floor if floor else None
-            read_busy = d10.get("stages", {}).get("read", {}).get("busy_s")
-            if read_busy:
-                d10["packed_read_GBps"] = d10["feature_bytes_read"] / read_busy / 1e9
+            # reads are queued ahead of the read stage, so its busy time is not the transfer time: the
+            # reader's bandwidth is measured on its own by `python -m diskgnn.bench.packing --read-epochs`
     ratios = {}
     by_name = {s["name"]: s for s in systems if not s.get("failed")}
     if "diskgnn-10%" in by_name:
