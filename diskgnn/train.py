@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
-from diskgnn.models import TorchBlock, build_model, model_spec
+from diskgnn.models import LIBRARY_INIT, TorchBlock, build_model, model_spec, resolve_init
 from diskgnn.pipeline import Pipeline
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import parse_size
@@ -50,6 +50,14 @@ CHECKPOINT_FORMAT = "diskgnn.checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_EPOCHS = 10
+LR_SCHEDULES = ("constant", "cosine")
+"""``--lr-schedule``: constant, or cosine decay to 0 at the last step (after the warm-up)."""
+DEFAULT_LR = 1e-3
+DEFAULT_DROPOUT = 0.0
+DEFAULT_LR_SCHEDULE = "constant"
+DEFAULT_WARMUP_EPOCHS = 0.0
+LEGACY_RECIPE = {"lr_schedule": "constant", "warmup_epochs": 0.0}
+"""What a checkpoint written before the recipe flags existed was trained with (its init: :func:`legacy_init`)."""
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -66,10 +74,17 @@ class TrainConfig:
     """Hidden width (multi-head models: per head); None = 128 (multi-head: 32)."""
     heads: int = 4
     """Attention heads of GAT and of multi-head foreign convolutions."""
-    dropout: float = 0.0
+    dropout: float = DEFAULT_DROPOUT
     """Dropout between layers."""
-    lr: float = 1e-3
-    """Adam learning rate."""
+    lr: float = DEFAULT_LR
+    """Adam learning rate (the peak, with a warm-up or a schedule)."""
+    init: str | None = None
+    """Weight initialisation of diskgnn's own models: torch, xavier or xavier-relu (see
+    :data:`diskgnn.models.INITS`); None = :data:`diskgnn.models.DEFAULT_INIT` (``library`` for pyg:/dgl:)."""
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
+    """constant, or cosine: decay to 0 over the epochs after the warm-up (see :func:`lr_factor`)."""
+    warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
+    """Epochs (may be fractional) over which the learning rate rises linearly from ~0 to ``lr``, step by step."""
     seed: int = 0
     """Seed of the weights, dropout and batch order."""
     device: str = "auto"
@@ -100,6 +115,14 @@ class TrainConfig:
         spec = model_spec(self.model)
         if self.hidden is None:
             object.__setattr__(self, "hidden", spec.default_hidden)
+        object.__setattr__(self, "init", resolve_init(spec, self.init))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float, np.number)) \
+                or not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ConfigError(f"--warmup-epochs must be a number of epochs >= 0 (e.g. 0.5 or 1), got "
+                              f"{self.warmup_epochs!r}")
+        object.__setattr__(self, "warmup_epochs", float(self.warmup_epochs))
         checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
                   ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
                   ("io_depth", self.io_depth, 1), ("io_request", self.io_request, 4096),
@@ -126,9 +149,10 @@ class TrainConfig:
     def from_cli(cls, args) -> "TrainConfig":
         """Build from parsed CLI args (see tools/cli.py ``_train_args``)."""
         epochs = getattr(args, "train_epochs", None)
+        recipe = {name: getattr(args, name) for name in ("dropout", "lr", "init", "lr_schedule", "warmup_epochs")
+                  if getattr(args, name, None) is not None}  # flags left out take the measured defaults
         return cls(model=args.model, epochs=DEFAULT_EPOCHS if epochs is None else epochs,
-                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4),
-                   dropout=getattr(args, "dropout", 0.0), lr=getattr(args, "lr", 1e-3),
+                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4), **recipe,
                    seed=getattr(args, "train_seed", 0) or 0, device=getattr(args, "device", "auto") or "auto",
                    threads=getattr(args, "threads", None),
                    assemble_threads=getattr(args, "assemble_threads", None), eval_every=getattr(args, "eval_every", 1),
@@ -140,10 +164,41 @@ class TrainConfig:
     def model_fields(self) -> dict:
         """The fields that define the model and optimizer (must match to resume)."""
         return {"model": self.model, "hidden": self.hidden, "heads": self.heads, "dropout": self.dropout,
-                "lr": self.lr, "seed": self.seed}
+                "lr": self.lr, "seed": self.seed, "init": self.init, "lr_schedule": self.lr_schedule,
+                "warmup_epochs": self.warmup_epochs}
+
+    def recipe(self) -> dict:
+        """How the model is trained, as recorded in the metrics and the checkpoint (docs/RECIPE.md)."""
+        return {"model": self.model, "init": self.init, "dropout": self.dropout, "optimizer": "adam",
+                "lr": self.lr, "lr_schedule": self.lr_schedule, "warmup_epochs": self.warmup_epochs,
+                "epochs": self.epochs, "hidden": self.hidden, "heads": self.heads, "seed": self.seed}
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def legacy_init(model: str) -> str:
+    """The init diskgnn gave ``model`` before ``--init`` existed (for checkpoints of that time)."""
+    if model_spec(model).library is not None:
+        return LIBRARY_INIT
+    return "torch" if model == "gcn" else "xavier-relu"
+
+
+def lr_factor(schedule: str, warmup_epochs: float, epochs: int, progress: float, step: float) -> float:
+    """The share of the peak learning rate for a step that starts ``progress`` epochs into training and lasts
+    ``step`` epochs (1 / batches per epoch).
+
+    Warm-up: linear, reaching 1 at the end of the step that ends at ``warmup_epochs``. ``cosine`` then decays
+    as ``(1 + cos(pi x)) / 2`` with ``x`` the share of the post-warm-up epochs done (0 at the last step's
+    end). A function of the step alone, so a resumed run gets the same rates.
+    """
+    factor = 1.0
+    if warmup_epochs > 0:
+        factor = min(1.0, (progress + step) / warmup_epochs)
+    if schedule == "cosine" and epochs > warmup_epochs:
+        x = min(max((progress - warmup_epochs) / (epochs - warmup_epochs), 0.0), 1.0)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * x))
+    return factor
 
 
 def epoch_permutation(seed: int, epoch: int, num_batches: int, segments: list[np.ndarray] | None = None) -> np.ndarray:
@@ -515,6 +570,21 @@ def _unseal(state, path: Path):
                               f"corrupt: delete it and start again without --resume") from None
 
 
+def checkpoint_model_fields(state: dict) -> dict:
+    """The model fields (:meth:`TrainConfig.model_fields`) a checkpoint was written with; one written before
+    the recipe flags existed gets the recipe it was trained with (:data:`LEGACY_RECIPE`, :func:`legacy_init`)."""
+    try:
+        fields = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("the checkpoint's config is not readable JSON; it is corrupt: start again without "
+                              "--resume") from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("model"), str):
+        raise CheckpointError("the checkpoint's config names no model; it is corrupt: start again without --resume")
+    if "init" not in fields:
+        fields = {**fields, **LEGACY_RECIPE, "init": legacy_init(fields["model"])}
+    return fields
+
+
 def load_checkpoint(directory: str | os.PathLike) -> dict:
     """Read and check ``directory/checkpoint.pt``; :class:`CheckpointError` when missing or corrupt."""
     directory = Path(directory)
@@ -569,7 +639,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_model(
             cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-            num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+            num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout,
+            init=cfg.init)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.train_module: torch.nn.Module = self.model
@@ -601,11 +672,18 @@ class Trainer:
         store_before = self.features.stats()
         pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="train")
         loss_sum, correct, seen = 0.0, 0, 0
+        scheduled = self.cfg.lr_schedule != "constant" or self.cfg.warmup_epochs > 0
+        lr = self.cfg.lr
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
         with pipe:
             for k, batch in enumerate(pipe):
                 batch.wait()
+                if scheduled:
+                    lr = self.cfg.lr * lr_factor(self.cfg.lr_schedule, self.cfg.warmup_epochs, self.cfg.epochs,
+                                                 epoch + k / len(keys), 1.0 / len(keys))
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
                 self.optimizer.zero_grad(set_to_none=True)
                 logits = self.train_module(batch.blocks, batch.x)
                 loss = F.cross_entropy(logits, batch.labels)
@@ -622,7 +700,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
                 "batches_per_s": len(keys) / seconds if seconds > 0 else None,
-                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen,
+                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen, "lr": lr,
                 "stages": pipe.stats(), **store_epoch_metrics(store_before, self.features.stats())}
 
     def _diverged(self, epoch: int, k: int, batch, value: float) -> TrainingDivergedError:
@@ -701,16 +779,23 @@ class Trainer:
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "torch_rng": torch.get_rng_state(), "config": json.dumps(self.cfg.model_fields(), sort_keys=True),
                  "data": json.dumps(self.data_id, sort_keys=True), "history": json.dumps(self.history),
-                 "best": json.dumps(self.best)}
+                 "best": json.dumps(self.best), "recipe": json.dumps(self.cfg.recipe(), sort_keys=True),
+                 "shape": json.dumps(self.model_shape(), sort_keys=True)}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def model_shape(self) -> dict:
+        """What :func:`build_model` needs besides the config to rebuild this model (``diskgnn embed`` reads it)."""
+        return {"in_dim": int(self.dataset.feat_dim), "num_classes": int(self.dataset.num_classes),
+                "num_layers": int(self.samples.config.num_layers)}
+
     def restore(self, state: dict, where: str) -> None:
-        mine = json.dumps(self.cfg.model_fields(), sort_keys=True)
-        if state["config"] != mine:
-            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for {mine}; resume "
-                                  f"with the same model flags, or start again without --resume")
+        mine = self.cfg.model_fields()
+        if checkpoint_model_fields(state) != mine:  # an older checkpoint counts with the recipe it was trained with
+            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for "
+                                  f"{json.dumps(mine, sort_keys=True)}; resume with the same model flags, or start "
+                                  f"again without --resume")
         data = json.dumps(self.data_id, sort_keys=True)
         if state["data"] != data:
             raise MismatchError(f"{where} belongs to training data {state['data']}, but the packed directory "
@@ -775,7 +860,7 @@ class Trainer:
                 acc = stages.setdefault(name, {"busy_s": 0.0, "wait_s": 0.0})
                 acc["busy_s"] += s["busy_s"] / len(self.history)
                 acc["wait_s"] += s["wait_s"] / len(self.history)
-        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch,
+        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch, "recipe": self.cfg.recipe(),
                 "best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
                 "best_epoch": self.best["best_epoch"],
                 "epoch_time_s": statistics.median(times) if times else None,
@@ -820,7 +905,8 @@ def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.de
     if device.type != "cuda":
         with torch.random.fork_rng(devices=[]):
             model = build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-                                num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+                                num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout,
+                                init=cfg.init)
         model_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
     return TrainingMemory(queue_depth=cfg.queue_depth, model_bytes=int(model_bytes))
 

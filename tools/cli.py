@@ -102,8 +102,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="hidden units (default 128; GAT and multi-head pyg:/dgl: convolutions: 32 per head)")
     g.add_argument("--heads", type=int, default=4,
                    help="attention heads of gat and of pyg:/dgl: attention convolutions (default 4)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout (default 0)")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    _recipe_args(g)
     g.add_argument("--train-seed", type=int, default=0, help="seed of weights and batch order (default 0)")
     g.add_argument("--metrics", default=None, help="append per-epoch metrics as JSON lines to this file")
     g.add_argument("--checkpoint", default=None, help="directory for per-epoch checkpoints")
@@ -126,6 +125,25 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
 
 
+def _recipe_args(g) -> None:
+    """The training recipe's flags (defaults measured in docs/RECIPE.md; None = the library's default)."""
+    from diskgnn.models import DEFAULT_INIT, INITS
+    from diskgnn.train import (DEFAULT_DROPOUT, DEFAULT_LR, DEFAULT_LR_SCHEDULE, DEFAULT_WARMUP_EPOCHS,
+                               LR_SCHEDULES)
+    g.add_argument("--init", choices=INITS, default=None,
+                   help=f"weight initialisation of sage/gat/gcn: torch (nn.Linear's default, as PyG), xavier "
+                        f"(gain 1) or xavier-relu (ReLU gain, as DGL) (default {DEFAULT_INIT}; pyg:/dgl: models "
+                        f"keep their library's)")
+    g.add_argument("--dropout", type=float, default=None, help=f"dropout between layers (default {DEFAULT_DROPOUT:g})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak Adam learning rate (default {DEFAULT_LR:g})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help=f"learning rate after the warm-up: constant, or cosine decay to 0 at the last epoch "
+                        f"(default {DEFAULT_LR_SCHEDULE})")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help=f"epochs (may be fractional) of linear learning-rate warm-up, step by step "
+                        f"(default {DEFAULT_WARMUP_EPOCHS:g})")
+
+
 def _add_commands(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic dataset",
                        description="Generate a realistic synthetic graph (power-law degrees, homophilous "
@@ -143,6 +161,12 @@ def _add_commands(sub) -> None:
     p.add_argument("--homophily", type=float, default=None, help="share of edges inside a community (0..1)")
     p.add_argument("--separation", type=float, default=None,
                    help="class-mean distance in noise units; lower makes features alone less useful")
+    p.add_argument("--degree-exponent", type=float, default=None,
+                   help="Pareto exponent of the in-degrees (> 2, default 2.5); lower = heavier tail")
+    p.add_argument("--popularity-exponent", type=float, default=None,
+                   help="Pareto exponent of how often a node is a source (> 1, default 2.1); lower = hotter hubs")
+    p.add_argument("--communities-per-class", type=int, default=None,
+                   help="communities per class (default 4); homophilous edges stay inside one")
     p.add_argument("--train-fraction", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--test-fraction", type=float, default=None)
@@ -352,7 +376,9 @@ def cmd_synth(args, progress) -> int:
     from diskgnn.dataset import summary
     cfg = scale_config(args.scale, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree, dim=args.dim,
                        dtype=args.dtype, classes=args.classes, homophily=args.homophily,
-                       separation=args.separation, train_fraction=args.train_fraction,
+                       separation=args.separation, degree_exponent=args.degree_exponent,
+                       popularity_exponent=args.popularity_exponent,
+                       communities_per_class=args.communities_per_class, train_fraction=args.train_fraction,
                        val_fraction=args.val_fraction, test_fraction=args.test_fraction)
     ds = synthesize(cfg, args.out, overwrite=args.overwrite, chunk_nodes=args.chunk_nodes, progress=progress)
     if not args.quiet:
