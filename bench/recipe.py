@@ -255,6 +255,9 @@ def run_key(graph: str, model: str, variant: str, seed: int, epochs: int) -> str
 
 
 def _commit() -> str | None:
+    """The git commit of this code (``DISKGNN_COMMIT`` when run from a copy outside the repository)."""
+    if os.environ.get("DISKGNN_COMMIT"):
+        return os.environ["DISKGNN_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                               cwd=Path(__file__).resolve().parent).stdout.strip() or None
