@@ -57,6 +57,9 @@ def _sample_args(p: argparse.ArgumentParser, required: bool = True, epochs_flag:
     g = p.add_argument_group("sampling")
     g.add_argument("--fanouts", default="10,15",
                    help="neighbours per layer, input side first as in DGL's NeighborSampler; -1 = all (default 10,15)")
+    g.add_argument("--eval-fanouts", default=None,
+                   help="neighbours per layer of the presampled validation and test batches, one per layer of "
+                        "--fanouts; -1 = all, e.g. -1,-1 for full-neighbour evaluation (default: --fanouts)")
     g.add_argument("--batch-size", type=int, default=1024, help="seeds per minibatch (default 1024)")
     g.add_argument(epochs_flag, dest="sample_epochs", type=int, default=None,
                    help="presampled training epochs K, cycled during training (default 1)")
@@ -341,8 +344,27 @@ def _setup_logging(args) -> None:
     logging.basicConfig(level=level, format=f"%(levelname)s {where}%(name)s: %(message)s", stream=sys.stderr)
 
 
+_LIST_FLAGS = ("--fanouts", "--eval-fanouts")
+"""Flags whose value may start with a minus (``-1,-1``), which argparse would take for an option."""
+
+
+def _join_list_values(argv: list[str]) -> list[str]:
+    """``--eval-fanouts -1,-1`` -> ``--eval-fanouts=-1,-1`` (argparse reads ``-1,-1`` as an unknown option)."""
+    import re
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _LIST_FLAGS and i + 1 < len(argv) and re.match(r"-\d", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
-    return run_args(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_args(build_parser().parse_args(_join_list_values([str(a) for a in argv])))
 
 
 def run_args(args) -> int:
