@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import statistics
 import time
 import zlib
@@ -50,6 +51,9 @@ CHECKPOINT_FORMAT = "diskgnn.checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_EPOCHS = 10
+EVAL_MODES = ("sampled", "layerwise")
+"""``--eval-mode``: the presampled val/test batches (their fanouts: ``sample --eval-fanouts``), or layer-wise
+inference over every node with all its neighbours (:mod:`diskgnn.inference`)."""
 LR_SCHEDULES = ("constant", "cosine")
 """``--lr-schedule``: constant, or cosine decay to 0 at the last step (after the warm-up)."""
 DEFAULT_LR = 1e-3
@@ -96,6 +100,12 @@ class TrainConfig:
     """numba threads of the assembly stage's gathers (None: the same as ``threads``)."""
     eval_every: int = 1
     """Evaluate on val/test every this many epochs (and after the last)."""
+    eval_mode: str = "sampled"
+    """sampled: the presampled val/test batches; layerwise: every node with all its neighbours, layer by
+    layer out of core (:mod:`diskgnn.inference`; diskgnn's own models, one process)."""
+    eval_scratch: str | None = None
+    """Directory for layer-wise evaluation's layer files (None: ``<checkpoint>/layerwise``, else a new
+    directory beside the samples directory; removed after training)."""
     nproc: int = 1
     """Data-parallel processes on this machine (see :mod:`diskgnn.distributed`)."""
     metrics: str | None = None
@@ -123,6 +133,15 @@ class TrainConfig:
             raise ConfigError(f"--warmup-epochs must be a number of epochs >= 0 (e.g. 0.5 or 1), got "
                               f"{self.warmup_epochs!r}")
         object.__setattr__(self, "warmup_epochs", float(self.warmup_epochs))
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(f"--eval-mode {self.eval_mode!r} is not one of {', '.join(EVAL_MODES)}")
+        if self.eval_mode == "layerwise" and spec.library is not None:
+            raise ConfigError(f"--eval-mode layerwise runs diskgnn's own models (sage, gcn, gat), not --model "
+                              f"{self.model}; evaluate it on presampled batches (sample --eval-fanouts -1,... for "
+                              f"all neighbours)")
+        if self.eval_mode == "layerwise" and self.nproc > 1:
+            raise ConfigError("--eval-mode layerwise runs in one process; use --nproc 1, or evaluate data-parallel "
+                              "runs on presampled batches (sample --eval-fanouts -1,... for all neighbours)")
         checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
                   ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
                   ("io_depth", self.io_depth, 1), ("io_request", self.io_request, 4096),
@@ -156,6 +175,8 @@ class TrainConfig:
                    seed=getattr(args, "train_seed", 0) or 0, device=getattr(args, "device", "auto") or "auto",
                    threads=getattr(args, "threads", None),
                    assemble_threads=getattr(args, "assemble_threads", None), eval_every=getattr(args, "eval_every", 1),
+                   eval_mode=getattr(args, "eval_mode", None) or "sampled",
+                   eval_scratch=getattr(args, "eval_scratch", None),
                    nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
                    checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)),
                    io_depth=getattr(args, "io_depth", None) or 8,
@@ -624,8 +645,11 @@ class Trainer:
 
     def __init__(self, samples, dataset, features: FeatureSource, cfg: TrainConfig, *,
                  device: torch.device | None = None, progress: ProgressFn = no_progress,
-                 data_id: dict | None = None, model: torch.nn.Module | None = None):
+                 data_id: dict | None = None, model: torch.nn.Module | None = None, memory_budget=None):
         self.samples, self.dataset, self.features, self.cfg = samples, dataset, features, cfg
+        self.memory_budget = memory_budget
+        """The process's memory budget (None: the available memory); layer-wise evaluation plans within it."""
+        self._made_scratch: Path | None = None
         self.device = device if device is not None else resolve_device(cfg.device)
         self.progress = progress
         self.data_id = data_id or {"dataset_fingerprint": dataset.fingerprint,
@@ -743,9 +767,61 @@ class Trainer:
                               f"dataset has {classes} classes (expected shape (1, {classes})); build it with "
                               f"num_classes={classes}")
 
+    def eval_scratch(self) -> Path:
+        """Where layer-wise evaluation writes its layer files (see :attr:`TrainConfig.eval_scratch`)."""
+        if self.cfg.eval_scratch:
+            return Path(self.cfg.eval_scratch)
+        if self.cfg.checkpoint:
+            return Path(self.cfg.checkpoint) / "layerwise"
+        if self._made_scratch is None:
+            import tempfile
+            try:
+                self._made_scratch = Path(tempfile.mkdtemp(prefix=".diskgnn-layerwise-",
+                                                           dir=Path(self.samples.path).parent))
+            except OSError as exc:
+                raise ConfigError(f"--eval-mode layerwise needs a directory for its layer files and cannot make one "
+                                  f"beside {self.samples.path} ({exc.strerror}); pass --eval-scratch DIR") from None
+        return self._made_scratch
+
+    def evaluate_layerwise(self, parts=("val", "test"), task: str = "eval") -> dict:
+        """Accuracy and loss of every node of ``parts`` with all its neighbours, by out-of-core layer-wise
+        inference over the whole graph (:func:`diskgnn.inference.layerwise_inference`)."""
+        from diskgnn.inference import LayerwiseConfig, layerwise_inference
+        ids = {p: np.unique(np.asarray(self.dataset.split(p), dtype=np.int64)) for p in parts}
+        collect = np.unique(np.concatenate([ids[p] for p in parts])) if parts else np.zeros(0, dtype=np.int64)
+        scratch = self.eval_scratch()
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--eval-scratch {scratch}: cannot create it ({exc.strerror}); choose a writable "
+                              f"directory") from None
+        t0 = time.perf_counter()
+        result = layerwise_inference(
+            self.model, self.dataset, scratch,
+            LayerwiseConfig(memory_budget=self.memory_budget, threads=self.threads.compute, io_depth=self.cfg.io_depth),
+            keep="none", collect=collect, progress=lambda t, k, n: self.progress(f"{task} {t}", k, n))
+        self.threads.apply_to_compute_thread()
+        logits = torch.from_numpy(result.collected)
+        out = {"eval_mode": "layerwise", "eval_time_s": time.perf_counter() - t0,
+               "eval_bytes_read": result.bytes_read,
+               "eval_layers": [{"layer": s.layer, "ranges": s.ranges, "seconds": round(s.seconds, 4),
+                                "bytes_read": s.bytes_read} for s in result.stats]}
+        for p in parts:
+            rows = torch.from_numpy(np.searchsorted(collect, ids[p]))
+            labels = torch.from_numpy(np.asarray(self.dataset.labels[ids[p]], dtype=np.int64))
+            part_logits = logits.index_select(0, rows)
+            n = int(labels.shape[0])
+            out[f"{p}_acc"] = int((part_logits.argmax(1) == labels).sum()) / n if n else None
+            out[f"{p}_loss"] = float(F.cross_entropy(part_logits, labels)) if n else None
+            out[f"{p}_seeds"] = n
+        return out
+
     @torch.inference_mode()
     def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
-        """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
+        """Accuracy and loss on presampled parts, through the same out-of-core pipeline (or, with
+        ``--eval-mode layerwise``, of every node with all its neighbours: :meth:`evaluate_layerwise`)."""
+        if self.cfg.eval_mode == "layerwise":
+            return self.evaluate_layerwise(parts, task)
         self.model.eval()
         keys = self.eval_keys(parts)
         correct = {p: 0 for p in parts}
@@ -847,6 +923,9 @@ class Trainer:
             log.info("epoch %d/%d: %.2f s (%.1f batches/s), loss %.4f, train %.4f, val %s, test %s",
                      e + 1, cfg.epochs, record["epoch_time_s"], record["batches_per_s"] or 0.0, record["loss"],
                      record["train_acc"], _fmt(record.get("val_acc")), _fmt(record.get("test_acc")))
+        if self._made_scratch is not None:
+            shutil.rmtree(self._made_scratch, ignore_errors=True)
+            self._made_scratch = None
         report = self.report()
         self.metrics.write(report)
         return report
@@ -869,7 +948,8 @@ class Trainer:
                 "stages_mean": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in stages.items()},
                 "bytes_read_per_epoch": last.get("bytes_read"), "read_amplification": last.get("read_amplification"),
                 "hit_rate": last.get("hit_rate"), "peak_rss_bytes": peak_rss_bytes(),
-                "device": str(self.device)}
+                "device": str(self.device), "eval_mode": self.cfg.eval_mode,
+                "eval_fanouts": list(self.samples.config.part_fanouts("val"))}
 
 
 def _fmt(x) -> str:
@@ -915,6 +995,9 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
     """Train on a packed directory (path or :class:`~diskgnn.store.Packed`); returns the final report."""
     from diskgnn.distributed import train_distributed, wants_distributed
     if wants_distributed(cfg):  # --nproc N > 1, or this process is one rank of torchrun
+        if cfg.eval_mode == "layerwise":
+            raise ConfigError("--eval-mode layerwise runs in one process, not in a data-parallel job; evaluate "
+                              "on presampled batches (sample --eval-fanouts -1,... for all neighbours)")
         return train_distributed(packed, cfg, progress=progress, memory_budget=memory_budget)
     from diskgnn.store import FeatureStore
     if isinstance(packed, (str, os.PathLike)):
@@ -924,7 +1007,7 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
     store = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
                          request_size=cfg.io_request)
     trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
-                      data_id=packed_data_id(packed))
+                      data_id=packed_data_id(packed), memory_budget=memory_budget)
     report = trainer.fit()
     report["packed"] = str(packed.path) if hasattr(packed, "path") else None
     return report

@@ -126,6 +126,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="threads that assemble each batch's feature matrix while the previous batch computes "
                         "(default: the same as --threads)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
+    g.add_argument("--eval-mode", choices=["sampled", "layerwise"], default=None,
+                   help="sampled: the presampled validation/test batches (their fanouts: sample --eval-fanouts); "
+                        "layerwise: every node with all its neighbours, layer by layer out of core (sage, gcn, "
+                        "gat; reads the input once per destination range) (default sampled)")
+    g.add_argument("--eval-scratch", default=None,
+                   help="directory for layer-wise evaluation's layer files, N x hidden x 4 bytes each (default: "
+                        "<checkpoint>/layerwise, else beside the samples)")
 
 
 def _recipe_args(g) -> None:
@@ -258,6 +265,24 @@ def _add_commands(sub) -> None:
     _train_args(p)
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="every node's embeddings from a trained model, layer by layer out of core",
+                       description="Run a trained sage/gcn/gat checkpoint over every node with all its "
+                                   "neighbours, one layer at a time (each layer's rows for all nodes written "
+                                   "to disk, the next layer streaming them back with direct I/O), into a new "
+                                   "directory: layer-<l>.bin (float32 [N, width], row v = node v) and "
+                                   "manifest.json, written last.")
+    p.add_argument("packed", help="the packed directory the model was trained on (its dataset and depth)")
+    p.add_argument("--checkpoint", required=True, help="the --checkpoint directory of diskgnn train")
+    p.add_argument("--out", required=True, help="embeddings directory to write (new or empty)")
+    p.add_argument("--layers", choices=["last", "all"], default="last",
+                   help="keep the model's output only (last, default) or every layer's rows (all)")
+    p.add_argument("--memory-budget", default=None, help="memory to use, e.g. 2G (default: available memory)")
+    p.add_argument("--block-size", default="64M", help="bytes of the previous layer read per block (default 64M)")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    _common(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("run", help="synth/prepare > sample > pack > train in one command",
                        description="Run the whole pipeline, reusing a step's output when its manifest says it "
@@ -479,6 +504,18 @@ def cmd_train(args, progress) -> int:
     report = train_cli(args.packed, cfg, args=args, progress=progress)
     if not args.quiet and report is not None:
         _print_summary(report)
+    return 0
+
+
+def cmd_embed(args, progress) -> int:
+    from diskgnn.inference import LayerwiseConfig, embed
+    from diskgnn.sizes import parse_size
+    cfg = LayerwiseConfig(memory_budget=args.memory_budget, threads=args.threads,
+                          block_bytes=parse_size(args.block_size, name="--block-size"))
+    emb = embed(args.packed, args.checkpoint, args.out, cfg=cfg, keep=args.layers, overwrite=args.overwrite,
+                progress=progress)
+    if not args.quiet:
+        _print_summary(emb.summary())
     return 0
 
 
