@@ -104,13 +104,13 @@ def score_pairs(decoder: nn.Module, h: torch.Tensor, pairs: torch.Tensor) -> tor
 
 
 def build_link_model(encoder: str, *, in_dim: int, num_layers: int, hidden: int | None = None, heads: int = 4,
-                     dropout: float = 0.0, decoder: str = "dot") -> LinkModel:
+                     dropout: float = 0.0, decoder: str = "dot", init: str | None = None) -> LinkModel:
     """An encoder of :func:`diskgnn.models.build_model` whose last layer outputs ``hidden`` values, and a decoder."""
     from diskgnn.models import build_model
     if hidden is None:
         hidden = 32 if encoder == "gat" else 128
     enc = build_model(encoder, in_dim=in_dim, num_classes=hidden, num_layers=num_layers, hidden=hidden,
-                      heads=heads, dropout=dropout)
+                      heads=heads, dropout=dropout, init=init)
     return LinkModel(enc, build_decoder(decoder, hidden))
 
 

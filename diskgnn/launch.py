@@ -6,6 +6,7 @@ made here, by the caller's side, so neither imports the other's caller.
 """
 from __future__ import annotations
 
+from diskgnn.errors import ConfigError
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.train import TrainConfig, train_single
 
@@ -18,6 +19,9 @@ def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memor
     """
     from diskgnn.distributed import train_distributed, wants_distributed
     if wants_distributed(cfg):
+        if cfg.eval_mode == "layerwise":
+            raise ConfigError("--eval-mode layerwise runs in one process, not in a data-parallel job; evaluate "
+                              "on presampled batches (sample --eval-fanouts -1,... for all neighbours)")
         return train_distributed(packed, cfg, progress=progress, memory_budget=memory_budget)
     return train_single(packed, cfg, progress=progress, memory_budget=memory_budget)
 

@@ -146,24 +146,26 @@ class SampleConfig:
     None: uniform."""
     eval_batch_size: int | None = None
     """link: held-out edges per evaluation batch (None: about a training batch's endpoints)."""
+    eval_fanouts: tuple[int, ...] | None = None
+    """Neighbours per layer of the ``val`` and ``test`` batches (same order and rules; -1 = all), one per
+    layer of ``fanouts`` (the model has that many layers); None = ``fanouts``."""
 
     def __post_init__(self):
-        fanouts = self.fanouts
-        if isinstance(fanouts, (int, np.integer)):
-            fanouts = (fanouts,)
-        try:
-            fanouts = tuple(fanouts)
-        except TypeError:
-            raise ConfigError(f"fanouts must be a list of integers such as 10,15, got {self.fanouts!r}") from None
-        if not fanouts:
-            raise ConfigError("fanouts is empty; give one fanout per layer, e.g. --fanouts 10,15")
-        for f in fanouts:
-            if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
-                raise ConfigError(f"fanouts must be integers, got {f!r} in {fanouts!r}")
-            if f == 0 or f < -1:
-                raise ConfigError(f"fanout {int(f)} in {list(map(int, fanouts))} is invalid; each layer's fanout "
-                                  f"must be a positive count of neighbours or -1 for all neighbours")
-        object.__setattr__(self, "fanouts", tuple(int(f) for f in fanouts))
+        object.__setattr__(self, "fanouts", _checked_fanouts(self.fanouts, "fanouts"))
+        if self.eval_fanouts is not None:
+            eval_fanouts = _checked_fanouts(self.eval_fanouts, "eval_fanouts")
+            if len(eval_fanouts) != len(self.fanouts):
+                n, k = len(eval_fanouts), len(self.fanouts)
+                raise ConfigError(
+                    f"--eval-fanouts {','.join(map(str, eval_fanouts))} has {n} layer{'s' * (n != 1)}, but --fanouts "
+                    f"{','.join(map(str, self.fanouts))} has {k}: the model gets one layer per training fanout and "
+                    f"is evaluated with the same layers, so give one eval fanout per layer (e.g. --eval-fanouts "
+                    f"{','.join(['-1'] * k)} for all neighbours), or leave --eval-fanouts out to evaluate with the "
+                    f"training fanouts")
+            object.__setattr__(self, "eval_fanouts", None if eval_fanouts == self.fanouts else eval_fanouts)
+            if self.task == "link" and self.eval_fanouts is not None:
+                raise ConfigError("--eval-fanouts applies to node classification; link prediction samples its "
+                                  "validation and test edges' neighbourhoods with --fanouts")
         for name, low in (("batch_size", 1), ("epochs", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -206,15 +208,22 @@ class SampleConfig:
     def num_layers(self) -> int:
         return len(self.fanouts)
 
+    def part_fanouts(self, part: str) -> tuple[int, ...]:
+        """The fanouts ``part`` is sampled with: ``eval_fanouts`` for val and test (when given), else ``fanouts``."""
+        return self.eval_fanouts if part in EVAL_PARTS and self.eval_fanouts is not None else self.fanouts
+
     @classmethod
     def from_cli(cls, args) -> "SampleConfig":
-        """Build from parsed CLI args: ``fanouts`` ("10,15"), ``batch_size``, ``sample_epochs``, ``seed``."""
+        """Build from parsed CLI args: ``fanouts`` ("10,15"), ``eval_fanouts``, ``batch_size``, ``sample_epochs``,
+        ``seed``."""
         epochs = getattr(args, "sample_epochs", None)
+        eval_fanouts = getattr(args, "eval_fanouts", None)
         return cls(fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
                    epochs=1 if epochs is None else epochs, seed=getattr(args, "seed", 0) or 0,
                    task=getattr(args, "task", None) or "node", negatives=getattr(args, "negatives", None),
                    negative_sampler=getattr(args, "negative_sampler", None),
-                   eval_batch_size=getattr(args, "eval_batch_size", None))
+                   eval_batch_size=getattr(args, "eval_batch_size", None),
+                   eval_fanouts=None if eval_fanouts is None else parse_fanouts(eval_fanouts, "--eval-fanouts"))
 
     def to_json(self) -> dict:
         out = {"fanouts": list(self.fanouts), "batch_size": self.batch_size, "epochs": self.epochs,
@@ -222,27 +231,52 @@ class SampleConfig:
         if self.is_link:  # node classification keeps the keys it always had (fingerprints stay the same)
             out.update(task=self.task, negatives=self.negatives, negative_sampler=self.negative_sampler,
                        eval_batch_size=self.eval_batch_size)
+        if self.eval_fanouts is not None:  # absent otherwise: a config without it reads as before
+            out["eval_fanouts"] = list(self.eval_fanouts)
         return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "SampleConfig":
+        eval_fanouts = obj.get("eval_fanouts")
         return cls(fanouts=tuple(obj["fanouts"]), batch_size=obj["batch_size"], epochs=obj["epochs"],
                    seed=obj["seed"], task=obj.get("task", "node"), negatives=obj.get("negatives"),
-                   negative_sampler=obj.get("negative_sampler"), eval_batch_size=obj.get("eval_batch_size"))
+                   negative_sampler=obj.get("negative_sampler"), eval_batch_size=obj.get("eval_batch_size"),
+                   eval_fanouts=None if eval_fanouts is None else tuple(eval_fanouts))
 
 
-def parse_fanouts(text) -> tuple[int, ...]:
+def _checked_fanouts(fanouts, name: str) -> tuple[int, ...]:
+    """``fanouts`` as a tuple of ints, each positive or -1; ConfigError naming ``name`` otherwise."""
+    flag = "--" + name.replace("_", "-")
+    original = fanouts
+    if isinstance(fanouts, (int, np.integer)):
+        fanouts = (fanouts,)
+    try:
+        fanouts = tuple(fanouts)
+    except TypeError:
+        raise ConfigError(f"{name} must be a list of integers such as 10,15, got {original!r}") from None
+    if not fanouts:
+        raise ConfigError(f"{name} is empty; give one fanout per layer, e.g. {flag} 10,15")
+    for f in fanouts:
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+            raise ConfigError(f"{name} must be integers, got {f!r} in {fanouts!r}")
+        if f == 0 or f < -1:
+            raise ConfigError(f"fanout {int(f)} in {list(map(int, fanouts))} is invalid; each layer's fanout "
+                              f"must be a positive count of neighbours or -1 for all neighbours")
+    return tuple(int(f) for f in fanouts)
+
+
+def parse_fanouts(text, flag: str = "--fanouts") -> tuple[int, ...]:
     """Parse ``"10,15"`` (or a sequence of ints) into a fanout tuple; validation is SampleConfig's."""
     if isinstance(text, (list, tuple)):
         return tuple(text)
     items = [s.strip() for s in str(text).split(",")]
     if items == [""]:
-        raise ConfigError("--fanouts is empty; give one fanout per layer, e.g. --fanouts 10,15")
+        raise ConfigError(f"{flag} is empty; give one fanout per layer, e.g. {flag} 10,15")
     try:
         return tuple(int(s) for s in items)
     except ValueError:
-        raise ConfigError(f"--fanouts {text!r} is not a comma-separated list of integers; "
-                          f"use e.g. --fanouts 10,15 (-1 = all neighbours)") from None
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers; "
+                          f"use e.g. {flag} 10,15 (-1 = all neighbours)") from None
 
 
 # --- parts, seeds and keys ----------------------------------------------------------------------
@@ -447,9 +481,10 @@ def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler, num_shards: in
     if seeds.size:
         sampler.check_seeds(seeds)  # once per part, so each batch can skip it
     total = -(-seeds.shape[0] // cfg.batch_size)
+    fanouts = np.asarray(cfg.part_fanouts(part), dtype=np.int64)  # val/test may have their own
     for i in range(shard, total, num_shards):
         batch_seeds = seeds[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        yield sample_blocks(sampler.indptr, sampler.indices, batch_seeds, sampler.fanouts,
+        yield sample_blocks(sampler.indptr, sampler.indices, batch_seeds, fanouts,
                             batch_key(cfg.seed, part, i), sampler._node_map)
 
 
@@ -1141,7 +1176,7 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
                     raise IntegrityError(f"{what} block {layer}: offsets must start at 0 and not decrease")
                 if b.indices.size and (int(b.indices.min()) < 0 or int(b.indices.max()) >= b.num_src):
                     raise IntegrityError(f"{what} block {layer}: local source ids must lie in 0 .. {b.num_src - 1}")
-                fanout = cfg.fanouts[layer]
+                fanout = cfg.part_fanouts(part)[layer]
                 if fanout > 0 and int(np.diff(ptr).max(initial=0)) > fanout:
                     raise IntegrityError(f"{what} block {layer}: a node has more than fanout {fanout} neighbours")
                 start = 0

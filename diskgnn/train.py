@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import statistics
 import time
 import zlib
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from diskgnn.decoders import HITS_AT, RankingMetrics, build_link_model, link_loss
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
-from diskgnn.models import TorchBlock, build_model, model_spec
+from diskgnn.models import LIBRARY_INIT, TorchBlock, build_model, model_spec, resolve_init
 from diskgnn.loader import (BatchStages, FeatureSource, Loader, ThreadBudget, epoch_permutation, open_packed,
                             resolve_device)
 from diskgnn.progress import ProgressFn, no_progress
@@ -58,6 +59,17 @@ CHECKPOINT_FORMAT = "diskgnn.checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_EPOCHS = 10
+EVAL_MODES = ("sampled", "layerwise")
+"""``--eval-mode``: the presampled val/test batches (their fanouts: ``sample --eval-fanouts``), or layer-wise
+inference over every node with all its neighbours (:mod:`diskgnn.inference`)."""
+LR_SCHEDULES = ("constant", "cosine")
+"""``--lr-schedule``: constant, or cosine decay to 0 at the last step (after the warm-up)."""
+DEFAULT_LR = 1e-3
+DEFAULT_DROPOUT = 0.0
+DEFAULT_LR_SCHEDULE = "constant"
+DEFAULT_WARMUP_EPOCHS = 0.0
+LEGACY_RECIPE = {"lr_schedule": "constant", "warmup_epochs": 0.0}
+"""What a checkpoint written before the recipe flags existed was trained with (its init: :func:`legacy_init`)."""
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -74,10 +86,17 @@ class TrainConfig:
     """Hidden width (multi-head models: per head); None = 128 (multi-head: 32)."""
     heads: int = 4
     """Attention heads of GAT and of multi-head foreign convolutions."""
-    dropout: float = 0.0
+    dropout: float = DEFAULT_DROPOUT
     """Dropout between layers."""
-    lr: float = 1e-3
-    """Adam learning rate."""
+    lr: float = DEFAULT_LR
+    """Adam learning rate (the peak, with a warm-up or a schedule)."""
+    init: str | None = None
+    """Weight initialisation of diskgnn's own models: torch, xavier or xavier-relu (see
+    :data:`diskgnn.models.INITS`); None = :data:`diskgnn.models.DEFAULT_INIT` (``library`` for pyg:/dgl:)."""
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
+    """constant, or cosine: decay to 0 over the epochs after the warm-up (see :func:`lr_factor`)."""
+    warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
+    """Epochs (may be fractional) over which the learning rate rises linearly from ~0 to ``lr``, step by step."""
     seed: int = 0
     """Seed of the weights, dropout and batch order."""
     device: str = "auto"
@@ -89,6 +108,12 @@ class TrainConfig:
     """numba threads of the assembly stage's gathers (None: the same as ``threads``)."""
     eval_every: int = 1
     """Evaluate on val/test every this many epochs (and after the last)."""
+    eval_mode: str = "sampled"
+    """sampled: the presampled val/test batches; layerwise: every node with all its neighbours, layer by
+    layer out of core (:mod:`diskgnn.inference`; diskgnn's own models, one process)."""
+    eval_scratch: str | None = None
+    """Directory for layer-wise evaluation's layer files (None: ``<checkpoint>/layerwise``, else a new
+    directory beside the samples directory; removed after training)."""
     nproc: int = 1
     """Data-parallel processes on this machine (see :mod:`diskgnn.distributed`)."""
     metrics: str | None = None
@@ -120,6 +145,23 @@ class TrainConfig:
         spec = model_spec(self.model)
         if self.hidden is None:
             object.__setattr__(self, "hidden", spec.default_hidden)
+        object.__setattr__(self, "init", resolve_init(spec, self.init))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float, np.number)) \
+                or not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ConfigError(f"--warmup-epochs must be a number of epochs >= 0 (e.g. 0.5 or 1), got "
+                              f"{self.warmup_epochs!r}")
+        object.__setattr__(self, "warmup_epochs", float(self.warmup_epochs))
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(f"--eval-mode {self.eval_mode!r} is not one of {', '.join(EVAL_MODES)}")
+        if self.eval_mode == "layerwise" and spec.library is not None:
+            raise ConfigError(f"--eval-mode layerwise runs diskgnn's own models (sage, gcn, gat), not --model "
+                              f"{self.model}; evaluate it on presampled batches (sample --eval-fanouts -1,... for "
+                              f"all neighbours)")
+        if self.eval_mode == "layerwise" and self.nproc > 1:
+            raise ConfigError("--eval-mode layerwise runs in one process; use --nproc 1, or evaluate data-parallel "
+                              "runs on presampled batches (sample --eval-fanouts -1,... for all neighbours)")
         checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
                   ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
                   ("io_depth", self.io_depth, 1), ("io_request", self.io_request, 4096),
@@ -146,12 +188,15 @@ class TrainConfig:
     def from_cli(cls, args) -> "TrainConfig":
         """Build from parsed CLI args (see tools/cli.py ``_train_args``)."""
         epochs = getattr(args, "train_epochs", None)
+        recipe = {name: getattr(args, name) for name in ("dropout", "lr", "init", "lr_schedule", "warmup_epochs")
+                  if getattr(args, name, None) is not None}  # flags left out take the measured defaults
         return cls(model=args.model, epochs=DEFAULT_EPOCHS if epochs is None else epochs,
-                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4),
-                   dropout=getattr(args, "dropout", 0.0), lr=getattr(args, "lr", 1e-3),
+                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4), **recipe,
                    seed=getattr(args, "train_seed", 0) or 0, device=getattr(args, "device", "auto") or "auto",
                    threads=getattr(args, "threads", None),
                    assemble_threads=getattr(args, "assemble_threads", None), eval_every=getattr(args, "eval_every", 1),
+                   eval_mode=getattr(args, "eval_mode", None) or "sampled",
+                   eval_scratch=getattr(args, "eval_scratch", None),
                    nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
                    checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)),
                    io_depth=getattr(args, "io_depth", None) or 8,
@@ -161,7 +206,14 @@ class TrainConfig:
     def model_fields(self) -> dict:
         """The fields that define the model and optimizer (must match to resume)."""
         return {"model": self.model, "hidden": self.hidden, "heads": self.heads, "dropout": self.dropout,
-                "lr": self.lr, "seed": self.seed}
+                "lr": self.lr, "seed": self.seed, "init": self.init, "lr_schedule": self.lr_schedule,
+                "warmup_epochs": self.warmup_epochs}
+
+    def recipe(self) -> dict:
+        """How the model is trained, as recorded in the metrics and the checkpoint (docs/RECIPE.md)."""
+        return {"model": self.model, "init": self.init, "dropout": self.dropout, "optimizer": "adam",
+                "lr": self.lr, "lr_schedule": self.lr_schedule, "warmup_epochs": self.warmup_epochs,
+                "epochs": self.epochs, "hidden": self.hidden, "heads": self.heads, "seed": self.seed}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -181,7 +233,34 @@ def check_task(cfg: TrainConfig, samples) -> bool:
     if not link and cfg.decoder is not None:
         raise ConfigError(f"--decoder applies to link prediction only, but {samples.path} was sampled for node "
                           f"classification")
+    if link and cfg.eval_mode == "layerwise":
+        raise ConfigError(f"--eval-mode layerwise evaluates node classification; {samples.path} was sampled for "
+                          f"link prediction, whose validation and test edges are evaluated on presampled batches")
     return link
+
+
+def legacy_init(model: str) -> str:
+    """The init diskgnn gave ``model`` before ``--init`` existed (for checkpoints of that time)."""
+    if model_spec(model).library is not None:
+        return LIBRARY_INIT
+    return "torch" if model == "gcn" else "xavier-relu"
+
+
+def lr_factor(schedule: str, warmup_epochs: float, epochs: int, progress: float, step: float) -> float:
+    """The share of the peak learning rate for a step that starts ``progress`` epochs into training and lasts
+    ``step`` epochs (1 / batches per epoch).
+
+    Warm-up: linear, reaching 1 at the end of the step that ends at ``warmup_epochs``. ``cosine`` then decays
+    as ``(1 + cos(pi x)) / 2`` with ``x`` the share of the post-warm-up epochs done (0 at the last step's
+    end). A function of the step alone, so a resumed run gets the same rates.
+    """
+    factor = 1.0
+    if warmup_epochs > 0:
+        factor = min(1.0, (progress + step) / warmup_epochs)
+    if schedule == "cosine" and epochs > warmup_epochs:
+        x = min(max((progress - warmup_epochs) / (epochs - warmup_epochs), 0.0), 1.0)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * x))
+    return factor
 
 
 # --- feature sources -----------------------------------------------------------------------------
@@ -405,6 +484,21 @@ def _unseal(state, path: Path):
                               f"corrupt: delete it and start again without --resume") from None
 
 
+def checkpoint_model_fields(state: dict) -> dict:
+    """The model fields (:meth:`TrainConfig.model_fields`) a checkpoint was written with; one written before
+    the recipe flags existed gets the recipe it was trained with (:data:`LEGACY_RECIPE`, :func:`legacy_init`)."""
+    try:
+        fields = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("the checkpoint's config is not readable JSON; it is corrupt: start again without "
+                              "--resume") from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("model"), str):
+        raise CheckpointError("the checkpoint's config names no model; it is corrupt: start again without --resume")
+    if "init" not in fields:
+        fields = {**fields, **LEGACY_RECIPE, "init": legacy_init(fields["model"])}
+    return fields
+
+
 def load_checkpoint(directory: str | os.PathLike) -> dict:
     """Read and check ``directory/checkpoint.pt``; :class:`CheckpointError` when missing or corrupt."""
     directory = Path(directory)
@@ -444,8 +538,11 @@ class Trainer:
 
     def __init__(self, samples, dataset, features: FeatureSource, cfg: TrainConfig, *,
                  device: torch.device | None = None, progress: ProgressFn = no_progress,
-                 data_id: dict | None = None, model: torch.nn.Module | None = None):
+                 data_id: dict | None = None, model: torch.nn.Module | None = None, memory_budget=None):
         self.samples, self.dataset, self.features, self.cfg = samples, dataset, features, cfg
+        self.memory_budget = memory_budget
+        """The process's memory budget (None: the available memory); layer-wise evaluation plans within it."""
+        self._made_scratch: Path | None = None
         self.device = device if device is not None else resolve_device(cfg.device)
         self.progress = progress
         self.data_id = data_id or {"dataset_fingerprint": dataset.fingerprint,
@@ -497,9 +594,16 @@ class Trainer:
         store_before = self.features.stats()
         loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="train")
         loss_sum, correct, seen = 0.0, 0, 0
+        scheduled = self.cfg.lr_schedule != "constant" or self.cfg.warmup_epochs > 0
+        lr = self.cfg.lr
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
         for k, batch in enumerate(loader):
+            if scheduled:
+                lr = self.cfg.lr * lr_factor(self.cfg.lr_schedule, self.cfg.warmup_epochs, self.cfg.epochs,
+                                             epoch + k / len(keys), 1.0 / len(keys))
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
             if self.link:
                 # scores [P, 1 + k]: column 0 the positive edge, the others its negatives
@@ -527,7 +631,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
                 "batches_per_s": len(keys) / seconds if seconds > 0 else None,
-                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen,
+                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen, "lr": lr,
                 "stages": loader.stats(), **store_epoch_metrics(store_before, self.features.stats())}
 
     def _diverged(self, epoch: int, k: int, batch, value: float) -> TrainingDivergedError:
@@ -580,11 +684,63 @@ class Trainer:
                               f"dataset has {classes} classes (expected shape (1, {classes})); build it with "
                               f"num_classes={classes}")
 
+    def eval_scratch(self) -> Path:
+        """Where layer-wise evaluation writes its layer files (see :attr:`TrainConfig.eval_scratch`)."""
+        if self.cfg.eval_scratch:
+            return Path(self.cfg.eval_scratch)
+        if self.cfg.checkpoint:
+            return Path(self.cfg.checkpoint) / "layerwise"
+        if self._made_scratch is None:
+            import tempfile
+            try:
+                self._made_scratch = Path(tempfile.mkdtemp(prefix=".diskgnn-layerwise-",
+                                                           dir=Path(self.samples.path).parent))
+            except OSError as exc:
+                raise ConfigError(f"--eval-mode layerwise needs a directory for its layer files and cannot make one "
+                                  f"beside {self.samples.path} ({exc.strerror}); pass --eval-scratch DIR") from None
+        return self._made_scratch
+
+    def evaluate_layerwise(self, parts=("val", "test"), task: str = "eval") -> dict:
+        """Accuracy and loss of every node of ``parts`` with all its neighbours, by out-of-core layer-wise
+        inference over the whole graph (:func:`diskgnn.inference.layerwise_inference`)."""
+        from diskgnn.inference import LayerwiseConfig, layerwise_inference
+        ids = {p: np.unique(np.asarray(self.dataset.split(p), dtype=np.int64)) for p in parts}
+        collect = np.unique(np.concatenate([ids[p] for p in parts])) if parts else np.zeros(0, dtype=np.int64)
+        scratch = self.eval_scratch()
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--eval-scratch {scratch}: cannot create it ({exc.strerror}); choose a writable "
+                              f"directory") from None
+        t0 = time.perf_counter()
+        result = layerwise_inference(
+            self.model, self.dataset, scratch,
+            LayerwiseConfig(memory_budget=self.memory_budget, threads=self.threads.compute, io_depth=self.cfg.io_depth),
+            keep="none", collect=collect, progress=lambda t, k, n: self.progress(f"{task} {t}", k, n))
+        self.threads.apply_to_compute_thread()
+        logits = torch.from_numpy(result.collected)
+        out = {"eval_mode": "layerwise", "eval_time_s": time.perf_counter() - t0,
+               "eval_bytes_read": result.bytes_read,
+               "eval_layers": [{"layer": s.layer, "ranges": s.ranges, "seconds": round(s.seconds, 4),
+                                "bytes_read": s.bytes_read} for s in result.stats]}
+        for p in parts:
+            rows = torch.from_numpy(np.searchsorted(collect, ids[p]))
+            labels = torch.from_numpy(np.asarray(self.dataset.labels[ids[p]], dtype=np.int64))
+            part_logits = logits.index_select(0, rows)
+            n = int(labels.shape[0])
+            out[f"{p}_acc"] = int((part_logits.argmax(1) == labels).sum()) / n if n else None
+            out[f"{p}_loss"] = float(F.cross_entropy(part_logits, labels)) if n else None
+            out[f"{p}_seeds"] = n
+        return out
+
     @torch.inference_mode()
     def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
-        """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
+        """Accuracy and loss on presampled parts, through the same out-of-core pipeline (or, with
+        ``--eval-mode layerwise``, of every node with all its neighbours: :meth:`evaluate_layerwise`)."""
         if self.link:
             return self._evaluate_link(parts, task)
+        if self.cfg.eval_mode == "layerwise":
+            return self.evaluate_layerwise(parts, task)
         self.model.eval()
         keys = self.eval_keys(parts)
         correct = {p: 0 for p in parts}
@@ -641,16 +797,23 @@ class Trainer:
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "torch_rng": torch.get_rng_state(), "config": json.dumps(self._model_fields(), sort_keys=True),
                  "data": json.dumps(self.data_id, sort_keys=True), "history": json.dumps(self.history),
-                 "best": json.dumps(self.best)}
+                 "best": json.dumps(self.best), "recipe": json.dumps(self.cfg.recipe(), sort_keys=True),
+                 "shape": json.dumps(self.model_shape(), sort_keys=True)}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def model_shape(self) -> dict:
+        """What :func:`build_model` needs besides the config to rebuild this model (``diskgnn embed`` reads it)."""
+        return {"in_dim": int(self.dataset.feat_dim), "num_classes": int(self.dataset.num_classes),
+                "num_layers": int(self.samples.config.num_layers)}
+
     def restore(self, state: dict, where: str) -> None:
-        mine = json.dumps(self._model_fields(), sort_keys=True)
-        if state["config"] != mine:
-            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for {mine}; resume "
-                                  f"with the same model flags, or start again without --resume")
+        mine = self._model_fields()
+        if checkpoint_model_fields(state) != mine:  # an older checkpoint counts with the recipe it was trained with
+            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for "
+                                  f"{json.dumps(mine, sort_keys=True)}; resume with the same model flags, or start "
+                                  f"again without --resume")
         data = json.dumps(self.data_id, sort_keys=True)
         if state["data"] != data:
             raise MismatchError(f"{where} belongs to training data {state['data']}, but the packed directory "
@@ -702,6 +865,9 @@ class Trainer:
                      e + 1, cfg.epochs, record["epoch_time_s"], record["batches_per_s"] or 0.0, record["loss"],
                      record["train_acc"], what, _fmt(record.get(f"val_{what}")), what,
                      _fmt(record.get(f"test_{what}")))
+        if self._made_scratch is not None:
+            shutil.rmtree(self._made_scratch, ignore_errors=True)
+            self._made_scratch = None
         report = self.report()
         self.metrics.write(report)
         return report
@@ -733,14 +899,15 @@ class Trainer:
         else:
             best = {"best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
                     "best_epoch": self.best["best_epoch"]}
-        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch, **best,
+        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch, "recipe": self.cfg.recipe(), **best,
                 "epoch_time_s": statistics.median(times) if times else None,
                 "epoch_times_s": [round(t, 4) for t in times],
                 "final_loss": last.get("loss"), "final_train_acc": last.get("train_acc"),
                 "stages_mean": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in stages.items()},
                 "bytes_read_per_epoch": last.get("bytes_read"), "read_amplification": last.get("read_amplification"),
                 "hit_rate": last.get("hit_rate"), "peak_rss_bytes": peak_rss_bytes(),
-                "device": str(self.device)}
+                "device": str(self.device), "eval_mode": self.cfg.eval_mode,
+                "eval_fanouts": list(self.samples.config.part_fanouts("val"))}
 
 
 def _fmt(x) -> str:
@@ -759,9 +926,10 @@ def build_task_model(cfg: TrainConfig, dataset, num_layers: int, *, link: bool) 
     """The model ``cfg`` asks for: a classifier over the dataset's classes, or (``link``) an encoder and decoder."""
     if link:
         return build_link_model(cfg.model, in_dim=dataset.feat_dim, num_layers=num_layers, hidden=cfg.hidden,
-                                heads=cfg.heads, dropout=cfg.dropout, decoder=cfg.decoder or "dot")
+                                heads=cfg.heads, dropout=cfg.dropout, decoder=cfg.decoder or "dot",
+                                init=cfg.init)
     return build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-                       num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+                       num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout, init=cfg.init)
 
 
 def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.device, *,
@@ -794,7 +962,7 @@ def train_single(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress
                          request_size=cfg.io_request)
     try:
         trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
-                          data_id=packed_data_id(packed))
+                          data_id=packed_data_id(packed), memory_budget=memory_budget)
         report = trainer.fit()
     finally:
         store.close()
