@@ -47,9 +47,10 @@ def worker(argv=None) -> int:
     import numpy as np
     import torch
     from diskgnn.cgroup import self_io_bytes
-    from diskgnn.inference import model_from_checkpoint
+    from diskgnn.embed import model_from_checkpoint
     from diskgnn.store import FeatureStore
-    from diskgnn.train import TrainConfig, Trainer, open_packed, peak_rss_bytes
+    from diskgnn.loader import open_packed
+    from diskgnn.train import TrainConfig, Trainer, peak_rss_bytes
     p = argparse.ArgumentParser()
     p.add_argument("--worker", action="store_true")
     p.add_argument("--packed", required=True)

@@ -11,8 +11,8 @@ import torch
 from conftest import run_cli
 from diskgnn.dtypes import to_float32
 from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError, OutputExistsError
-from diskgnn.inference import (Embeddings, LayerwiseConfig, embed, layer_ops, layerwise_inference,
-                               model_from_checkpoint, plan_ranges)
+from diskgnn.embed import Embeddings, embed, model_from_checkpoint
+from diskgnn.inference import LayerwiseConfig, layer_ops, layerwise_inference, plan_ranges
 from diskgnn.kernels import layerwise as kernels
 from diskgnn.models import build_model, to_torch_blocks
 from diskgnn.sampling import SampleConfig, presample
@@ -200,7 +200,8 @@ def test_foreign_models_and_bad_arguments_are_refused(tiny_dataset, tmp_path):
 def trained(tiny_dataset, tmp_path_factory):
     """A packed directory with full-neighbour val/test batches and a gcn checkpoint trained on it."""
     from diskgnn.packing import PackConfig, pack
-    from diskgnn.train import TrainConfig, train
+    from diskgnn.launch import train
+    from diskgnn.train import TrainConfig
     root = tmp_path_factory.mktemp("trained")
     samples = presample(tiny_dataset.path, root / "samples",
                         SampleConfig(fanouts=(4, 3), batch_size=67, seed=5, eval_fanouts=(-1, -1)))
@@ -318,7 +319,8 @@ def test_layerwise_evaluation_equals_full_neighbour_sampled_evaluation(trained, 
 
 
 def test_train_with_layerwise_evaluation(tiny_dataset, trained, tmp_path):
-    from diskgnn.train import TrainConfig, train
+    from diskgnn.launch import train
+    from diskgnn.train import TrainConfig
     _, packed, _ = trained
     report = train(packed, TrainConfig(model="sage", epochs=1, hidden=8, threads=1, device="cpu",
                                        eval_mode="layerwise", metrics=str(tmp_path / "m.jsonl")))

@@ -553,7 +553,8 @@ def cmd_train(args, progress) -> int:
 
 
 def cmd_embed(args, progress) -> int:
-    from diskgnn.inference import LayerwiseConfig, embed
+    from diskgnn.embed import embed
+    from diskgnn.inference import LayerwiseConfig
     from diskgnn.sizes import parse_size
     cfg = LayerwiseConfig(memory_budget=args.memory_budget, threads=args.threads,
                           block_bytes=parse_size(args.block_size, name="--block-size"))
