@@ -27,13 +27,17 @@ def bench_cli(args, progress) -> int:
         from diskgnn.bench.harness import BenchConfig, DEFAULT_CAPS, default_systems, run_bench
         from diskgnn.bench.report import markdown, write_outputs
         cap = parse_size(args.memory_cap, name="--memory-cap") if args.memory_cap else DEFAULT_CAPS[args.scale]
-        systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else default_systems(args.what)
+        task = getattr(args, "task", None) or "node"
+        systems = (tuple(s.strip() for s in args.systems.split(",")) if args.systems
+                   else default_systems(args.what, task))
         from diskgnn.sampling import parse_fanouts
         cfg = BenchConfig(kind=args.what, scale=args.scale, workdir=Path(args.workdir), results=results,
                           memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
                           slow_max_batches=args.slow_batches or 0, dataset=args.dataset, model=args.model,
                           fanouts=tuple(parse_fanouts(args.fanouts)), batch_size=args.batch_size,
-                          disk_budget=args.disk_budget, segment_memory=args.segment_memory)
+                          disk_budget=args.disk_budget, segment_memory=args.segment_memory, task=task,
+                          negatives=getattr(args, "negatives", None) or 1,
+                          decoder=getattr(args, "decoder", None) or "dot")
         result = run_bench(cfg, progress)
         result["command"] = "diskgnn " + " ".join(sys.argv[1:])
         path = write_outputs(result, results, Path(args.out) if args.out else None)
@@ -76,7 +80,7 @@ def bench_cli(args, progress) -> int:
             except ValueError:
                 continue
             if isinstance(r, dict) and r.get("kind") in ("loader", "train") and "systems" in r:
-                latest[(r["kind"], r["scale"])] = p
+                latest[(r["kind"], r["scale"], r.get("task", "node"))] = p
         if not latest:
             raise ConfigError(f"no bench results in {results}; run `diskgnn bench loader` first")
         update_readme(Path("README.md"), list(latest.values()))
@@ -84,5 +88,8 @@ def bench_cli(args, progress) -> int:
         return 0
     if args.what == "sample":
         from diskgnn.bench import sampling
-        return sampling.main(["--dataset", args.file] if args.file else [])
+        argv = (["--dataset", args.file] if args.file else ["--scale", args.scale])
+        if getattr(args, "task", "node") == "link":
+            argv += ["--task", "link", "--negatives", str(args.negatives)]
+        return sampling.main(argv)
     raise ConfigError(f"unknown bench {args.what!r}")

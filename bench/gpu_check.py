@@ -10,7 +10,7 @@ printing what it compared and OK or FAILED:
    GPU memory, pinned tier page-locked, host tier, packed extents) assembles
    every batch of an fp32 and an fp16 store bit for bit equal to
    ``features[input_nodes]`` (after the storage dtype) and to the CPU store.
-2. ``pipeline``: the trainer's :class:`diskgnn.train.BatchStages` (assembly and
+2. ``pipeline``: the trainer's :class:`diskgnn.loader.BatchStages` (assembly and
    H2D copies on a side CUDA stream) deliver features, labels and blocks equal
    to the reference, through the threaded pipeline.
 3. ``h2d-overlap``: a pinned host-to-device copy on that side stream overlaps
@@ -159,7 +159,7 @@ def tier_placement(store) -> dict:
 def check_pipeline(ctx: Context) -> tuple[bool, str, dict]:
     from diskgnn.models import TorchBlock
     from diskgnn.store import FeatureStore
-    from diskgnn.train import BatchStages
+    from diskgnn.loader import BatchStages
     packed = ctx.packs["fp32"]
     labels = np.asarray(ctx.dataset.labels)
     keys = all_keys(ctx.samples)
@@ -176,7 +176,7 @@ def check_pipeline(ctx: Context) -> tuple[bool, str, dict]:
                         ctx.device)
                 bad_x += batch.x.device != ctx.device or not bit_equal(
                     batch.x.cpu().numpy(), reference_rows(ctx, mb.input_nodes, "fp32"))
-                bad_labels += not np.array_equal(batch.labels.cpu().numpy(), labels[mb.seeds])
+                bad_labels += not np.array_equal(batch.y.cpu().numpy(), labels[mb.seeds])
                 want = [TorchBlock.from_block(b) for b in mb.blocks]
                 bad_blocks += any(not (torch.equal(g.src.cpu(), w.src) and torch.equal(g.dst.cpu(), w.dst)
                                        and torch.equal(g.indptr.cpu(), w.indptr)
@@ -201,7 +201,7 @@ def check_h2d_overlap(ctx: Context, copy_bytes: int = 1 << 30, repeats: int = 5)
     if not ctx.cuda:
         return True, "skipped on CPU: CUDA streams are needed (the pipeline check ran the same stages)", \
             {"skipped": True}
-    from diskgnn.train import BatchStages
+    from diskgnn.loader import BatchStages
     stages = BatchStages(ctx.samples, ctx.dataset.labels, None, ctx.device)
     side, dev = stages.side_stream, ctx.device
     host = torch.empty(copy_bytes // 4, dtype=torch.float32).pin_memory()

@@ -59,16 +59,27 @@ class BenchConfig:
     disk_budget: str | None = None
     """Pack the diskgnn systems with this ``--disk-budget`` (the segment layout: each segment read once)."""
     segment_memory: str | None = None
+    task: str = "node"
+    """``node``, or ``link``: link-prediction batches (positive edges, negatives) of a link dataset."""
+    negatives: int = 1
+    """link: negatives per positive edge."""
+    decoder: str = "dot"
+    """link: the edge decoder of ``train`` runs."""
 
     def __post_init__(self):
         if self.kind not in ("loader", "train"):
             raise ConfigError(f"bench kind must be loader or train, got {self.kind!r}")
+        if self.task not in ("node", "link"):
+            raise ConfigError(f"--task must be node or link, got {self.task!r}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
 
 
-def default_systems(kind: str) -> tuple[str, ...]:
-    systems = [f"diskgnn-{t}%" for t in TIERS] + ["pread", "mmap", "mmap-readahead", "in-memory"]
+def default_systems(kind: str, task: str = "node") -> tuple[str, ...]:
+    if task == "link":  # the link figure: diskgnn capped against DGL's edge-prediction sampler, capped and in RAM
+        systems = ["diskgnn-10%", "in-memory"]
+    else:
+        systems = [f"diskgnn-{t}%" for t in TIERS] + ["pread", "mmap", "mmap-readahead", "in-memory"]
     try:
         import importlib.util
         if importlib.util.find_spec("dgl") is not None:
@@ -104,24 +115,29 @@ def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict
     from diskgnn.synth import scale_config, synthesize
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     info: dict = {"preprocessing": {}}
+    link = cfg.task == "link"
     if cfg.dataset:
         ds = Dataset.open(cfg.dataset)
+        if link:
+            from diskgnn.link import check_link_dataset
+            check_link_dataset(ds, "bench --task link")
     else:
-        path = cfg.workdir / f"dataset-{cfg.scale}"
+        path = cfg.workdir / (f"dataset-{cfg.scale}" + ("-link" if link else ""))
         try:
             ds = Dataset.open(path)
             if ds.manifest.get("source", {}).get("config") != scale_config(cfg.scale).__class__.__name__ and \
-                    ds.num_nodes != scale_config(cfg.scale).nodes:
+                    ds.num_nodes != scale_config(cfg.scale).nodes or ds.has_link != link:
                 raise DiskGNNError("different scale")
         except DiskGNNError:
             t0 = time.perf_counter()
-            ds = synthesize(scale_config(cfg.scale), path, overwrite=True, progress=progress)
+            ds = synthesize(scale_config(cfg.scale, task=cfg.task), path, overwrite=True, progress=progress)
             info["preprocessing"]["synth_s"] = time.perf_counter() - t0
     info["dataset"] = str(ds.path)
     info["feature_bytes"] = ds.feature_bytes
     samples_dir = cfg.workdir / "samples"
     t0 = time.perf_counter()
-    scfg = SampleConfig(fanouts=tuple(cfg.fanouts), batch_size=cfg.batch_size, epochs=1, seed=0)
+    scfg = SampleConfig(fanouts=tuple(cfg.fanouts), batch_size=cfg.batch_size, epochs=1, seed=0,
+                        **({"task": "link", "negatives": cfg.negatives} if link else {}))
     presample(ds.path, samples_dir, scfg, overwrite=True, progress=progress)
     info["preprocessing"]["sample_s"] = time.perf_counter() - t0
     info["preprocessing"]["samples_bytes"] = _dir_bytes(samples_dir)
@@ -150,6 +166,8 @@ def run_system(cfg: BenchConfig, system: str, inputs: dict) -> dict:
     args = ["--system", "diskgnn" if system.startswith("diskgnn") else system, "--kind", cfg.kind,
             "--samples", inputs["samples"], "--epochs", str(cfg.epochs), "--warmup", str(cfg.warmup),
             "--model", cfg.model]
+    if cfg.task == "link":
+        args += ["--task", "link", "--decoder", cfg.decoder]
     if system.startswith("diskgnn"):
         tier = int(system.split("-")[1].rstrip("%"))
         args += ["--packed", inputs["packed"][tier]]
@@ -207,9 +225,8 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
             floor = d10["feature_bytes_read"] / (disk["seq_read_GBps"] * 1e9)
             d10["disk_floor_s"] = floor
             d10["epoch_over_disk_floor"] = d10["epoch_time_s"] / floor if floor else None
-            read_busy = d10.get("stages", {}).get("read", {}).get("busy_s")
-            if read_busy:
-                d10["packed_read_GBps"] = d10["feature_bytes_read"] / read_busy / 1e9
+            # reads are queued ahead of the read stage, so its busy time is not the transfer time: the
+            # reader's bandwidth is measured on its own by `python -m diskgnn.bench.packing --read-epochs`
     ratios = {}
     by_name = {s["name"]: s for s in systems if not s.get("failed")}
     if "diskgnn-10%" in by_name:
@@ -221,13 +238,16 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
             if ceiling in by_name:
                 ratios[f"diskgnn-10%_over_{ceiling}"] = base / by_name[ceiling]["epoch_time_s"]
     result = {
-        "scale": cfg.scale, "kind": cfg.kind, "commit": git_commit(), "memory_cap_bytes": cfg.memory_cap,
+        "scale": cfg.scale, "kind": cfg.kind, "task": cfg.task, "commit": git_commit(),
+        "memory_cap_bytes": cfg.memory_cap,
         "cgroup": all(s.get("cgroup") for s in systems if s["name"] not in UNCAPPED_SYSTEMS),
         "machine": machine_facts(cfg.workdir), "disk": disk,
         "config": {"epochs": cfg.epochs, "warmup": cfg.warmup, "max_batches": cfg.max_batches,
                    "slow_max_batches": cfg.slow_max_batches, "fanouts": list(cfg.fanouts),
                    "batch_size": cfg.batch_size, "model": cfg.model if cfg.kind == "train" else None,
-                   "disk_budget": cfg.disk_budget, "segment_memory": cfg.segment_memory},
+                   "disk_budget": cfg.disk_budget, "segment_memory": cfg.segment_memory,
+                   "task": cfg.task, **({"negatives": cfg.negatives, "decoder": cfg.decoder}
+                                        if cfg.task == "link" else {})},
         "preprocessing": inputs["preprocessing"], "feature_bytes": inputs["feature_bytes"],
         "systems": systems, "ratios": ratios,
         "bench_wall_s": time.perf_counter() - t_start,

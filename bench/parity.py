@@ -46,7 +46,7 @@ def _dgl_blocks_to_torch(blocks):
     return out
 
 
-def dgl_online(ds, *, fanouts, batch_size, epochs, seed, model, hidden, lr, features) -> dict:
+def dgl_online(ds, *, fanouts, batch_size, epochs, seed, model, hidden, lr, features, init=None) -> dict:
     """Train with DGL's online NeighborSampler; returns best-val test accuracy and epoch times."""
     import dgl
     from diskgnn.models import build_model
@@ -59,7 +59,7 @@ def dgl_online(ds, *, fanouts, batch_size, epochs, seed, model, hidden, lr, feat
     dgl.seed(seed)
     torch.manual_seed(seed)
     net = build_model(model, in_dim=ds.feat_dim, num_classes=ds.num_classes, num_layers=len(fanouts),
-                      hidden=hidden)
+                      hidden=hidden, init=init)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sampler = dgl.dataloading.NeighborSampler(list(fanouts))
 
@@ -97,14 +97,16 @@ def dgl_online(ds, *, fanouts, batch_size, epochs, seed, model, hidden, lr, feat
 
 
 def diskgnn_presampled(ds, workdir: Path, *, k, fanouts, batch_size, epochs, seed, model, hidden, lr,
-                       features: str, mlp: bool = False, disk_budget: str | None = None) -> dict:
+                       features: str, mlp: bool = False, disk_budget: str | None = None, init=None) -> dict:
     """Presample ``k`` epochs (seeded), pack, and train through the out-of-core pipeline."""
     from diskgnn.sampling import SampleConfig, presample
     from diskgnn.train import DatasetFeatures, TrainConfig, Trainer, packed_data_id
     samples_dir = workdir / f"samples-k{k}-s{seed}"
     samples = presample(ds.path, samples_dir, SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size,
                                                            epochs=k, seed=seed), overwrite=True)
-    cfg = TrainConfig(model=model, epochs=epochs, hidden=hidden, lr=lr, seed=seed, device="cpu")
+    # the recipe of dgl_online's loop: constant lr, no warm-up, no dropout (only the minibatches differ)
+    cfg = TrainConfig(model=model, epochs=epochs, hidden=hidden, lr=lr, seed=seed, device="cpu", init=init,
+                      dropout=0.0, lr_schedule="constant", warmup_epochs=0.0)
     packed_dir = workdir / f"packed-k{k}-s{seed}"
     try:
         if features == "store":
@@ -155,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="sage")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", default=None, help="weight init of both systems (default: diskgnn's default; "
+                                                "xavier-relu for the figures measured before the recipe)")
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy points (default 0.5)")
     p.add_argument("--features", choices=["store", "memory"], default="store",
                    help="diskgnn's feature path: the packed out-of-core store (default) or dataset rows")
@@ -185,7 +189,7 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     common = dict(fanouts=fanouts, batch_size=args.batch_size, epochs=args.epochs, model=args.model,
-                  hidden=args.hidden, lr=args.lr)
+                  hidden=args.hidden, lr=args.lr, init=args.init)
     t_start = time.time()
     systems = {}
     parity_k = None

@@ -13,7 +13,8 @@ END = "<!-- bench-results:end -->"
 def markdown(result: dict) -> str:
     cap = result.get("memory_cap_bytes")
     disk = result.get("disk", {})
-    lines = [f"**{result['kind']} benchmark, scale `{result['scale']}`**, commit `{result['commit'][:10]}`, "
+    task = " (link prediction)" if result.get("task") == "link" else ""
+    lines = [f"**{result['kind']} benchmark{task}, scale `{result['scale']}`**, commit `{result['commit'][:10]}`, "
              f"{result['date']}, memory cap {format_bytes(cap) if cap else 'none'} "
              f"({'cgroup' if result.get('cgroup') else 'NO cgroup: not a capped comparison'}).",
              "",
@@ -88,7 +89,8 @@ def plot(result: dict, path) -> bool:
 
 def write_outputs(result: dict, results_dir: Path, out: Path | None = None) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{result['kind']}-{result['scale']}-{result['date'][:19].replace(':', '')}"
+    task = "-link" if result.get("task") == "link" else ""
+    stem = f"{result['kind']}{task}-{result['scale']}-{result['date'][:19].replace(':', '')}"
     path = out or results_dir / f"{stem}.json"
     path.write_text(json.dumps(result, indent=2))
     path.with_suffix(".md").write_text(markdown(result))

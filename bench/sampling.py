@@ -11,6 +11,13 @@ repeats is reported with the raw times, as sampled edges per second.
 
     python -m diskgnn.bench.sampling --dataset DIR [--fanouts 10,15] [--batch-size 1024]
         [--batches 200] [--repeats 3] [--passes 3] [--threads 2] [--out FILE.json]
+    python -m diskgnn.bench.sampling --task link --dataset LINK_DIR [--negatives 1] [--negative-sampler uniform]
+
+With ``--task link`` both sample link batches of the first training epoch's
+positive edges: diskgnn's presampler (negatives, endpoint seeds, the batch's
+edges excluded during sampling) against DGL's ``as_edge_prediction_sampler``
+with the same fanouts, negatives and exclusion (:mod:`diskgnn.bench.dgl_link`);
+sampled edges count every block edge plus the negative edges drawn.
 
 Without ``--dataset`` a dataset of ``--scale`` is generated in a temporary
 directory and removed afterwards. Prints one JSON object.
@@ -40,7 +47,7 @@ def _batches(seeds: np.ndarray, batch_size: int, limit: int | None) -> list[np.n
 
 def run_diskgnn(sampler, cfg, batches) -> tuple[float, int]:
     """Seconds and sampled edges for sampling every batch with diskgnn's kernels (MiniBatch objects included)."""
-    from diskgnn.sampling import batch_key
+    from diskgnn.keys import batch_key
     edges = 0
     t0 = time.perf_counter()
     for i, seeds in enumerate(batches):
@@ -76,6 +83,60 @@ def run_dgl(g, fanouts, batches) -> tuple[float, int]:
     return time.perf_counter() - t0, edges
 
 
+def run_diskgnn_link(sampler, cfg, batches) -> tuple[float, int]:
+    """Seconds and sampled edges (block edges plus the negative edges drawn) of diskgnn's link batches."""
+    from diskgnn.keys import batch_key
+    from diskgnn.sampling import _make_batch
+    edges = 0
+    t0 = time.perf_counter()
+    for i, pos in enumerate(batches):
+        raw = sampler.sample_raw(pos, None, batch_key(cfg.seed, "train/0", i), exclude=True)
+        mb = _make_batch("train/0", i, *raw)
+        edges += mb.num_edges + mb.pairs.shape[0] * cfg.negatives
+    return time.perf_counter() - t0, edges
+
+
+def run_dgl_link(g, sampler, batches) -> tuple[float, int]:
+    """Seconds and sampled edges of DGL's edge-prediction sampler (block edges plus negative edges)."""
+    import torch
+    torch_batches = [torch.from_numpy(b) for b in batches]
+    edges = 0
+    t0 = time.perf_counter()
+    for eids in torch_batches:
+        _, _, neg_graph, blocks = sampler.sample(g, eids)
+        edges += sum(int(b.num_edges()) for b in blocks) + int(neg_graph.num_edges())
+    return time.perf_counter() - t0, edges
+
+
+def _link_worker(system: str, ds, cfg, batches, info: dict):
+    """The timed function of one system sampling link batches (the first training epoch's positive edges)."""
+    from diskgnn.link import LinkSampler, link_part_edges
+    from diskgnn.sampling import Sampler
+    edges, _ = link_part_edges(ds, cfg, "train/0")
+    work = _batches(edges, cfg.batch_size, batches)
+    info["positive_edges"] = int(sum(b.shape[0] for b in work))
+    t0 = time.perf_counter()
+    base = Sampler(ds, cfg.fanouts, mmap_topology="no")
+    info["topology_load_seconds"] = round(time.perf_counter() - t0, 3)
+    if system == "diskgnn":
+        sampler = LinkSampler(base, cfg, ds)
+        run_diskgnn_link(sampler, cfg, work[:1])
+        return lambda: run_diskgnn_link(sampler, cfg, work), work
+    import dgl
+    import torch
+    from diskgnn.bench.dgl_link import dgl_graph as link_graph, edge_ids, edge_sampler
+    torch.set_num_threads(info["threads"])
+    t0 = time.perf_counter()
+    g = link_graph(ds)  # every sparse format: the edge-prediction sampler takes edge subgraphs
+    eid_batches = [edge_ids(ds, b) for b in work]
+    info.update(graph_build_seconds=round(time.perf_counter() - t0, 3), dgl_version=dgl.__version__,
+                torch_version=torch.__version__)
+    sampler = edge_sampler(ds, cfg.fanouts, cfg.negatives, cfg.negative_sampler)
+    dgl.seed(cfg.seed)
+    run_dgl_link(g, sampler, eid_batches[:1])
+    return lambda: run_dgl_link(g, sampler, eid_batches), work
+
+
 def _worker(system: str, dataset_dir, cfg, batches, passes: int, threads: int) -> dict:
     """Load one system, warm it up, then time ``passes`` passes over ``batches`` (runs in its own process)."""
     import numba
@@ -83,6 +144,17 @@ def _worker(system: str, dataset_dir, cfg, batches, passes: int, threads: int) -
     from diskgnn.sampling import Sampler, part_seeds
     numba.set_num_threads(threads)
     ds = Dataset.open(dataset_dir)
+    if cfg.is_link:
+        if system not in ("diskgnn", "dgl"):
+            raise SystemExit(f"unknown system {system!r}; choose diskgnn or dgl")
+        info = {"threads": threads}
+        fn, work = _link_worker(system, ds, cfg, batches, info)
+        seconds = []
+        for _ in range(passes):
+            t, edges = fn()
+            seconds.append(t)
+        info.update(seconds=seconds, sampled_edges=int(edges), batches=len(work))
+        return info
     work = _batches(part_seeds(ds, cfg, "train/0"), cfg.batch_size, batches)
     info = {}
     t0 = time.perf_counter()
@@ -114,7 +186,7 @@ def _worker(system: str, dataset_dir, cfg, batches, passes: int, threads: int) -
 
 
 def bench(dataset_dir, *, fanouts=(10, 15), batch_size=1024, batches=None, repeats=3, passes=3, threads=None,
-          systems=("diskgnn", "dgl"), seed=0) -> dict:
+          systems=("diskgnn", "dgl"), seed=0, task="node", negatives=None, negative_sampler=None) -> dict:
     """Run each system ``repeats`` times, alternating, each time in a fresh process doing ``passes`` timed passes.
 
     Separate processes keep the two OpenMP runtimes (numba's, DGL's) from
@@ -124,10 +196,14 @@ def bench(dataset_dir, *, fanouts=(10, 15), batch_size=1024, batches=None, repea
     from diskgnn.dataset import Dataset
     from diskgnn.sampling import SampleConfig
     ds = Dataset.open(dataset_dir)
-    cfg = SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size, seed=seed)
+    cfg = SampleConfig(fanouts=tuple(fanouts), batch_size=batch_size, seed=seed, task=task, negatives=negatives,
+                       negative_sampler=negative_sampler)
     threads = threads or numba.config.NUMBA_NUM_THREADS
     result = {"bench": "sampling", "commit": git_commit(), "dataset": str(ds.path), "nodes": ds.num_nodes,
-              "edges": ds.num_edges, "fanouts": list(cfg.fanouts), "batch_size": batch_size,
+              "edges": ds.num_edges, "fanouts": list(cfg.fanouts), "batch_size": batch_size, "task": task,
+              **({"negatives": cfg.negatives, "negative_sampler": cfg.negative_sampler,
+                  "sampled_edges_counts": "block edges of every batch (the neighbourhoods of positive and negative "
+                                          "endpoints) plus the negative edges drawn"} if cfg.is_link else {}),
               "repeats": repeats, "passes_per_repeat": passes, "threads": threads,
               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
               "systems": {}}
@@ -136,7 +212,9 @@ def bench(dataset_dir, *, fanouts=(10, 15), batch_size=1024, batches=None, repea
         for name in systems:  # alternate so drifting machine load hits both alike
             cmd = [sys.executable, "-m", "diskgnn.bench.sampling", "--worker", name, "--dataset", str(ds.path),
                    "--fanouts", ",".join(map(str, cfg.fanouts)), "--batch-size", str(batch_size),
-                   "--passes", str(passes), "--threads", str(threads), "--seed", str(seed)]
+                   "--passes", str(passes), "--threads", str(threads), "--seed", str(seed), "--task", task]
+            if cfg.is_link:
+                cmd += ["--negatives", str(cfg.negatives), "--negative-sampler", cfg.negative_sampler]
             if batches:
                 cmd += ["--batches", str(batches)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -170,12 +248,18 @@ def main(argv=None) -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None, help="threads for both systems (default: all)")
     p.add_argument("--systems", default="diskgnn,dgl")
+    p.add_argument("--task", default="node", choices=["node", "link"],
+                   help="link: sample link batches (positive edges, negatives, exclusion) against DGL's "
+                        "as_edge_prediction_sampler; needs a link dataset (made with --task link when generated)")
+    p.add_argument("--negatives", type=int, default=None, help="link: negatives per positive (default 1)")
+    p.add_argument("--negative-sampler", default=None, choices=["uniform", "degree"])
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     from diskgnn.sampling import SampleConfig, parse_fanouts
     fanouts = parse_fanouts(args.fanouts)
+    link = dict(task=args.task, negatives=args.negatives, negative_sampler=args.negative_sampler)
     if args.worker:
-        cfg = SampleConfig(fanouts=fanouts, batch_size=args.batch_size, seed=args.seed)
+        cfg = SampleConfig(fanouts=fanouts, batch_size=args.batch_size, seed=args.seed, **link)
         print(json.dumps(_worker(args.worker, args.dataset, cfg, args.batches, args.passes, args.threads)))
         return 0
     systems = tuple(s.strip() for s in args.systems.split(","))
@@ -184,10 +268,10 @@ def main(argv=None) -> int:
         if dataset is None:
             from diskgnn.synth import scale_config, synthesize
             dataset = str(Path(tmp) / args.scale)
-            synthesize(scale_config(args.scale), dataset)
+            synthesize(scale_config(args.scale, task=args.task), dataset)
         result = bench(dataset, fanouts=fanouts, batch_size=args.batch_size, batches=args.batches,
                        repeats=args.repeats, passes=args.passes, threads=args.threads, systems=systems,
-                       seed=args.seed)
+                       seed=args.seed, **link)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

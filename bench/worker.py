@@ -49,9 +49,12 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--assemble-threads", type=int, default=None)
+    p.add_argument("--task", choices=["node", "link"], default="node",
+                   help="link: the samples are link batches; train steps score pairs with --decoder")
+    p.add_argument("--decoder", default="dot")
     args = p.parse_args(argv)
     if args.threads:
-        from diskgnn.train import set_numba_threads
+        from diskgnn.loader import set_numba_threads
         torch.set_num_threads(args.threads)
         set_numba_threads(args.threads)  # the compute thread's fused kernels
 
@@ -64,7 +67,34 @@ def main(argv=None) -> int:
     measured = min(nb, args.max_batches) if args.max_batches else nb
     hit_rate = None
 
-    if args.system in ("dgl-online", "dgl-inmem"):
+    link = args.task == "link"
+    if link and args.system in ("dgl-online", "dgl-inmem"):
+        from diskgnn.bench.dgl_link import DGLLinkRunner
+        from diskgnn.bench.packed_systems import _widen
+        from diskgnn.bench.worker_clock import StageClock
+        cfg = samples.config
+        if args.system == "dgl-inmem":  # every feature in RAM, DGL's own layers: what a user with the RAM runs
+            feats = torch.from_numpy(_widen(np.array(ds.features), ds.feat_dtype))
+        else:
+            import mmap as _mmap
+            feats = np.memmap(ds.features_path, dtype=ds.features.dtype, mode="r", shape=(ds.num_nodes, ds.feat_dim))
+            feats._mmap.madvise(_mmap.MADV_RANDOM)
+        runner = DGLLinkRunner(ds, fanouts=cfg.fanouts, batch_size=cfg.batch_size, negatives=cfg.negatives,
+                               negative_sampler=cfg.negative_sampler, model=args.model, hidden=args.hidden,
+                               decoder=args.decoder, features=feats, dgl_layers=args.system == "dgl-inmem")
+        clocks = []
+
+        def run_epoch(e):
+            clock = StageClock()
+            if args.kind == "train":
+                runner.train_epoch(measured, clock)
+            else:
+                runner.load_epoch(measured, clock)
+            clocks.append(clock.report())
+            return clocks[-1]
+        useful_fn = lambda: runner.rows * runner.row_bytes  # noqa: E731
+        feature_read_fn = lambda: runner.read  # noqa: E731
+    elif args.system in ("dgl-online", "dgl-inmem"):
         from diskgnn.bench.dgl_online import DGLOnline
         from diskgnn.bench.worker_clock import StageClock
         runner = DGLOnline(ds, samples.config, kind=args.kind, model=args.model, hidden=args.hidden,
@@ -80,11 +110,22 @@ def main(argv=None) -> int:
         feature_read_fn = runner.bytes_read
     else:
         from diskgnn.bench.packed_systems import make_features
-        from diskgnn.train import BatchStages
+        from diskgnn.loader import BatchStages
         features = make_features(args.system, samples, ds, args.packed)
         stages = BatchStages(samples, ds.labels, features, torch.device("cpu"),
                              assemble_threads=args.assemble_threads)
-        if args.kind == "train":
+        if args.kind == "train" and link:
+            from diskgnn.decoders import build_link_model, link_loss
+            torch.manual_seed(0)
+            model = build_link_model(args.model, in_dim=ds.feat_dim, num_layers=samples.config.num_layers,
+                                     hidden=args.hidden, decoder=args.decoder)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+            def step(batch):
+                opt.zero_grad(set_to_none=True)
+                link_loss(model(batch.blocks, batch.x, batch.pairs)).backward()
+                opt.step()
+        elif args.kind == "train":
             import torch.nn.functional as F
             from diskgnn.models import build_model
             torch.manual_seed(0)
@@ -94,7 +135,7 @@ def main(argv=None) -> int:
 
             def step(batch):
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(batch.blocks, batch.x), batch.labels).backward()
+                F.cross_entropy(model(batch.blocks, batch.x), batch.y).backward()
                 opt.step()
         else:
             def step(batch):

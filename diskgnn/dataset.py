@@ -10,6 +10,17 @@ the manifest exists:
 * ``labels.bin``   int64  [N]  class in 0 .. C-1, or -1 for an unlabelled node
 * ``train_idx.bin``, ``val_idx.bin``, ``test_idx.bin`` int64  disjoint node ids
 
+A link-prediction dataset (manifest key ``link``) also holds
+
+* ``train_pos.bin`` int64 [E_train, 2]  the training positive edges (source, destination), all edges of
+  the message-passing graph above (each undirected edge once)
+* ``val_pos.bin``, ``test_pos.bin`` int64 [E_val, 2], [E_test, 2]  held-out edges, not in the graph (nor,
+  for an undirected graph, their reverses)
+* ``val_neg.bin``, ``test_neg.bin`` int64 [E_val, K], [E_test, K]  K candidate destinations per held-out
+  edge (the OGB convention: positive (s, d) is ranked against (s, c_1) .. (s, c_K))
+
+Labels and node splits are optional there (all -1 and empty without them).
+
 bf16 rows are stored as their raw 16-bit patterns (numpy has no bf16); use
 :func:`features_to_torch` to view them as ``torch.bfloat16``.
 """
@@ -38,6 +49,8 @@ VERSION = 1
 FEATURE_DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
 SPLITS = ("train", "val", "test")
 ALIGN = 4096
+LINK_POSITIVES = ("train_pos", "val_pos", "test_pos")
+LINK_CANDIDATES = ("val_neg", "test_neg")
 
 
 def feature_dtype(name: str) -> np.dtype:
@@ -355,10 +368,41 @@ class Dataset:
                                      f"{' or '.join(dtypes)}; re-create {self.path}")
             if len(self.specs[name].shape) != 1:
                 raise IntegrityError(f"{where}: {name} has shape {list(self.specs[name].shape)}, expected 1-d")
+        self.link = self._check_link(manifest, where)
         self._cache: dict[str, np.ndarray] = {}
         if check_files:
             for spec in self.specs.values():
                 open_array(self.path, spec)
+
+    def _check_link(self, manifest: dict, where: str) -> dict | None:
+        """The manifest's ``link`` section after checking the held-out edge arrays it needs (None: no link data)."""
+        link = manifest.get("link")
+        names = [n for n in (*LINK_POSITIVES, *LINK_CANDIDATES) if n in self.specs]
+        if link is None:
+            if names:
+                raise IntegrityError(f"{where} lists {', '.join(names)} but has no link section; re-create "
+                                     f"{self.path}")
+            return None
+        if not isinstance(link, dict) or not isinstance(link.get("undirected"), bool):
+            raise IntegrityError(f"{where}: the link section must be an object with a boolean 'undirected'; "
+                                 f"re-create {self.path}")
+        for name in LINK_POSITIVES:
+            spec = self.specs.get(name)
+            if spec is None:
+                raise IntegrityError(f"{where} does not list the {name} array of a link dataset; re-create "
+                                     f"{self.path}")
+            if spec.dtype != "<i8" or len(spec.shape) != 2 or spec.shape[1] != 2:
+                raise IntegrityError(f"{where}: {name} is {spec.dtype} {list(spec.shape)}, expected <i8 [E, 2] "
+                                     f"(source, destination per row); re-create {self.path}")
+        for name in LINK_CANDIDATES:
+            spec = self.specs.get(name)
+            rows = self.specs[name.replace("_neg", "_pos")].shape[0]
+            if spec is None or spec.dtype != "<i8" or len(spec.shape) != 2 or spec.shape[0] != rows \
+                    or (rows and spec.shape[1] < 1):
+                got = "missing" if spec is None else f"{spec.dtype} {list(spec.shape)}"
+                raise IntegrityError(f"{where}: {name} is {got}, expected <i8 [{rows}, K] (K candidates per "
+                                     f"held-out edge); re-create {self.path}")
+        return link
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Dataset":
@@ -386,6 +430,26 @@ class Dataset:
     @property
     def labels(self) -> np.ndarray:
         return self.array("labels")
+
+    @property
+    def has_link(self) -> bool:
+        """Whether the dataset holds link-prediction edges (``train_pos`` .. ``test_neg``)."""
+        return self.link is not None
+
+    @property
+    def undirected(self) -> bool:
+        """Whether the graph of a link dataset is undirected (every edge's reverse is an edge too)."""
+        return bool(self.link and self.link.get("undirected"))
+
+    def link_array(self, name: str) -> np.ndarray:
+        """A link array (``train_pos`` [E, 2], ``val_pos``, ``test_pos``, ``val_neg`` [E, K], ``test_neg``)."""
+        if name not in (*LINK_POSITIVES, *LINK_CANDIDATES):
+            raise ConfigError(f"unknown link array {name!r}; choose one of "
+                              f"{', '.join((*LINK_POSITIVES, *LINK_CANDIDATES))}")
+        if self.link is None:
+            raise ConfigError(f"{self.path} holds no link-prediction edges; prepare it with --edge-split (or "
+                              f"val_pos/test_pos in the input) to train --task link")
+        return self.array(name)
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
@@ -440,6 +504,11 @@ def summary(ds: Dataset) -> dict:
         "classes": ds.num_classes,
         "splits": {s: int(ds.specs[f"{s}_idx"].shape[0]) for s in SPLITS},
         "source": ds.manifest.get("source"), "fingerprint": ds.fingerprint,
+        **({"link": {"undirected": ds.undirected,
+                     **{n: int(ds.specs[n].shape[0]) for n in LINK_POSITIVES},
+                     "eval_candidates": {n: int(ds.specs[n].shape[1]) for n in LINK_CANDIDATES},
+                     **{k: v for k, v in ds.link.items() if k in ("edge_split", "seed", "held_out")}}}
+           if ds.has_link else {}),
     }
 
 
@@ -593,6 +662,8 @@ def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool 
             raise IntegrityError(f"{where}/{s}_idx.bin: contains unlabelled nodes (label -1)")
     del seen
     read = {"indptr", "indices", "labels", *(f"{s}_idx" for s in SPLITS)}
+    if ds.has_link:
+        verify_link(ds)
     # A dataset prepared with --allow-nonfinite may hold NaN/inf rows on purpose.
     finite = check_features and not (ds.manifest.get("config") or {}).get("allow_nonfinite", False)
     if finite or check_crc:
@@ -616,3 +687,35 @@ def verify_dataset(ds: Dataset, *, check_crc: bool = True, check_features: bool 
             if got != spec.crc32:
                 raise IntegrityError(f"{where}/{spec.path}: checksum mismatch (crc32 {got:08x}, manifest says "
                                      f"{spec.crc32:08x}); the file is corrupt, re-create the dataset")
+
+
+def verify_link(ds: Dataset, chunk: int = 1 << 22) -> None:
+    """Check a link dataset's edges: ids in range, training edges in the graph, held-out edges (and, when
+    undirected, their reverses) not in it; raise :class:`IntegrityError` naming the first problem."""
+    from diskgnn.kernels.link import count_present_edges
+    where = ds.path
+    n = ds.num_nodes
+    indptr, indices = ds.indptr, ds.indices
+    for name in (*LINK_POSITIVES, *LINK_CANDIDATES):
+        arr = ds.array(name)
+        for lo, hi in _chunks(arr.shape[0], chunk):
+            part = np.asarray(arr[lo:hi])
+            if part.size and (int(part.min()) < 0 or int(part.max()) >= n):
+                bad = lo + int(np.flatnonzero(((part < 0) | (part >= n)).any(axis=1))[0])
+                raise IntegrityError(f"{where}/{name}.bin: row {bad} holds a node id outside 0..{n - 1}")
+            if name == "train_pos":
+                present = count_present_edges(indptr, indices, np.ascontiguousarray(part[:, 0]),
+                                              np.ascontiguousarray(part[:, 1]))
+                if present != part.shape[0]:
+                    raise IntegrityError(f"{where}/train_pos.bin: {part.shape[0] - present} training edges near "
+                                         f"row {lo} are not edges of the graph")
+            elif name in ("val_pos", "test_pos"):
+                for src, dst, what in ((0, 1, "edges"), (1, 0, "reverse edges")):
+                    if what == "reverse edges" and not ds.undirected:
+                        continue
+                    present = count_present_edges(indptr, indices, np.ascontiguousarray(part[:, src]),
+                                                  np.ascontiguousarray(part[:, dst]))
+                    if present:
+                        raise IntegrityError(f"{where}/{name}.bin: {present} held-out {what} near row {lo} are "
+                                             f"edges of the message-passing graph, so a model could read the "
+                                             f"answer; re-create the dataset")

@@ -288,36 +288,47 @@ def _sample_group(csr: DiskCSR, group: list[tuple[np.ndarray, np.uint64]], fanou
     return out, peak + nodes_bytes
 
 
-def sample_on_disk(csr: DiskCSR, jobs: Iterable[tuple[np.ndarray, np.uint64]], fanouts: np.ndarray,
+def sample_on_disk(csr: DiskCSR, jobs: Iterable[tuple], fanouts: np.ndarray,
                    node_map: np.ndarray, group_bytes: int, *, avg_degree: float,
                    on_group=None) -> Iterator[tuple]:
-    """The raw ``sample_blocks`` output of every job ``(seeds, batch key)``, in order, sampled in groups.
+    """The raw ``sample_blocks`` output of every job ``(seeds, batch key[, fanouts])``, in order, sampled in groups.
 
-    A group takes consecutive jobs while their estimated memory fits ``group_bytes`` (at
-    least one job): first the bound of :func:`batch_bytes_bound`, then what the groups
-    before really used per batch (plus a quarter). ``on_group(batches, bytes)`` is called
-    after each group.
+    A job without fanouts is sampled with ``fanouts``; a group's jobs share their fanouts (a
+    job with other fanouts, e.g. the first of a val part sampled with ``eval_fanouts``, starts
+    a new group). A group takes consecutive jobs while their estimated memory fits
+    ``group_bytes`` (at least one job): first the bound of :func:`batch_bytes_bound`, then
+    what the groups before with the same fanouts really used per batch (plus a quarter).
+    ``on_group(batches, bytes)`` is called after each group.
     """
-    fanouts = np.asarray(fanouts, dtype=np.int64)
+    default = np.asarray(fanouts, dtype=np.int64)
     num_nodes = node_map.shape[0]
-    observed = None
+    observed: dict[tuple, float] = {}  # bytes per seed used so far, per fanouts
+
+    def job_fanouts(job) -> np.ndarray:
+        return default if len(job) < 3 or job[2] is None else np.asarray(job[2], dtype=np.int64)
+
     it = iter(jobs)
     pending = next(it, None)
     while pending is not None:
         group, estimate = [], 0
+        group_fanouts = job_fanouts(pending)
+        key = tuple(group_fanouts.tolist())
+        seen = observed.get(key)
         while pending is not None:
+            if group and not np.array_equal(job_fanouts(pending), group_fanouts):
+                break
             seeds = pending[0]
-            bound = batch_bytes_bound(seeds.shape[0], fanouts, num_nodes, avg_degree)
-            need = bound if observed is None else min(bound, int(observed * seeds.shape[0] * 1.25) + 1024)
+            bound = batch_bytes_bound(seeds.shape[0], group_fanouts, num_nodes, avg_degree)
+            need = bound if seen is None else min(bound, int(seen * seeds.shape[0] * 1.25) + 1024)
             if group and estimate + need > group_bytes:
                 break
-            group.append(pending)
+            group.append((pending[0], pending[1]))
             estimate += need
             pending = next(it, None)
-        results, used = _sample_group(csr, group, fanouts, node_map)
+        results, used = _sample_group(csr, group, group_fanouts, node_map)
         seeds_in_group = sum(g[0].shape[0] for g in group)
         per_seed = used / max(seeds_in_group, 1)
-        observed = per_seed if observed is None else max(observed, per_seed)
+        observed[key] = per_seed if seen is None else max(seen, per_seed)
         if on_group is not None:
             on_group(len(group), used)
         yield from results
@@ -341,15 +352,25 @@ class EdgeCheck:
     def __init__(self, csr: DiskCSR, budget_bytes: int):
         self.csr = csr
         self.budget = max(int(budget_bytes), 1)
-        self._blocks: list[tuple[str, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._blocks: list[tuple[str, int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._repeats: list[tuple[str, int, int, int]] = []
         self._bytes = 0
         self.groups = 0
 
-    def add(self, what: str, layer: int, fanout: int, dst: np.ndarray, ptr: np.ndarray, sources: np.ndarray) -> None:
-        """Block ``layer`` of batch ``what``: destinations ``dst`` (global ids), offsets ``ptr``, global ``sources``."""
+    def add(self, what: str, layer: int, fanout: int, dst: np.ndarray, ptr: np.ndarray, sources: np.ndarray,
+            excluded: np.ndarray | None = None) -> None:
+        """Block ``layer`` of batch ``what``: destinations ``dst`` (global ids), offsets ``ptr``, global ``sources``.
+
+        ``excluded`` (int64 per destination, optional): in-edges of each destination the batch
+        left out of its graph (a link batch's own positive edges); each is then owed
+        ``min(degree - excluded, fanout)`` sampled neighbours.
+        """
+        if excluded is not None:
+            excluded = np.asarray(excluded, dtype=np.int64)
+            if not excluded.any():
+                excluded = None
         self._blocks.append((what, layer, int(fanout), np.asarray(dst, dtype=np.int64),
-                             np.asarray(ptr, dtype=np.int64), np.asarray(sources, dtype=np.int64)))
+                             np.asarray(ptr, dtype=np.int64), np.asarray(sources, dtype=np.int64), excluded))
         self._bytes += dst.shape[0] * CHECK_PAIR_BYTES + sources.shape[0] * 8
         if self._bytes >= self.budget:
             self.flush()
@@ -385,6 +406,18 @@ class EdgeCheck:
         del sorted_nodes
         pair_start = np.append(first, pair_nodes.shape[0]).astype(np.int64)
         lo, deg = self.csr.offsets(uniq)
+        pair_excluded = None
+        if any(b[6] is not None for b in blocks):
+            pair_excluded = np.concatenate([np.zeros(b[3].shape[0], np.int64) if b[6] is None else b[6]
+                                            for b in blocks])
+            # owed min(degree - excluded, fanout): as a fanout below the degree, the kernels' rule gives that
+            pair_deg = np.empty(pair_nodes.shape[0], dtype=np.int64)
+            pair_deg[order] = np.repeat(deg, np.diff(pair_start))
+            has = pair_excluded > 0
+            left = np.maximum(pair_deg[has] - pair_excluded[has], 0)
+            f = pair_fanout[has]
+            pair_fanout[has] = np.where(f < 0, left, np.minimum(left, f))
+            del pair_deg
         bad_count = np.zeros(pair_nodes.shape[0], dtype=np.bool_)
         missing = np.zeros(pair_nodes.shape[0], dtype=np.int64)
         for j0, j1, ids, pos in self.csr.lists(lo, deg):
@@ -399,15 +432,17 @@ class EdgeCheck:
         if bad.size == 0:
             return
         k = int(block_of_pair[bad[0]])  # the first block with a problem: a wrong count first, as verify reads it
-        what, layer, fanout, dst, ptr, _ = blocks[k]
+        what, layer, fanout, dst, ptr, _, _ = blocks[k]
         in_block = block_of_pair == k
         wrong = np.flatnonzero(in_block & bad_count)
         if wrong.size:
             p = int(wrong[0])
             j = p - int(np.flatnonzero(in_block)[0])
             d = int(deg[np.searchsorted(uniq, pair_nodes[p])])
+            x = 0 if pair_excluded is None else int(pair_excluded[p])
+            note = f" ({d} in the graph, {x} excluded by the batch)" if x else ""
             raise IntegrityError(f"{what} block {layer}: node {int(dst[j])} has {int(ptr[j + 1] - ptr[j])} sampled "
-                                 f"neighbours, expected min(degree {d}, fanout {fanout})")
+                                 f"neighbours, expected min(degree {d - x}{note}, fanout {fanout})")
         raise IntegrityError(f"{what} block {layer}: {int(missing[in_block].sum())} sampled edges are not edges of "
                              f"the graph {self.csr.dataset.path}")
 

@@ -60,7 +60,8 @@ import torch
 
 from diskgnn.errors import ConfigError, DiskGNNError, DistributedError, InputNotFoundError, MismatchError
 from diskgnn.progress import ProgressFn, no_progress
-from diskgnn.train import Trainer, TrainConfig, epoch_permutation, resolve_device
+from diskgnn.loader import epoch_permutation, open_packed, resolve_device
+from diskgnn.train import Trainer, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +191,15 @@ def global_num_batches(samples, part: str, dataset=None) -> int:
     """Batches of ``part`` over all shards (``samples.num_batches`` when unsharded; else from the dataset's split)."""
     if getattr(samples, "num_shards", 1) == 1:
         return samples.num_batches(part)
-    from diskgnn.sampling import num_batches_of
+    from diskgnn.sampling import num_batches_of, part_batch_size, part_num_items
     dataset = dataset if dataset is not None else samples.open_dataset()
-    seeds = int(dataset.split("train" if part.startswith("train/") else part).shape[0])
-    total = num_batches_of(seeds, samples.config.batch_size)
-    if num_batches_of(seeds, samples.config.batch_size, samples.num_shards, samples.shard) != samples.num_batches(part):
+    seeds = part_num_items(dataset, samples.config, part)
+    size = part_batch_size(dataset, samples.config, part)
+    total = num_batches_of(seeds, size)
+    if num_batches_of(seeds, size, samples.num_shards, samples.shard) != samples.num_batches(part):
         raise MismatchError(f"{samples.path}: part {part} holds {samples.num_batches(part)} batches, but shard "
                             f"{samples.shard} of {samples.num_shards} of {total} batches should hold "
-                            f"{num_batches_of(seeds, samples.config.batch_size, samples.num_shards, samples.shard)}; "
+                            f"{num_batches_of(seeds, size, samples.num_shards, samples.shard)}; "
                             f"the shard does not belong to dataset {dataset.path}: sample it again")
     return total
 
@@ -362,9 +364,15 @@ class DistributedTrainer(Trainer):
         out["rank_eval_stages"] = [r["eval_stages"] for r in ranks]
         for p in parts:
             total = sum(r[f"{p}_seeds"] for r in ranks)
+            out[f"{p}_seeds"] = total
+            if self.link:  # MRR, Hits@K and loss are means over held-out edges: weight by each rank's count
+                from diskgnn.decoders import HITS_AT
+                for m in ("mrr", "loss", *(f"hits@{k}" for k in HITS_AT)):
+                    value = sum(r[f"{p}_{m}"] * r[f"{p}_seeds"] for r in ranks if r[f"{p}_seeds"])
+                    out[f"{p}_{m}"] = value / total if total else None
+                continue
             correct = sum(round(r[f"{p}_acc"] * r[f"{p}_seeds"]) for r in ranks if r[f"{p}_seeds"])
             loss = sum(r[f"{p}_loss"] * r[f"{p}_seeds"] for r in ranks if r[f"{p}_seeds"])
-            out[f"{p}_seeds"] = total
             out[f"{p}_acc"] = correct / total if total else None
             out[f"{p}_loss"] = loss / total if total else None
         if all(isinstance(r.get("eval_bytes_read"), (int, float)) for r in ranks):
@@ -445,13 +453,13 @@ def resolve_rank_dir(path: str | os.PathLike, rank: int) -> Path:
 def _open_rank_data(path, info: RankInfo, device: torch.device, memory_budget: int, features: str,
                     cfg: TrainConfig):
     """(samples, dataset, feature source, data id, layout) for this rank."""
-    from diskgnn.train import DatasetFeatures, open_packed, packed_data_id, training_memory
+    from diskgnn.train import DatasetFeatures, packed_data_id, training_memory
     where = resolve_rank_dir(path, info.rank)
     if features == "packed":
         from diskgnn.store import FeatureStore
         packed = open_packed(where)
         samples, dataset = packed.samples, packed.dataset
-        training = training_memory(cfg, dataset, samples.config.num_layers, device)
+        training = training_memory(cfg, dataset, samples.config.num_layers, device, link=samples.config.is_link)
         source = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
                               request_size=cfg.io_request)
         return samples, dataset, source, packed_data_id(packed), shard_layout(samples, packed.manifest)

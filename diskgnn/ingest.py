@@ -91,6 +91,12 @@ class PrepareConfig:
     """Node count; must agree with the feature rows when given."""
     split_name: str | None = None
     """ogb: the split directory under split/ (default: the only one)."""
+    edge_split: str | tuple | None = None
+    """Link prediction: train,val,test shares of the edges to split off (seeded), e.g. "0.90,0.05,0.05"."""
+    eval_negatives: int | None = None
+    """Link prediction: candidates drawn per held-out edge when the input gives none (None: 100)."""
+    split_seed: int = 0
+    """Seed of ``edge_split`` and of the drawn candidates."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -110,6 +116,14 @@ class PrepareConfig:
                                       f"holds its own {name}")
         if self.split_name is not None and self.format != "ogb":
             raise ConfigError("--dataset-name only applies to --format ogb")
+        from diskgnn.link import check_eval_negatives, parse_edge_split
+        if self.edge_split is not None:
+            object.__setattr__(self, "edge_split", parse_edge_split(self.edge_split))
+        if self.eval_negatives is not None:
+            object.__setattr__(self, "eval_negatives", check_eval_negatives(self.eval_negatives))
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, (int, np.integer)) \
+                or not 0 <= self.split_seed < 2**63:
+            raise ConfigError(f"--split-seed must be an integer in 0 .. 2**63-1, got {self.split_seed!r}")
 
     def budget_bytes(self) -> int:
         """The memory budget in bytes (the available memory when none was given)."""
@@ -147,6 +161,8 @@ class _Graph:
     edges: object = None
     """_ArrayEdges or _TextEdges; None until ``materialize`` ran (compressed .npz)."""
     features: _Features | None = None
+    held_out: object = None
+    """Link prediction: the held-out edges the input gives (:class:`diskgnn.link.GivenHeldOut`), or None."""
 
 
 def _require(path: Path, what: str, fix: str = "") -> Path:
@@ -336,10 +352,11 @@ def _memmap_features(arr: np.ndarray, where: str) -> _Features:
     return _Features(where, int(arr.shape[0]), int(arr.shape[1]), arr.dtype, chunks)
 
 
-def _clean_labels(raw: np.ndarray | None, num_nodes: int, where: str, chunk: int = 1 << 22) -> tuple[np.ndarray, int]:
+def _clean_labels(raw: np.ndarray | None, num_nodes: int, where: str, chunk: int = 1 << 22, *,
+                  quiet: bool = False) -> tuple[np.ndarray, int]:
     """Labels as int64 [N] (-1 = unlabelled) and the class count; NaN in float labels means unlabelled."""
     if raw is None:
-        log.warning("no labels given: every node is unlabelled (-1)")
+        (log.info if quiet else log.warning)("no labels given: every node is unlabelled (-1)")
         return np.full(num_nodes, -1, dtype=np.int64), 1
     if raw.ndim == 2 and raw.shape[1] == 1:
         raw = raw[:, 0]
@@ -645,10 +662,15 @@ class _CachedEdges:
 def _read_npz(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
     path = _require(Path(cfg.input), "--format npz input", "give a .npz file or a directory of .npy files")
     arrays = _NpzArrays(path)
-    for name in ("edge_index", "feat"):
-        if not arrays.has(name):
-            raise InputNotFoundError(f"{arrays.where(name)} is missing; --format npz needs edge_index (2 x E) "
-                                     f"and feat (N x F), plus label, train_idx, val_idx, test_idx")
+    if not arrays.has("edge_index"):
+        raise InputNotFoundError(f"{arrays.where('edge_index')} is missing; --format npz needs edge_index (2 x E) "
+                                 f"and feat (N x F), plus label, train_idx, val_idx, test_idx (or val_pos, test_pos "
+                                 f"for link prediction)")
+    if not arrays.has("feat"):
+        raise InputNotFoundError(f"{arrays.where('feat')} is missing: diskgnn trains on node features and this "
+                                 f"graph has none. Give feat (N x F, one row per node); for a featureless graph "
+                                 f"make some, e.g. a one-hot of each node's degree bucket or a fixed random "
+                                 f"embedding per node, and save them as feat")
     shape, dtype = arrays.header("feat")
     if len(shape) != 2:
         raise InputFormatError(f"{arrays.where('feat')} has shape {list(shape)}; features must be N x F")
@@ -657,17 +679,30 @@ def _read_npz(cfg: PrepareConfig) -> tuple[_Graph, Callable[[Path], None]]:
     eshape, edtype = arrays.header("edge_index")
     _check_edge_index(eshape, edtype, arrays.where("edge_index"))
     labels, num_classes = _clean_labels(arrays.small("label") if arrays.has("label") else None, n,
-                                        arrays.where("label"))
+                                        arrays.where("label"),
+                                        quiet=cfg.edge_split is not None or arrays.has("val_pos") or arrays.has("test_pos"))
     raw_splits, where = {}, {}
     for s in SPLITS:
         if arrays.has(f"{s}_idx"):
             raw_splits[s] = arrays.small(f"{s}_idx")
             where[s] = arrays.where(f"{s}_idx")
         else:
-            log.warning("%s is missing: the %s split is empty", arrays.where(f"{s}_idx"), s)
+            link = cfg.edge_split is not None or arrays.has("val_pos") or arrays.has("test_pos")
+            (log.info if link else log.warning)("%s is missing: the %s split is empty", arrays.where(f"{s}_idx"), s)
     splits = _clean_splits(raw_splits, labels, where)
     graph = _Graph(num_nodes=n, feat_dim=int(shape[1]), feat_dtype=dtype, labels=labels,
                    num_classes=num_classes, splits=splits, source={"format": "npz", "input": str(path.resolve())})
+    link_keys = ("val_pos", "test_pos", "val_neg", "test_neg")
+    if any(arrays.has(k) for k in link_keys):
+        from diskgnn.link import check_given
+        if cfg.edge_split is not None:
+            raise ConfigError(f"{path} holds held-out edges ({', '.join(k for k in link_keys if arrays.has(k))}) "
+                              f"and --edge-split asks to draw them; drop --edge-split to use the given ones, or "
+                              f"remove those keys to split")
+        raw = {k: arrays.small(k) for k in link_keys if arrays.has(k)}
+        graph.held_out = check_given({p: raw.get(f"{p}_pos") for p in ("val", "test")},
+                                     {p: raw.get(f"{p}_neg") for p in ("val", "test")}, n,
+                                     {k: arrays.where(k) for k in link_keys})
 
     def materialize(scratch: Path | None) -> None:
         graph.edges = _array_edges(arrays.materialize("edge_index", scratch), arrays.where("edge_index"))
@@ -1130,7 +1165,7 @@ def _release_scratch(scratch: Path, journal: _Journal, names, writers=(), **chan
 
 
 def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _Plan, scratch: Path,
-                    progress: ProgressFn, journal: _Journal) -> None:
+                    progress: ProgressFn, journal: _Journal, link=None) -> None:
     from diskgnn.kernels.csr import (choose_ranges, compact_segments_inplace, counting_sort_by_destination,
                                      group_by_range, sort_segments)
     n = graph.num_nodes
@@ -1232,18 +1267,27 @@ def _build_topology(w: DatasetWriter, graph: _Graph, cfg: PrepareConfig, plan: _
         kept = np.empty(num_dst, dtype=np.int64)
         sort_segments(indptr, indices, cfg.drop_duplicates, kept)
         stored = compact_segments_inplace(indptr, indices, kept)
+        if link is not None:  # held-out edges (and reverses, undirected) leave the graph; training edges recorded
+            indptr, indices = link.filter(lo_node, indptr, indices[:stored])
+            stored = int(indices.shape[0])
         indices_w.write(indices[:stored])
         indptr_w.write(indptr[1:] + base)
         base += int(stored)
         unjournaled += int(stored) * id_dtype.itemsize + num_dst * 8
         del indices, indptr, kept
         if r + 1 < num_ranges and unjournaled >= plan.journal_bytes:
-            journal.save((indptr_w, indices_w), next_range=r + 1, base=base)
+            link_state = {} if link is None else {"link_removed": int(link.removed)}
+            journal.save((indptr_w, indices_w, *(link.writers() if link else ())), next_range=r + 1, base=base,
+                         **link_state)
             unjournaled = 0
         progress(task, num_dst, n)
-    stats.update(pairs=total, edges=base, duplicates_dropped=total - base if cfg.drop_duplicates else 0,
+    removed = 0 if link is None else int(link.removed)  # held-out edges that left the graph
+    stats.update(pairs=total, edges=base, duplicates_dropped=total - base - removed if cfg.drop_duplicates else 0,
                  destination_ranges=int(num_ranges), build_seconds=round(time.perf_counter() - t_group, 3))
     specs = {"indptr": indptr_w.close(), "indices": indices_w.close()}
+    if link is not None:
+        specs.update(link.close_edges())
+        journal.state["link_removed"] = int(link.removed)
     for spec in specs.values():
         journal.keep(spec.path, {"bytes": spec.nbytes, "crc32": spec.crc32})
         w.add(spec, Path(spec.path).stem)
@@ -1325,6 +1369,18 @@ def _check_out_apart_from_inputs(cfg: PrepareConfig, out: Path) -> None:
                               f"Choose an --out directory outside the input")
 
 
+def _link_config(cfg: PrepareConfig, graph: _Graph):
+    """How to make a link dataset of ``graph`` (None: node classification only)."""
+    from diskgnn.link import DEFAULT_EVAL_NEGATIVES, LinkSplitConfig
+    if cfg.edge_split is None and graph.held_out is None:
+        if cfg.eval_negatives is not None:
+            raise ConfigError("--eval-negatives applies to link-prediction datasets; add --edge-split (or give "
+                              "val_pos/test_pos in the input)")
+        return None
+    return LinkSplitConfig(edge_split=cfg.edge_split,
+                           eval_negatives=cfg.eval_negatives or DEFAULT_EVAL_NEGATIVES, seed=cfg.split_seed)
+
+
 def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: ProgressFn = no_progress,
             max_range_edges: int | None = None) -> Dataset:
     """Import the graph described by ``cfg`` into the dataset directory ``out``.
@@ -1342,16 +1398,24 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
     id_dtype = node_id_dtype(graph.num_nodes)
     dtype = cfg.dtype or _default_dtype(graph.feat_dtype)
     cfg_json = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(cfg).items()}
+    cfg_json = json.loads(json.dumps(cfg_json))  # as a journal reads it back (tuples become lists)
     key = {"step": "prepare", "format": DATASET_FORMAT, "version": DATASET_VERSION, "config": cfg_json,
            "inputs": _input_identity(cfg), "dtype": dtype, "id_dtype": id_dtype.str,
            "max_range_edges": max_range_edges}
     plan = _resumable_plan(Path(out), key, _plan(budget, graph.num_nodes, id_dtype.itemsize, max_range_edges))
     key["plan"] = asdict(plan)
     config = {**cfg_json, "memory_budget_bytes": plan.budget}
+    link_cfg = _link_config(cfg, graph)
     with DatasetWriter(out, num_nodes=graph.num_nodes, feat_dim=graph.feat_dim, feat_dtype=dtype,
                        num_classes=graph.num_classes, source=graph.source, config=config,
                        overwrite=overwrite, resume_key=key) as w:
         journal = _Journal(w)
+        link = None
+        if link_cfg is not None:
+            from diskgnn.link import LinkEdgeWriter
+            link = LinkEdgeWriter(w, link_cfg, num_nodes=graph.num_nodes, undirected=cfg.undirected,
+                                  given=graph.held_out, open_files=journal.phase != "features")
+            link.removed = int(journal.state.get("link_removed", 0))
         if journal.resumed_from is not None:
             log.info("resuming %s from %s", w.out, journal.resumed_from)
         scratch = w.out / SCRATCH
@@ -1367,7 +1431,7 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
                 raise MismatchError(f"{feat.where} has {feat.num_rows} rows but the graph has {graph.num_nodes} "
                                     f"nodes; give one feature row per node")
             if journal.phase != "features":
-                _build_topology(w, graph, cfg, plan, scratch, progress, journal)
+                _build_topology(w, graph, cfg, plan, scratch, progress, journal, link)
             else:  # the CSR was finished by the interrupted run
                 for name, spec in journal.state["topology"].items():
                     w.add(ArraySpec.from_json(spec, str(w.out / RESUME_JOURNAL)), name)
@@ -1378,11 +1442,15 @@ def prepare(cfg: PrepareConfig, out, *, overwrite: bool = False, progress: Progr
         for s in SPLITS:
             w.write_array(f"{s}_idx", graph.splits[s])
         stats = dict(journal.stats)
+        extra = {}
+        if link is not None:
+            extra["link"], link_stats = link.finish(where=str(w.out))
+            stats.update(link_stats)
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         if journal.resumed_from is not None:
             stats["resumed_from"] = journal.resumed_from
         w.stats = stats
-        ds = w.finish()
+        ds = w.finish(extra=extra)
     log.info("prepared %s in %.1f s (%d input edges -> %d stored)", ds, time.perf_counter() - t0,
              stats["input_edges"], stats["edges"])
     return ds

@@ -36,6 +36,9 @@ def describe(directory) -> dict:
     if kind == "diskgnn.packed":
         from diskgnn.store import Packed
         return {"kind": "packed", **Packed.open(directory).summary()}
+    if kind == "diskgnn.embeddings":
+        from diskgnn.embed import Embeddings
+        return {"kind": "embeddings", **Embeddings.open(directory).summary()}
     raise ManifestError(f"{directory}: unknown manifest format {kind!r}")
 
 
@@ -56,4 +59,8 @@ def verify(directory, *, check_crc: bool = True, progress: ProgressFn = no_progr
         from diskgnn.store import Packed, verify_packed
         verify_packed(Packed.open(directory), check_crc=check_crc, progress=progress)
         return "packed"
+    if kind == "diskgnn.embeddings":
+        from diskgnn.embed import Embeddings
+        Embeddings.open(directory).verify(check_crc=check_crc)
+        return "embeddings"
     raise ManifestError(f"{directory}: unknown manifest format {kind!r}")

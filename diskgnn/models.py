@@ -24,10 +24,32 @@ import torch.nn.functional as F
 
 from diskgnn.errors import ConfigError
 from diskgnn.ops import aggregate, edge_softmax, gat_aggregate, linear, relu_  # noqa: F401 (edge_softmax re-exported)
+from diskgnn.recipe_defaults import DEFAULT_INIT, INITS  # noqa: F401 (defined without torch, for the CLI)
 
 MODELS = ("sage", "gat", "gcn")
 """diskgnn's own architectures; ``pyg:<Conv>`` and ``dgl:<Conv>`` name stacks of another library's
 convolution (:mod:`diskgnn.interop`)."""
+
+LIBRARY_INIT = "library"
+"""The init of a ``pyg:``/``dgl:`` stack: whatever its library's convolution does."""
+
+
+def check_init(init: str) -> str:
+    """``init`` if it names one of :data:`INITS`, else a ConfigError naming the choices."""
+    if init not in INITS:
+        raise ConfigError(f"--init {init!r} is not one of {', '.join(INITS)} (torch = torch's nn.Linear "
+                          f"default, as PyG; xavier = Glorot with gain 1; xavier-relu = Glorot with the ReLU gain, "
+                          f"as DGL)")
+    return init
+
+
+def _xavier_gain(init: str) -> float:
+    return nn.init.calculate_gain("relu") if init == "xavier-relu" else 1.0
+
+
+def _torch_bias_(bias: torch.Tensor, fan_in: int) -> None:
+    bound = 1.0 / fan_in ** 0.5 if fan_in > 0 else 0.0
+    nn.init.uniform_(bias, -bound, bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +118,24 @@ class SAGEConv(nn.Module):
     width, rows are projected before aggregation (cheaper, same result).
     """
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, init: str = DEFAULT_INIT):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.fc_self = nn.Linear(in_dim, out_dim, bias=False)
         self.fc_neigh = nn.Linear(in_dim, out_dim, bias=False)
         self.bias = nn.Parameter(torch.zeros(out_dim))
-        gain = nn.init.calculate_gain("relu")
-        nn.init.xavier_uniform_(self.fc_self.weight, gain=gain)
-        nn.init.xavier_uniform_(self.fc_neigh.weight, gain=gain)
+        self._initialise(init)
+
+    @torch.no_grad()
+    def _initialise(self, init: str) -> None:
+        """Initialise as ``init`` (:data:`INITS`), after the Linears drew torch's default in the constructor;
+        ``torch`` is PyG's SAGEConv (its ``lin_l`` holds the bias)."""
+        if check_init(init) == "torch":
+            _torch_bias_(self.bias, self.in_dim)
+            return
+        nn.init.xavier_uniform_(self.fc_self.weight, gain=_xavier_gain(init))
+        nn.init.xavier_uniform_(self.fc_neigh.weight, gain=_xavier_gain(init))
+        self.bias.zero_()
 
     def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
         if self.in_dim > self.out_dim:
@@ -123,10 +154,19 @@ class GCNConv(nn.Module):
     neighbour sampling.
     """
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, init: str = DEFAULT_INIT):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.fc = nn.Linear(in_dim, out_dim, bias=True)
+        self._initialise(init)
+
+    @torch.no_grad()
+    def _initialise(self, init: str) -> None:
+        """Initialise as ``init`` (:data:`INITS`), after the Linear drew torch's default in the constructor."""
+        if check_init(init) == "torch":
+            return  # the Linear's own default (no second draw: gcn's weights of earlier releases)
+        nn.init.xavier_uniform_(self.fc.weight, gain=_xavier_gain(init))
+        self.fc.bias.zero_()
 
     def forward(self, block: TorchBlock, h_src: torch.Tensor) -> torch.Tensor:
         if self.in_dim > self.out_dim:
@@ -140,7 +180,8 @@ class GATConv(nn.Module):
     Returns ``[num_dst, heads, out_dim]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, heads: int, negative_slope: float = 0.2):
+    def __init__(self, in_dim: int, out_dim: int, heads: int, negative_slope: float = 0.2,
+                 init: str = DEFAULT_INIT):
         super().__init__()
         self.in_dim, self.out_dim, self.heads = in_dim, out_dim, heads
         self.fc = nn.Linear(in_dim, out_dim * heads, bias=False)
@@ -148,10 +189,23 @@ class GATConv(nn.Module):
         self.attn_dst = nn.Parameter(torch.empty(1, heads, out_dim))
         self.bias = nn.Parameter(torch.zeros(heads * out_dim))
         self.negative_slope = negative_slope
-        gain = nn.init.calculate_gain("relu")
-        nn.init.xavier_normal_(self.fc.weight, gain=gain)
-        nn.init.xavier_normal_(self.attn_src, gain=gain)
-        nn.init.xavier_normal_(self.attn_dst, gain=gain)
+        self._initialise(init)
+
+    @torch.no_grad()
+    def _initialise(self, init: str) -> None:
+        """Initialise as ``init`` (:data:`INITS`), after the Linear drew torch's default in the constructor:
+        Xavier-normal as DGL's GATConv, or that default with the attention vectors of a Linear from
+        ``out_dim`` to 1 per head."""
+        if check_init(init) == "torch":
+            bound = 1.0 / self.out_dim ** 0.5
+            nn.init.uniform_(self.attn_src, -bound, bound)
+            nn.init.uniform_(self.attn_dst, -bound, bound)
+        else:
+            gain = _xavier_gain(init)
+            nn.init.xavier_normal_(self.fc.weight, gain=gain)
+            nn.init.xavier_normal_(self.attn_src, gain=gain)
+            nn.init.xavier_normal_(self.attn_dst, gain=gain)
+        self.bias.zero_()
 
     def attention_projections(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``[H, in_dim]`` maps of input rows straight to their source and destination attention terms.
@@ -236,15 +290,28 @@ def model_spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, library=conv.library, multi_head=conv.concat_heads, foreign=conv)
 
 
+def resolve_init(spec: ModelSpec, init: str | None) -> str:
+    """The init a model named by ``spec`` gets for ``init`` (None: the default; ``library`` for pyg:/dgl:)."""
+    if spec.library is not None:
+        if init not in (None, LIBRARY_INIT):
+            raise ConfigError(f"--init {init} applies to diskgnn's own models ({', '.join(MODELS)}); --model "
+                              f"{spec.name} keeps {spec.library}'s own initialisation: leave --init out")
+        return LIBRARY_INIT
+    return check_init(DEFAULT_INIT if init is None else init)
+
+
 def build_model(name: str, *, in_dim: int, num_classes: int, num_layers: int, hidden: int | None = None,
-                heads: int = 4, dropout: float = 0.0) -> nn.Module:
+                heads: int = 4, dropout: float = 0.0, init: str | None = None) -> nn.Module:
     """Create ``sage``, ``gat``, ``gcn`` or a stack of ``pyg:<Conv>``/``dgl:<Conv>`` with ``num_layers`` layers.
 
     Every model is called as ``model(blocks, x)`` with TorchBlocks. ``hidden``
     is the width of hidden layers (per head for GAT and multi-head foreign
-    convolutions; default 128, multi-head 32 per head).
+    convolutions; default 128, multi-head 32 per head). ``init`` is one of
+    :data:`INITS` (None: :data:`DEFAULT_INIT`); a ``pyg:``/``dgl:`` stack keeps
+    its library's initialisation (``init`` None or :data:`LIBRARY_INIT`).
     """
     spec = model_spec(name)
+    init = resolve_init(spec, init)
     if num_layers < 1:
         raise ConfigError(f"a model needs at least one layer, got num_layers={num_layers}")
     if heads < 1:
@@ -264,13 +331,13 @@ def build_model(name: str, *, in_dim: int, num_classes: int, num_layers: int, hi
     for i in range(num_layers):
         out = num_classes if i == num_layers - 1 else hidden
         if name == "sage":
-            layers.append(SAGEConv(width, out))
+            layers.append(SAGEConv(width, out, init=init))
             width = out
         elif name == "gcn":
-            layers.append(GCNConv(width, out))
+            layers.append(GCNConv(width, out, init=init))
             width = out
         else:
-            layers.append(GATConv(width, out, heads))
+            layers.append(GATConv(width, out, heads, init=init))
             width = out * heads
     return GNN(name, layers, dropout)
 

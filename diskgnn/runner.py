@@ -38,9 +38,13 @@ def _reusable(what: str, directory: Path, check) -> bool:
 def _dataset_step(args, workdir: Path, progress: ProgressFn):
     from diskgnn.dataset import Dataset
     if args.dataset:
+        if getattr(args, "edge_split", None) is not None:
+            raise ConfigError("--edge-split applies to a generated --scale; make a link dataset of your graph with "
+                              "`diskgnn prepare ... --edge-split 0.90,0.05,0.05` and pass it as --dataset")
         return Dataset.open(args.dataset), "given"
     from diskgnn.synth import scale_config, synthesize
-    cfg = scale_config(args.scale)
+    cfg = scale_config(args.scale, task=getattr(args, "task", None) or "node",
+                       edge_split=getattr(args, "edge_split", None))
     out = workdir / "dataset"
     want = _as_stored(cfg)
 
@@ -109,7 +113,8 @@ def _packed_step(args, samples, ds, workdir: Path, progress: ProgressFn):
 
 def run_cli(args, progress: ProgressFn = no_progress) -> dict:
     """Run every step for ``args`` (see tools/cli.py ``run``); returns the training report."""
-    from diskgnn.train import TrainConfig, train
+    from diskgnn.launch import train
+    from diskgnn.train import TrainConfig
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir} exists and is not a directory; choose a directory")

@@ -17,6 +17,16 @@ stored batches) and ``manifest.json`` (format ``diskgnn.samples`` version 1, wri
 last) with the config, the dataset's path and fingerprint, per-file crc32, sizes and
 throughput.
 
+A link-prediction samples directory (``config.task == "link"``, see
+:mod:`diskgnn.link`) also holds per part
+
+* ``<p>.pairs.bin``         int32  [rows, 2+k] every batch's positives back to back: seed
+  positions of (source, destination, k negative or candidate destinations)
+* ``<p>.pair_offsets.bin``  int64  [nb+1]  where batch b's rows start in ``pairs``
+
+and its seeds are the distinct endpoints of the batch's pairs; the four files
+above are unchanged (so packing and the store see an ordinary batch).
+
 Training parts shuffle the training nodes per epoch (seeded); ``val`` and ``test`` are
 one pass in node-id order. Sampling is uniform without replacement per layer, with
 DGL's fanout order (``fanouts[-1]`` for the seeds' layer); each draw depends only on
@@ -43,6 +53,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
+from diskgnn.keys import EVAL_PARTS, batch_key, part_code
 from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
                               read_manifest, write_json_atomic, write_manifest)
@@ -53,7 +64,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "diskgnn.samples"
 VERSION = 1
-EVAL_PARTS = ("val", "test")
 _INDEX_FIXED = 3  # input offset, block_indptr offset, block_indices offset
 _WRITE_QUEUE_DEPTH = 4
 
@@ -98,10 +108,18 @@ class MiniBatch:
     """int64 [n_in] distinct global ids; ``blocks[0].num_src == n_in``."""
     blocks: tuple[Block, ...]
     """Outermost (input side) first; ``blocks[-1].num_dst == B``, ``blocks[i].num_dst == blocks[i+1].num_src``."""
+    pairs: np.ndarray | None = None
+    """Link prediction only: int32 [P, 2 + k], row i the seed positions of positive i's source, destination and
+    its k negative (training) or candidate (evaluation) destinations; None for node classification."""
 
     @property
     def batch_size(self) -> int:
         return int(self.seeds.shape[0])
+
+    @property
+    def num_pairs(self) -> int:
+        """Positive edges of a link batch (0 for node classification)."""
+        return 0 if self.pairs is None else int(self.pairs.shape[0])
 
     @property
     def num_edges(self) -> int:
@@ -119,24 +137,36 @@ class SampleConfig:
     """Presampled training epochs K, each with its own shuffle of the training nodes."""
     seed: int = 0
     """Seed of the shuffles and of every neighbour draw."""
+    task: str = "node"
+    """``node`` (node classification: batches of seed nodes) or ``link`` (link prediction: batches of
+    positive edges with negatives; see :mod:`diskgnn.link`)."""
+    negatives: int | None = None
+    """link: negative destinations per positive training edge (None: 1)."""
+    negative_sampler: str | None = None
+    """link: how negatives are drawn: ``uniform`` over nodes or ``degree`` (probability ~ degree^0.75);
+    None: uniform."""
+    eval_batch_size: int | None = None
+    """link: held-out edges per evaluation batch (None: about a training batch's endpoints)."""
+    eval_fanouts: tuple[int, ...] | None = None
+    """Neighbours per layer of the ``val`` and ``test`` batches (same order and rules; -1 = all), one per
+    layer of ``fanouts`` (the model has that many layers); None = ``fanouts``."""
 
     def __post_init__(self):
-        fanouts = self.fanouts
-        if isinstance(fanouts, (int, np.integer)):
-            fanouts = (fanouts,)
-        try:
-            fanouts = tuple(fanouts)
-        except TypeError:
-            raise ConfigError(f"fanouts must be a list of integers such as 10,15, got {self.fanouts!r}") from None
-        if not fanouts:
-            raise ConfigError("fanouts is empty; give one fanout per layer, e.g. --fanouts 10,15")
-        for f in fanouts:
-            if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
-                raise ConfigError(f"fanouts must be integers, got {f!r} in {fanouts!r}")
-            if f == 0 or f < -1:
-                raise ConfigError(f"fanout {int(f)} in {list(map(int, fanouts))} is invalid; each layer's fanout "
-                                  f"must be a positive count of neighbours or -1 for all neighbours")
-        object.__setattr__(self, "fanouts", tuple(int(f) for f in fanouts))
+        object.__setattr__(self, "fanouts", _checked_fanouts(self.fanouts, "fanouts"))
+        if self.eval_fanouts is not None:
+            eval_fanouts = _checked_fanouts(self.eval_fanouts, "eval_fanouts")
+            if len(eval_fanouts) != len(self.fanouts):
+                n, k = len(eval_fanouts), len(self.fanouts)
+                raise ConfigError(
+                    f"--eval-fanouts {','.join(map(str, eval_fanouts))} has {n} layer{'s' * (n != 1)}, but --fanouts "
+                    f"{','.join(map(str, self.fanouts))} has {k}: the model gets one layer per training fanout and "
+                    f"is evaluated with the same layers, so give one eval fanout per layer (e.g. --eval-fanouts "
+                    f"{','.join(['-1'] * k)} for all neighbours), or leave --eval-fanouts out to evaluate with the "
+                    f"training fanouts")
+            object.__setattr__(self, "eval_fanouts", None if eval_fanouts == self.fanouts else eval_fanouts)
+            if self.task == "link" and self.eval_fanouts is not None:
+                raise ConfigError("--eval-fanouts applies to node classification; link prediction samples its "
+                                  "validation and test edges' neighbourhoods with --fanouts")
         for name, low in (("batch_size", 1), ("epochs", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -144,40 +174,110 @@ class SampleConfig:
             object.__setattr__(self, name, int(value))
         if self.seed >= 2**63:
             raise ConfigError(f"seed must be below 2**63, got {self.seed}")
+        self._check_task()
+
+    def _check_task(self) -> None:
+        from diskgnn.link import NEGATIVE_SAMPLERS
+        if self.task not in ("node", "link"):
+            raise ConfigError(f"--task must be node or link, got {self.task!r}")
+        if self.task == "node":
+            for name in ("negatives", "negative_sampler", "eval_batch_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name.replace('_', '-')} applies to link prediction only; add --task link "
+                                      f"(or leave it out for node classification)")
+            return
+        negatives = 1 if self.negatives is None else self.negatives
+        if isinstance(negatives, bool) or not isinstance(negatives, (int, np.integer)) or negatives < 1:
+            raise ConfigError(f"--negatives must be an integer >= 1 (negative destinations drawn per positive edge; "
+                              f"link prediction needs negatives to learn from), got {self.negatives!r}")
+        object.__setattr__(self, "negatives", int(negatives))
+        sampler = "uniform" if self.negative_sampler is None else self.negative_sampler
+        if sampler not in NEGATIVE_SAMPLERS:
+            raise ConfigError(f"--negative-sampler must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {sampler!r}")
+        object.__setattr__(self, "negative_sampler", sampler)
+        ebs = self.eval_batch_size
+        if ebs is not None:
+            if isinstance(ebs, bool) or not isinstance(ebs, (int, np.integer)) or ebs < 1:
+                raise ConfigError(f"--eval-batch-size must be an integer >= 1 (held-out edges per batch), got {ebs!r}")
+            object.__setattr__(self, "eval_batch_size", int(ebs))
+
+    @property
+    def is_link(self) -> bool:
+        return self.task == "link"
 
     @property
     def num_layers(self) -> int:
         return len(self.fanouts)
 
+    def part_fanouts(self, part: str) -> tuple[int, ...]:
+        """The fanouts ``part`` is sampled with: ``eval_fanouts`` for val and test (when given), else ``fanouts``."""
+        return self.eval_fanouts if part in EVAL_PARTS and self.eval_fanouts is not None else self.fanouts
+
     @classmethod
     def from_cli(cls, args) -> "SampleConfig":
-        """Build from parsed CLI args: ``fanouts`` ("10,15"), ``batch_size``, ``sample_epochs``, ``seed``."""
+        """Build from parsed CLI args: ``fanouts`` ("10,15"), ``eval_fanouts``, ``batch_size``, ``sample_epochs``,
+        ``seed``."""
         epochs = getattr(args, "sample_epochs", None)
+        eval_fanouts = getattr(args, "eval_fanouts", None)
         return cls(fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
-                   epochs=1 if epochs is None else epochs, seed=getattr(args, "seed", 0) or 0)
+                   epochs=1 if epochs is None else epochs, seed=getattr(args, "seed", 0) or 0,
+                   task=getattr(args, "task", None) or "node", negatives=getattr(args, "negatives", None),
+                   negative_sampler=getattr(args, "negative_sampler", None),
+                   eval_batch_size=getattr(args, "eval_batch_size", None),
+                   eval_fanouts=None if eval_fanouts is None else parse_fanouts(eval_fanouts, "--eval-fanouts"))
 
     def to_json(self) -> dict:
-        return {"fanouts": list(self.fanouts), "batch_size": self.batch_size, "epochs": self.epochs,
-                "seed": self.seed}
+        out = {"fanouts": list(self.fanouts), "batch_size": self.batch_size, "epochs": self.epochs,
+               "seed": self.seed}
+        if self.is_link:  # node classification keeps the keys it always had (fingerprints stay the same)
+            out.update(task=self.task, negatives=self.negatives, negative_sampler=self.negative_sampler,
+                       eval_batch_size=self.eval_batch_size)
+        if self.eval_fanouts is not None:  # absent otherwise: a config without it reads as before
+            out["eval_fanouts"] = list(self.eval_fanouts)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "SampleConfig":
+        eval_fanouts = obj.get("eval_fanouts")
         return cls(fanouts=tuple(obj["fanouts"]), batch_size=obj["batch_size"], epochs=obj["epochs"],
-                   seed=obj["seed"])
+                   seed=obj["seed"], task=obj.get("task", "node"), negatives=obj.get("negatives"),
+                   negative_sampler=obj.get("negative_sampler"), eval_batch_size=obj.get("eval_batch_size"),
+                   eval_fanouts=None if eval_fanouts is None else tuple(eval_fanouts))
 
 
-def parse_fanouts(text) -> tuple[int, ...]:
+def _checked_fanouts(fanouts, name: str) -> tuple[int, ...]:
+    """``fanouts`` as a tuple of ints, each positive or -1; ConfigError naming ``name`` otherwise."""
+    flag = "--" + name.replace("_", "-")
+    original = fanouts
+    if isinstance(fanouts, (int, np.integer)):
+        fanouts = (fanouts,)
+    try:
+        fanouts = tuple(fanouts)
+    except TypeError:
+        raise ConfigError(f"{name} must be a list of integers such as 10,15, got {original!r}") from None
+    if not fanouts:
+        raise ConfigError(f"{name} is empty; give one fanout per layer, e.g. {flag} 10,15")
+    for f in fanouts:
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+            raise ConfigError(f"{name} must be integers, got {f!r} in {fanouts!r}")
+        if f == 0 or f < -1:
+            raise ConfigError(f"fanout {int(f)} in {list(map(int, fanouts))} is invalid; each layer's fanout "
+                              f"must be a positive count of neighbours or -1 for all neighbours")
+    return tuple(int(f) for f in fanouts)
+
+
+def parse_fanouts(text, flag: str = "--fanouts") -> tuple[int, ...]:
     """Parse ``"10,15"`` (or a sequence of ints) into a fanout tuple; validation is SampleConfig's."""
     if isinstance(text, (list, tuple)):
         return tuple(text)
     items = [s.strip() for s in str(text).split(",")]
     if items == [""]:
-        raise ConfigError("--fanouts is empty; give one fanout per layer, e.g. --fanouts 10,15")
+        raise ConfigError(f"{flag} is empty; give one fanout per layer, e.g. {flag} 10,15")
     try:
         return tuple(int(s) for s in items)
     except ValueError:
-        raise ConfigError(f"--fanouts {text!r} is not a comma-separated list of integers; "
-                          f"use e.g. --fanouts 10,15 (-1 = all neighbours)") from None
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of integers; "
+                          f"use e.g. {flag} 10,15 (-1 = all neighbours)") from None
 
 
 # --- parts, seeds and keys ----------------------------------------------------------------------
@@ -196,13 +296,6 @@ def _check_part(part: str, epochs: int) -> None:
         raise ConfigError(f"unknown part {part!r}; choose train/0 .. train/{epochs - 1}, val or test")
 
 
-def part_code(part: str) -> int:
-    """The integer that keys a part's random draws (train epoch e -> e; val, test -> 2**32, 2**32+1)."""
-    if part.startswith("train/"):
-        return int(part.split("/", 1)[1])
-    return (1 << 32) + EVAL_PARTS.index(part)
-
-
 def part_seeds(dataset: Dataset, cfg: SampleConfig, part: str) -> np.ndarray:
     """The seed order of ``part``: a seeded shuffle of the training nodes per epoch; eval nodes sorted by id."""
     _check_part(part, cfg.epochs)
@@ -213,16 +306,37 @@ def part_seeds(dataset: Dataset, cfg: SampleConfig, part: str) -> np.ndarray:
     return np.sort(np.asarray(dataset.split(part), dtype=np.int64))
 
 
+def part_num_items(dataset: Dataset, cfg: SampleConfig, part: str) -> int:
+    """What ``part``'s batches cover: seed nodes (node classification) or positive edges (link prediction)."""
+    _check_part(part, cfg.epochs)
+    if cfg.is_link:
+        name = "train_pos" if part.startswith("train/") else f"{part}_pos"
+        return int(dataset.link_array(name).shape[0])
+    return int(dataset.split("train" if part.startswith("train/") else part).shape[0])
+
+
+def part_batch_size(dataset: Dataset, cfg: SampleConfig, part: str) -> int:
+    """Items per batch of ``part`` (link evaluation parts: :func:`diskgnn.link.eval_batch_size`)."""
+    if cfg.is_link and not part.startswith("train/"):
+        from diskgnn.link import eval_batch_size
+        return eval_batch_size(cfg, dataset)
+    return cfg.batch_size
+
+
 def num_batches_of(num_seeds: int, batch_size: int, num_shards: int = 1, shard: int = 0) -> int:
     """Batches of a part with ``num_seeds`` seeds that shard ``shard`` of ``num_shards`` holds."""
     total = -(-num_seeds // batch_size)
     return max(0, -(-(total - shard) // num_shards))
 
 
-def batch_key(seed: int, part: str, index: int) -> np.uint64:
-    """The random key of batch ``index`` (global number) of ``part``."""
-    from diskgnn.kernels.rng import mix_key
-    return np.uint64(mix_key(np.uint64(mix_key(np.uint64(seed), np.uint64(part_code(part)))), np.uint64(index)))
+def _pair_width(ds: Dataset, cfg: SampleConfig, part: str) -> int:
+    """Columns of a link part's pairs: source, destination and the negatives (train) or candidates (val, test)."""
+    if not cfg.is_link:
+        return 0
+    if part.startswith("train/"):
+        return 2 + cfg.negatives
+    from diskgnn.link import eval_candidates
+    return 2 + eval_candidates(ds, part)
 
 
 def _check_shards(num_shards: int, shard: int) -> None:
@@ -266,7 +380,9 @@ class Sampler:
 
     With the CSR on disk, :meth:`raw_batches` samples many batches at once, layer by layer,
     reading the neighbour lists in file order (:mod:`diskgnn.disk_sampling`); the output is the
-    same. Not thread-safe: one sampler per thread (it reuses a node -> local id map of size N).
+    same. Link batches (:class:`diskgnn.link.LinkSampler`) are sampled one at a time through
+    ``indptr``/``indices``, the memory map when the CSR is on disk. Not thread-safe: one sampler
+    per thread (it reuses a node -> local id map of size N).
     """
 
     def __init__(self, dataset, fanouts, *, mmap_topology: str | bool = "auto", memory_budget=None):
@@ -300,12 +416,14 @@ class Sampler:
 
     def raw_batches(self, jobs) -> Iterator[tuple]:
         """``sample_blocks``' raw output ``(input_nodes, layer_sizes, block_indptr, block_indices)`` of each job
-        ``(seeds, batch key)`` (seeds checked by the caller), in order: batch by batch with the CSR in memory,
-        in groups of batches as large as the memory budget allows with the CSR on disk."""
+        ``(seeds, batch key[, fanouts])`` (seeds checked by the caller; fanouts int64, the sampler's when not
+        given), in order: batch by batch with the CSR in memory, in groups of batches as large as the memory
+        budget allows with the CSR on disk (a group's batches share their fanouts)."""
         from diskgnn.kernels.sampling import sample_blocks
         if not self.mmapped:
-            for seeds, key in jobs:
-                yield sample_blocks(self.indptr, self.indices, seeds, self.fanouts, np.uint64(key), self._node_map)
+            for job in jobs:
+                fanouts = job[2] if len(job) > 2 else self.fanouts
+                yield sample_blocks(self.indptr, self.indices, job[0], fanouts, np.uint64(job[1]), self._node_map)
             return
         from diskgnn.disk_sampling import DiskCSR, sample_on_disk
         from diskgnn.memory import process_anon_bytes
@@ -358,7 +476,7 @@ def _advise_random(array) -> None:
             pass
 
 
-def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices) -> MiniBatch:
+def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices, pairs=None) -> MiniBatch:
     num_layers = layer_sizes.shape[0] - 1
     blocks = []
     p = q = 0
@@ -371,7 +489,7 @@ def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indic
         q += nnz
     batch = int(layer_sizes[num_layers])
     return MiniBatch(part=part, index=int(index), seeds=input_nodes[:batch], input_nodes=input_nodes,
-                     blocks=tuple(blocks))
+                     blocks=tuple(blocks), pairs=pairs)
 
 
 def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | None = None,
@@ -389,24 +507,42 @@ def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | No
     elif tuple(sampler.fanouts.tolist()) != cfg.fanouts:
         raise ConfigError(f"the sampler was made for fanouts {sampler.fanouts.tolist()}, "
                           f"the config asks for {list(cfg.fanouts)}")
+    if cfg.is_link:
+        from diskgnn.link import LinkSampler
+        sampler = LinkSampler(sampler, cfg, ds)
     for local, arrays in enumerate(_iter_raw(ds, cfg, part, sampler, num_shards, shard)):
         yield _make_batch(part, local, *arrays)
 
 
-def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler: Sampler, num_shards: int, shard: int):
-    """The kernel's raw output ``(input_nodes, layer_sizes, block_indptr, block_indices)`` per batch of the shard."""
-    return sampler.raw_batches(_jobs(ds, cfg, [part], sampler, num_shards, shard))
+def _iter_raw(ds: Dataset, cfg: SampleConfig, part: str, sampler, num_shards: int, shard: int):
+    """The kernel's raw output ``(input_nodes, layer_sizes, block_indptr, block_indices[, pairs])`` per batch of
+    the shard (``pairs`` for link prediction, where ``sampler`` is a :class:`diskgnn.link.LinkSampler`)."""
+    return _raw_stream(ds, cfg, [part], sampler, num_shards, shard)
+
+
+def _raw_stream(ds: Dataset, cfg: SampleConfig, parts, sampler, num_shards: int, shard: int):
+    """:func:`_iter_raw` of every part of ``parts``, one stream in order: node classification goes through
+    :meth:`Sampler.raw_batches` (on disk, groups of batches span parts), link prediction part by part
+    through :func:`diskgnn.link.iter_link_raw`."""
+    if cfg.is_link:
+        from diskgnn.link import iter_link_raw
+        for part in parts:
+            yield from iter_link_raw(ds, cfg, part, sampler, num_shards, shard)
+        return
+    yield from sampler.raw_batches(_jobs(ds, cfg, parts, sampler, num_shards, shard))
 
 
 def _jobs(ds: Dataset, cfg: SampleConfig, parts, sampler: Sampler, num_shards: int, shard: int):
-    """``(seeds, batch key)`` of every batch of the shard in ``parts``, in order (seeds checked once per part)."""
+    """``(seeds, batch key, fanouts)`` of every batch of the shard in ``parts``, in order (seeds checked once per
+    part; fanouts the part's: val and test may be sampled with ``eval_fanouts``)."""
     for part in parts:
         seeds = part_seeds(ds, cfg, part)
         if seeds.size:
             sampler.check_seeds(seeds)  # once per part, so each batch can skip it
+        fanouts = np.asarray(cfg.part_fanouts(part), dtype=np.int64)
         total = -(-seeds.shape[0] // cfg.batch_size)
         for i in range(shard, total, num_shards):
-            yield seeds[i * cfg.batch_size:(i + 1) * cfg.batch_size], batch_key(cfg.seed, part, i)
+            yield seeds[i * cfg.batch_size:(i + 1) * cfg.batch_size], batch_key(cfg.seed, part, i), fanouts
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -414,18 +550,27 @@ def _jobs(ds: Dataset, cfg: SampleConfig, parts, sampler: Sampler, num_shards: i
 class _PartWriter:
     """Streams one part's batches into its four files."""
 
-    def __init__(self, out: Path, part: str, num_layers: int):
+    def __init__(self, out: Path, part: str, num_layers: int, pair_width: int = 0):
         self.part = part
         self.prefix = _part_file_prefix(part)
         self.num_layers = num_layers
-        self.writers = {name: Crc32Writer(out / f"{self.prefix}.{name}.bin")
-                        for name in ("input_nodes", "block_indptr", "block_indices")}
+        self.pair_width = pair_width
+        """Columns of a link batch's pairs (0: node classification, no pairs)."""
+        names = ("input_nodes", "block_indptr", "block_indices") + (("pairs",) if pair_width else ())
+        self.writers = {name: Crc32Writer(out / f"{self.prefix}.{name}.bin") for name in names}
+        self.pair_rows = [0]
         self.rows: list[list[int]] = []
         self.offsets = [0, 0, 0]
         self.num_edges = 0
         self.num_seeds = 0
 
-    def add(self, input_nodes, layer_sizes, block_indptr, block_indices) -> None:
+    def add(self, input_nodes, layer_sizes, block_indptr, block_indices, pairs=None) -> None:
+        if self.pair_width:
+            if pairs is None or pairs.ndim != 2 or pairs.shape[1] != self.pair_width:
+                raise IntegrityError(f"part {self.part}: a link batch's pairs must be [P, {self.pair_width}], got "
+                                     f"{None if pairs is None else list(pairs.shape)}")
+            self.writers["pairs"].write(np.ascontiguousarray(pairs, dtype="<i4"))
+            self.pair_rows.append(self.pair_rows[-1] + int(pairs.shape[0]))
         self.rows.append(self.offsets + [int(s) for s in layer_sizes])
         self.writers["input_nodes"].write(np.ascontiguousarray(input_nodes, dtype="<i8"))
         self.writers["block_indptr"].write(np.ascontiguousarray(block_indptr, dtype="<i8"))
@@ -441,6 +586,17 @@ class _PartWriter:
                                    ("block_indices", "<i4", self.offsets[2])):
             info = self.writers[name].close()
             specs[name] = ArraySpec(path=f"{self.prefix}.{name}.bin", dtype=dtype, shape=(count,), crc32=info["crc32"])
+        extra = {}
+        if self.pair_width:
+            info = self.writers["pairs"].close()
+            specs["pairs"] = ArraySpec(path=f"{self.prefix}.pairs.bin", dtype="<i4",
+                                       shape=(self.pair_rows[-1], self.pair_width), crc32=info["crc32"])
+            w = Crc32Writer(out / f"{self.prefix}.pair_offsets.bin")
+            w.write(np.asarray(self.pair_rows, dtype="<i8"))
+            info = w.close()
+            specs["pair_offsets"] = ArraySpec(path=f"{self.prefix}.pair_offsets.bin", dtype="<i8",
+                                              shape=(len(self.pair_rows),), crc32=info["crc32"])
+            extra = {"pair_width": self.pair_width, "num_pairs": self.pair_rows[-1]}
         index = np.zeros((len(self.rows) + 1, _INDEX_FIXED + self.num_layers + 1), dtype="<i8")
         if self.rows:
             index[:-1] = np.asarray(self.rows, dtype=np.int64)
@@ -450,7 +606,7 @@ class _PartWriter:
         info = w.close()
         specs["index"] = ArraySpec(path=f"{self.prefix}.index.bin", dtype="<i8", shape=index.shape, crc32=info["crc32"])
         return {"num_batches": len(self.rows), "num_seeds": self.num_seeds, "num_edges": self.num_edges,
-                "num_input_nodes": self.offsets[0], "files": {n: s.to_json() for n, s in specs.items()}}
+                "num_input_nodes": self.offsets[0], **extra, "files": {n: s.to_json() for n, s in specs.items()}}
 
     def abort(self) -> None:
         for w in self.writers.values():
@@ -579,10 +735,22 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
     out = Path(out)
     if out.resolve() == ds.path.resolve() or ds.path.resolve() in out.resolve().parents:
         raise ConfigError(f"--out {out} lies inside the dataset directory {ds.path}; choose another directory")
+    if cfg.is_link:
+        from diskgnn.link import check_link_dataset
+        check_link_dataset(ds)
+    elif ds.has_link and ds.split("train").shape[0] == 0:
+        raise ConfigError(f"{ds.path} is a link-prediction dataset without training nodes (no labels); sample it "
+                          f"with --task link, or give labels and train_idx for node classification")
     previous_threads, used_threads = _set_threads(threads)
     try:
         t0 = time.perf_counter()
         sampler = Sampler(ds, cfg.fanouts, mmap_topology=mmap_topology, memory_budget=memory_budget)
+        if cfg.is_link:
+            from diskgnn.link import LinkSampler
+            if sampler.mmapped:
+                log.info("link batches are sampled one at a time through the CSR's memory map (the grouped "
+                         "on-disk sampler serves node classification)")
+            sampler = LinkSampler(sampler, cfg, ds)
         load_seconds = time.perf_counter() - t0
         log.info("%r loaded in %.2f s", sampler, load_seconds)
         key = _resume_key(ds, cfg, num_shards, shard)
@@ -592,10 +760,11 @@ def presample(dataset_dir, out, cfg: SampleConfig, *, overwrite: bool = False, p
                                        journal={"key": key, "parts": dict(done)})
             seconds = time.perf_counter() - t_start
             stats = manifest["stats"]
+            base = getattr(sampler, "sampler", sampler)  # a LinkSampler wraps the Sampler
             stats.update({"seconds": round(seconds, 3), "topology_load_seconds": round(load_seconds, 3),
-                          "mmap_topology": sampler.mmapped, "threads": used_threads})
-            if sampler.disk_stats is not None:  # what sampling from disk read (groups, bytes, requests)
-                stats["topology_reads"] = sampler.disk_stats
+                          "mmap_topology": base.mmapped, "threads": used_threads})
+            if base.disk_stats is not None:  # what sampling from disk read (groups, bytes, requests)
+                stats["topology_reads"] = base.disk_stats
             stats["edges_per_second"] = round(stats["sampled_edges"] / max(stats["sample_seconds"], 1e-9), 1)
             (out / RESUME_JOURNAL).unlink(missing_ok=True)  # the output is the same as an uninterrupted run's
             write_manifest(out, FORMAT, VERSION, manifest)
@@ -618,7 +787,7 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     sampled_edges = 0
     sample_seconds = 0.0
     written = {"batches": 0, "bytes": 0}
-    total_batches = sum(num_batches_of(part_seeds(ds, cfg, p).shape[0], cfg.batch_size, num_shards, shard)
+    total_batches = sum(num_batches_of(part_num_items(ds, cfg, p), part_batch_size(ds, cfg, p), num_shards, shard)
                         for p in part_names(cfg.epochs))
     # For a disk-full message: the bytes per batch so far, extrapolated to every batch.
     expect_output_bytes(out, lambda: ds.num_nodes * 8 + written["bytes"] * total_batches // max(written["batches"], 1))
@@ -627,8 +796,7 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     writer = _BackgroundWriter()
     part_writers: list[_PartWriter] = []
     # one stream of batches over every part still to do (on disk, groups of batches span parts)
-    raw = sampler.raw_batches(_jobs(ds, cfg, [p for p in part_names(cfg.epochs) if p not in done], sampler,
-                                    num_shards, shard))
+    raw = _raw_stream(ds, cfg, [p for p in part_names(cfg.epochs) if p not in done], sampler, num_shards, shard)
     try:
         for part in part_names(cfg.epochs):
             if part in done:  # finished by an interrupted run: count its input nodes, keep its files
@@ -639,20 +807,20 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
                     np.add.at(counts, np.asarray(nodes[lo:lo + (1 << 24)]), 1)
                 sampled_edges += int(done[part]["num_edges"])
                 continue
-            seeds = part_seeds(ds, cfg, part)
-            nb = num_batches_of(seeds.shape[0], cfg.batch_size, num_shards, shard)
-            pw = _PartWriter(out, part, cfg.num_layers)
+            nb = num_batches_of(part_num_items(ds, cfg, part), part_batch_size(ds, cfg, part), num_shards, shard)
+            pw = _PartWriter(out, part, cfg.num_layers, pair_width=_pair_width(ds, cfg, part))
             part_writers.append(pw)
             if nb:
                 progress(f"sample {part}", 0, nb)
             t0 = time.perf_counter()
-            for input_nodes, layer_sizes, block_indptr, block_indices in itertools.islice(raw, nb):
+            for arrays in itertools.islice(raw, nb):
+                input_nodes, layer_sizes, block_indptr, block_indices = arrays[:4]
                 counts[input_nodes] += 1  # input nodes are distinct within a batch
-                writer.submit(pw.add, input_nodes, layer_sizes, block_indptr, block_indices)
+                writer.submit(pw.add, *arrays)
                 sampled_edges += block_indices.shape[0]
                 written["batches"] += 1
                 written["bytes"] += 8 * (input_nodes.shape[0] + block_indptr.shape[0] + layer_sizes.shape[0] + 3) \
-                    + 4 * block_indices.shape[0]
+                    + 4 * block_indices.shape[0] + (arrays[4].nbytes + 8 if len(arrays) > 4 else 0)
                 progress(f"sample {part}", 1, nb)
             sample_seconds += time.perf_counter() - t0
             writer.submit(_close_part, pw, out, parts, journal)
@@ -674,7 +842,16 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
     files = {"access_counts": ArraySpec(path="access_counts.bin", dtype="<i8", shape=(ds.num_nodes,),
                                         crc32=info["crc32"]).to_json()}
     disk_bytes = sum(f["bytes"] for p in parts.values() for f in p["files"].values()) + files["access_counts"]["bytes"]
+    extra = {}
+    if cfg.is_link:
+        from diskgnn.link import eval_batch_size
+        extra["link"] = {"negatives": cfg.negatives, "negative_sampler": cfg.negative_sampler,
+                         "eval_batch_size": eval_batch_size(cfg, ds), "undirected": ds.undirected,
+                         "excluded": "each batch's positive edges and their reverses" if ds.undirected
+                         else "each batch's positive edges",
+                         "pair_width": {p: _pair_width(ds, cfg, p) for p in part_names(cfg.epochs)}}
     return {
+        "task": cfg.task, **extra,
         "config": cfg.to_json(),
         "dataset": {"path": str(ds.path.resolve()), "fingerprint": ds.fingerprint, "num_nodes": ds.num_nodes,
                     "num_edges": ds.num_edges, "feature_bytes": ds.feature_bytes},
@@ -724,6 +901,17 @@ class Samples:
         width = _INDEX_FIXED + self.config.num_layers + 1
         layout = {"input_nodes": ("<i8", 1), "block_indptr": ("<i8", 1), "block_indices": ("<i4", 1),
                   "index": ("<i8", 2)}
+        self.task = self.config.task
+        """``node`` or ``link`` (see :class:`SampleConfig`)."""
+        if self.config.is_link:
+            layout.update({"pairs": ("<i4", 2), "pair_offsets": ("<i8", 1)})
+            link = manifest.get("link")
+            if not isinstance(link, dict) or not isinstance(link.get("undirected"), bool):
+                raise IntegrityError(f"{where}: link samples need a link section with 'undirected'; re-create "
+                                     f"{self.path} with diskgnn sample --task link")
+            self.link = link
+        else:
+            self.link = None
         for part, specs in self._specs.items():
             for name, (dtype, ndim) in layout.items():
                 if name not in specs:
@@ -736,11 +924,19 @@ class Samples:
             if len(shape) != 2 or shape[1] != width or shape[0] != nb + 1:
                 raise IntegrityError(f"{where}: part {part} index has shape {list(shape)}, expected "
                                      f"[{nb + 1}, {width}]")
+            if self.config.is_link:
+                pw = specs["pairs"].shape[1]
+                if specs["pair_offsets"].shape[0] != nb + 1 or pw < 3 or \
+                        (part.startswith("train/") and pw != 2 + self.config.negatives):
+                    raise IntegrityError(f"{where}: part {part} describes pairs {list(specs['pairs'].shape)} and "
+                                         f"pair offsets {list(specs['pair_offsets'].shape)}, which do not fit its "
+                                         f"{nb} batches; re-create {self.path}")
         if self._counts_spec.dtype != "<i8" or self._counts_spec.shape != (self.num_nodes,):
             raise IntegrityError(f"{where}: access_counts must be <i8 [{self.num_nodes}], the manifest says "
                                  f"{self._counts_spec.dtype} {list(self._counts_spec.shape)}")
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
         self._index: dict[str, np.ndarray] = {}
+        self._pair_offsets: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(cls, path) -> "Samples":
@@ -783,6 +979,19 @@ class Samples:
         if problem:
             raise IntegrityError(f"{where}: the index of part {part} is corrupt: {problem}; "
                                  f"run diskgnn sample again")
+
+    def pair_offsets(self, part: str) -> np.ndarray:
+        """int64 [nb+1]: link batch b's pairs are rows ``off[b]:off[b+1]`` of the part's pairs file."""
+        if not self.config.is_link:
+            raise ConfigError(f"{self.path} was sampled for node classification; it has no link pairs")
+        if part not in self._pair_offsets:
+            off = np.array(self._array(part, "pair_offsets"))
+            rows = self._specs[part]["pairs"].shape[0]
+            if off[0] != 0 or (np.diff(off) < 1).any() or off[-1] != rows:
+                raise IntegrityError(f"{self.path / self._specs[part]['pair_offsets'].path}: offsets must start at "
+                                     f"0, grow by at least one per batch and end at {rows}; run diskgnn sample again")
+            self._pair_offsets[part] = off
+        return self._pair_offsets[part]
 
     def num_batches(self, part: str) -> int:
         self._check_part(part)
@@ -849,7 +1058,15 @@ class Samples:
         block_indptr = self._read(part, "block_indptr", row[1], nxt[1])
         block_indices = self._read(part, "block_indices", row[2], nxt[2])
         self._check_batch_arrays(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
-        return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
+        pairs = None
+        if self.config.is_link:
+            off = self.pair_offsets(part)
+            width = self._specs[part]["pairs"].shape[1]
+            pairs = self._read(part, "pairs", off[i] * width, off[i + 1] * width).reshape(-1, width)
+            if pairs.size and (int(pairs.min()) < 0 or int(pairs.max()) >= int(row[-1])):
+                raise IntegrityError(f"{self.path}: part {part} batch {i} is corrupt (pairs point outside its "
+                                     f"seeds) in {_part_file_prefix(part)}.pairs.bin; run diskgnn sample again")
+        return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices, pairs)
 
     def _check_batch_arrays(self, part, i, input_nodes, sizes, block_indptr, block_indices) -> None:
         """Cheap bounds checks of one stored batch, so a damaged file stops here rather than in a kernel."""
@@ -931,6 +1148,10 @@ class Samples:
             "edges_per_second": stats.get("edges_per_second"),
             "mmap_topology": stats.get("mmap_topology"),
             "threads": stats.get("threads"),
+            **({"task": "link", "link": {**self.link,
+                                         "positives": {p: self.manifest["parts"][p].get("num_pairs")
+                                                       for p in self.parts}}}
+               if self.config.is_link else {}),
         }
 
     def __repr__(self) -> str:
@@ -1011,7 +1232,11 @@ def _verify_batches(samples: Samples, ds: Dataset | None, cfg: SampleConfig, mar
             raise IntegrityError(f"{where}: the index of part {part} ends at {list(idx[-1, :_INDEX_FIXED])}, "
                                  f"the files hold {totals} items")
         seeds_all = None
-        if ds is not None:
+        link_check = None
+        if ds is not None and cfg.is_link:
+            from diskgnn.link import LinkBatchCheck
+            link_check = LinkBatchCheck(ds, cfg, part)
+        elif ds is not None:
             seeds_all = part_seeds(ds, cfg, part)
         for i in range(nb):
             what = f"{where}: part {part} batch {i}"
@@ -1042,7 +1267,7 @@ def _verify_batches(samples: Samples, ds: Dataset | None, cfg: SampleConfig, mar
                     raise IntegrityError(f"{what} block {layer}: offsets must start at 0 and not decrease")
                 if b.indices.size and (int(b.indices.min()) < 0 or int(b.indices.max()) >= b.num_src):
                     raise IntegrityError(f"{what} block {layer}: local source ids must lie in 0 .. {b.num_src - 1}")
-                fanout = cfg.fanouts[layer]
+                fanout = cfg.part_fanouts(part)[layer]
                 if fanout > 0 and int(np.diff(ptr).max(initial=0)) > fanout:
                     raise IntegrityError(f"{what} block {layer}: a node has more than fanout {fanout} neighbours")
                 start = 0
@@ -1057,10 +1282,17 @@ def _verify_batches(samples: Samples, ds: Dataset | None, cfg: SampleConfig, mar
                     edge_check.add_repeat(what, layer, j, int(nodes[j]), nodes[b.indices[ptr[j]:ptr[j + 1]]])
                     start = j + 1
                 if edge_check is not None:  # in-edges of the graph, min(degree, fanout) of them
-                    edge_check.add(what, layer, fanout, nodes[:b.num_dst], ptr, nodes[b.indices])
+                    dst = nodes[:b.num_dst]
+                    # a link training batch's own positive edges are not in its graph: owed min(degree - those, fanout)
+                    excluded = None if link_check is None else link_check.excluded_in_degree(mb, dst)
+                    edge_check.add(what, layer, fanout, dst, ptr, nodes[b.indices], excluded)
                 edges += b.num_edges
             if nxt[2] - row[2] != edges:
                 raise IntegrityError(f"{what}: blocks hold {edges} edges, the index says {nxt[2] - row[2]}")
+            if link_check is not None:
+                link_check.check(mb, samples.global_index(part, i), what)
+            elif cfg.is_link and (mb.pairs is None or mb.pairs.size == 0 or np.unique(mb.pairs).size != mb.batch_size):
+                raise IntegrityError(f"{what}: its seeds must be exactly the endpoints of its pairs")
             if seeds_all is not None:
                 g = samples.global_index(part, i)
                 expect = seeds_all[g * cfg.batch_size:(g + 1) * cfg.batch_size]

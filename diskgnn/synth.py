@@ -63,6 +63,10 @@ class SynthConfig:
     test_fraction: float = 0.05
     seed: int = 0
     """Seed of every random choice."""
+    edge_split: tuple[float, float, float] | None = None
+    """Link prediction: train, validation and test shares of the edges (None: a node-classification dataset)."""
+    eval_negatives: int = 100
+    """Link prediction: candidate destinations drawn per held-out edge."""
 
     def __post_init__(self):
         if self.nodes < 2:
@@ -90,6 +94,20 @@ class SynthConfig:
         fr = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fr) or sum(fr) > 1.0 + 1e-9 or self.train_fraction <= 0:
             raise ConfigError(f"split fractions must be >= 0, train > 0 and sum to at most 1, got {fr}")
+        if self.edge_split is not None:
+            from diskgnn.link import check_eval_negatives, parse_edge_split
+            object.__setattr__(self, "edge_split", parse_edge_split(self.edge_split))
+            object.__setattr__(self, "eval_negatives", check_eval_negatives(self.eval_negatives))
+
+    def to_json(self) -> dict:
+        """The config as saved in the manifest (the link fields only for a link dataset, so node-classification
+        datasets made before they existed compare equal)."""
+        out = asdict(self)
+        if self.edge_split is None:
+            del out["edge_split"], out["eval_negatives"]
+        else:
+            out["edge_split"] = list(self.edge_split)
+        return out
 
 
 SCALES = {
@@ -103,11 +121,25 @@ SCALES = {
 }
 
 
-def scale_config(scale: str, **overrides) -> SynthConfig:
-    """The config of a named scale (tiny, s, m, l) with fields replaced by ``overrides``."""
+def scale_config(scale: str, *, task: str = "node", **overrides) -> SynthConfig:
+    """The config of a named scale (tiny, s, m, l) with fields replaced by ``overrides``.
+
+    ``task="link"`` makes a link-prediction dataset with the scale's default
+    ``edge_split`` (:data:`diskgnn.link.LINK_SPLITS`) unless one is given.
+    """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if task not in ("node", "link"):
+        raise ConfigError(f"--task must be node or link, got {task!r}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if task == "node" and "edge_split" not in overrides and "eval_negatives" in overrides:
+        raise ConfigError("--eval-negatives applies to link-prediction datasets; add --task link or --edge-split")
+    if task == "link" and "edge_split" not in overrides:
+        from diskgnn.link import LINK_SPLITS
+        if scale not in LINK_SPLITS:
+            raise ConfigError(f"scale {scale} has no default --edge-split for --task link (defaults: "
+                              f"{', '.join(LINK_SPLITS)}); give one, e.g. --edge-split 0.0003,0.000001,0.000001")
+        overrides["edge_split"] = LINK_SPLITS[scale]
     try:
         return replace(SCALES[scale], **overrides)
     except TypeError as exc:
@@ -256,12 +288,12 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
     n = cfg.nodes
     g = node_arrays(cfg)
     id_dtype = node_id_dtype(n)
-    source = {"kind": "synth", "config": asdict(cfg)}
+    source = {"kind": "synth", "config": cfg.to_json()}
     # A rerun of the same command resumes after the last journaled chunk (the chunks are generated
     # independently, from the arrays above), so a kill never costs more than one chunk.
-    resume_key = {"step": "synth", "format": DATASET_FORMAT, "version": DATASET_VERSION, "config": asdict(cfg),
+    resume_key = {"step": "synth", "format": DATASET_FORMAT, "version": DATASET_VERSION, "config": cfg.to_json(),
                   "chunk_nodes": int(chunk_nodes), "id_dtype": id_dtype.str}
-    config = {"generator": "diskgnn.synth", **asdict(cfg)}
+    config = {"generator": "diskgnn.synth", **cfg.to_json()}
     if chunk_nodes != DEFAULT_CHUNK_NODES:  # the feature noise is drawn per chunk: part of what made the data
         config["chunk_nodes"] = int(chunk_nodes)
     with DatasetWriter(out, num_nodes=n, feat_dim=cfg.dim, feat_dtype=cfg.dtype, num_classes=cfg.classes,
@@ -271,6 +303,11 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
         indptr_writer = w.writer("indptr", np.int64, resume=True)
         idx_writer = w.writer("indices", id_dtype, resume=True)
         feat_writer = w.features_writer(resume=True)
+        link = None
+        if cfg.edge_split is not None:
+            from diskgnn.link import LinkEdgeWriter, LinkSplitConfig
+            link = LinkEdgeWriter(w, LinkSplitConfig(edge_split=cfg.edge_split, eval_negatives=cfg.eval_negatives,
+                                                     seed=cfg.seed), num_nodes=n, undirected=False)
         if w.resumed is None:
             indptr_writer.write(np.zeros(1, dtype=np.int64))
         else:
@@ -290,6 +327,11 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
                               g.cum_in_community, g.cum_global, cfg.homophily, edge_offsets, sources, counts)
             unique = np.empty(int(counts.sum()), dtype=np.int64)
             compact_segments(sources, edge_offsets, counts, unique)
+            if link is not None:  # held-out edges leave the graph here; training edges are recorded
+                local = np.zeros(hi - lo + 1, dtype=np.int64)
+                np.cumsum(counts, out=local[1:])
+                local, unique = link.filter(lo, local, unique)
+                counts = np.diff(local)
             indptr_writer.write(np.cumsum(counts) + edges)
             edges += int(unique.shape[0])
             idx_writer.write(unique.astype(id_dtype))
@@ -299,7 +341,8 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
             feats = frng.standard_normal((hi - lo, cfg.dim), dtype=np.float32)
             feats += g.centers[g.community[lo:hi]]
             feat_writer.write(convert_features(feats, cfg.dtype))
-            w.save_progress({"next_node": hi, "edges": edges}, (indptr_writer, idx_writer, feat_writer))
+            w.save_progress({"next_node": hi, "edges": edges},
+                            (indptr_writer, idx_writer, feat_writer, *(link.writers() if link else ())))
             progress("synth", hi - lo, n)
         w.add(indptr_writer.close(), "indptr")
         w.add(idx_writer.close(), "indices")
@@ -310,9 +353,14 @@ def synthesize(cfg: SynthConfig, out, *, overwrite: bool = False, chunk_nodes: i
         w.add(labels.close(), "labels")
         for name, idx in g.splits.items():
             w.write_array(f"{name}_idx", idx.astype(np.int64))
-        w.stats = {"generate_seconds": round(time.perf_counter() - t0, 3)}
+        extra = {}
+        w.stats = {}
+        if link is not None:
+            extra["link"], link_stats = link.finish(where=str(w.out))
+            w.stats.update(link_stats)
+        w.stats["generate_seconds"] = round(time.perf_counter() - t0, 3)
         if start:
             w.stats["resumed_from_node"] = start
-        ds = w.finish()
+        ds = w.finish(extra=extra)
     log.info("synthesized %s in %.1f s", ds, time.perf_counter() - t0)
     return ds

@@ -13,6 +13,12 @@ order). Validation and test run every ``eval_every`` epochs on the presampled
 ``val``/``test`` batches through the same out-of-core path; the reported test
 accuracy is the one of the best-validation epoch.
 
+Link prediction (samples made with ``--task link``): the model is an encoder
+and an edge decoder (:mod:`diskgnn.decoders`), trained with binary
+cross-entropy over each batch's positive and negative pairs; evaluation ranks
+every held-out edge among its candidates (MRR, Hits@1/10/50), and the reported
+test figures are those of the best-validation-MRR epoch.
+
 Checkpoints (model, optimizer, epoch, RNG state, best metrics, history) are
 written atomically after every epoch; ``resume`` continues from the last one
 and, on CPU with a fixed seed, ends with the same weights as an uninterrupted
@@ -26,6 +32,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import statistics
 import time
 import zlib
@@ -37,11 +44,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diskgnn.decoders import HITS_AT, RankingMetrics, build_link_model, link_loss
 from diskgnn.errors import CheckpointError, ConfigError, MismatchError, TrainingDivergedError
 from diskgnn.memory import TrainingMemory
-from diskgnn.models import TorchBlock, build_model, model_spec
-from diskgnn.pipeline import Pipeline
+from diskgnn.models import LIBRARY_INIT, TorchBlock, build_model, model_spec, resolve_init
+from diskgnn.loader import (BatchStages, FeatureSource, Loader, ThreadBudget, epoch_permutation, open_packed,
+                            resolve_device)
 from diskgnn.progress import ProgressFn, no_progress
+from diskgnn.recipe_defaults import (DEFAULT_DROPOUT, DEFAULT_LR, DEFAULT_LR_SCHEDULE,  # noqa: F401 (re-exported)
+                                     DEFAULT_WARMUP_EPOCHS, LR_SCHEDULES)
 from diskgnn.sizes import parse_size
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,11 @@ CHECKPOINT_FORMAT = "diskgnn.checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_EPOCHS = 10
+EVAL_MODES = ("sampled", "layerwise")
+"""``--eval-mode``: the presampled val/test batches (their fanouts: ``sample --eval-fanouts``), or layer-wise
+inference over every node with all its neighbours (:mod:`diskgnn.inference`)."""
+LEGACY_RECIPE = {"lr_schedule": "constant", "warmup_epochs": 0.0}
+"""What a checkpoint written before the recipe flags existed was trained with (its init: :func:`legacy_init`)."""
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -66,10 +82,17 @@ class TrainConfig:
     """Hidden width (multi-head models: per head); None = 128 (multi-head: 32)."""
     heads: int = 4
     """Attention heads of GAT and of multi-head foreign convolutions."""
-    dropout: float = 0.0
+    dropout: float = DEFAULT_DROPOUT
     """Dropout between layers."""
-    lr: float = 1e-3
-    """Adam learning rate."""
+    lr: float = DEFAULT_LR
+    """Adam learning rate (the peak, with a warm-up or a schedule)."""
+    init: str | None = None
+    """Weight initialisation of diskgnn's own models: torch, xavier or xavier-relu (see
+    :data:`diskgnn.models.INITS`); None = :data:`diskgnn.models.DEFAULT_INIT` (``library`` for pyg:/dgl:)."""
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
+    """constant, or cosine: decay to 0 over the epochs after the warm-up (see :func:`lr_factor`)."""
+    warmup_epochs: float = DEFAULT_WARMUP_EPOCHS
+    """Epochs (may be fractional) over which the learning rate rises linearly from ~0 to ``lr``, step by step."""
     seed: int = 0
     """Seed of the weights, dropout and batch order."""
     device: str = "auto"
@@ -81,6 +104,12 @@ class TrainConfig:
     """numba threads of the assembly stage's gathers (None: the same as ``threads``)."""
     eval_every: int = 1
     """Evaluate on val/test every this many epochs (and after the last)."""
+    eval_mode: str = "sampled"
+    """sampled: the presampled val/test batches; layerwise: every node with all its neighbours, layer by
+    layer out of core (:mod:`diskgnn.inference`; diskgnn's own models, one process)."""
+    eval_scratch: str | None = None
+    """Directory for layer-wise evaluation's layer files (None: ``<checkpoint>/layerwise``, else a new
+    directory beside the samples directory; removed after training)."""
     nproc: int = 1
     """Data-parallel processes on this machine (see :mod:`diskgnn.distributed`)."""
     metrics: str | None = None
@@ -95,11 +124,40 @@ class TrainConfig:
     """Read requests in flight (a disk with a long latency wants more)."""
     io_request: int = 1 << 20
     """Bytes per read request (a multiple of 4096)."""
+    task: str | None = None
+    """``node`` or ``link``; None: the task the samples were made for (a mismatch is an error)."""
+    decoder: str | None = None
+    """Link prediction's edge decoder: dot, mlp or distmult (None: dot)."""
 
     def __post_init__(self):
+        if self.task not in (None, "node", "link"):
+            raise ConfigError(f"--task must be node or link, got {self.task!r}")
+        if self.decoder is not None:
+            from diskgnn.decoders import DECODERS
+            if self.decoder not in DECODERS:
+                raise ConfigError(f"--decoder {self.decoder!r} does not exist; choose one of {', '.join(DECODERS)}")
+            if self.task == "node":
+                raise ConfigError("--decoder applies to link prediction only; use it with --task link")
         spec = model_spec(self.model)
         if self.hidden is None:
             object.__setattr__(self, "hidden", spec.default_hidden)
+        object.__setattr__(self, "init", resolve_init(spec, self.init))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float, np.number)) \
+                or not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ConfigError(f"--warmup-epochs must be a number of epochs >= 0 (e.g. 0.5 or 1), got "
+                              f"{self.warmup_epochs!r}")
+        object.__setattr__(self, "warmup_epochs", float(self.warmup_epochs))
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(f"--eval-mode {self.eval_mode!r} is not one of {', '.join(EVAL_MODES)}")
+        if self.eval_mode == "layerwise" and spec.library is not None:
+            raise ConfigError(f"--eval-mode layerwise runs diskgnn's own models (sage, gcn, gat), not --model "
+                              f"{self.model}; evaluate it on presampled batches (sample --eval-fanouts -1,... for "
+                              f"all neighbours)")
+        if self.eval_mode == "layerwise" and self.nproc > 1:
+            raise ConfigError("--eval-mode layerwise runs in one process; use --nproc 1, or evaluate data-parallel "
+                              "runs on presampled batches (sample --eval-fanouts -1,... for all neighbours)")
         checks = [("epochs", self.epochs, 1), ("hidden", self.hidden, 1), ("heads", self.heads, 1),
                   ("eval_every", self.eval_every, 1), ("nproc", self.nproc, 1), ("queue_depth", self.queue_depth, 1),
                   ("io_depth", self.io_depth, 1), ("io_request", self.io_request, 4096),
@@ -126,64 +184,82 @@ class TrainConfig:
     def from_cli(cls, args) -> "TrainConfig":
         """Build from parsed CLI args (see tools/cli.py ``_train_args``)."""
         epochs = getattr(args, "train_epochs", None)
+        recipe = {name: getattr(args, name) for name in ("dropout", "lr", "init", "lr_schedule", "warmup_epochs")
+                  if getattr(args, name, None) is not None}  # flags left out take the measured defaults
         return cls(model=args.model, epochs=DEFAULT_EPOCHS if epochs is None else epochs,
-                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4),
-                   dropout=getattr(args, "dropout", 0.0), lr=getattr(args, "lr", 1e-3),
+                   hidden=getattr(args, "hidden", None), heads=getattr(args, "heads", 4), **recipe,
                    seed=getattr(args, "train_seed", 0) or 0, device=getattr(args, "device", "auto") or "auto",
                    threads=getattr(args, "threads", None),
                    assemble_threads=getattr(args, "assemble_threads", None), eval_every=getattr(args, "eval_every", 1),
+                   eval_mode=getattr(args, "eval_mode", None) or "sampled",
+                   eval_scratch=getattr(args, "eval_scratch", None),
                    nproc=getattr(args, "nproc", 1), metrics=getattr(args, "metrics", None),
                    checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)),
                    io_depth=getattr(args, "io_depth", None) or 8,
-                   io_request=parse_size(getattr(args, "io_request", None) or "1M", name="--io-request"))
+                   io_request=parse_size(getattr(args, "io_request", None) or "1M", name="--io-request"),
+                   task=getattr(args, "task", None), decoder=getattr(args, "decoder", None))
 
     def model_fields(self) -> dict:
         """The fields that define the model and optimizer (must match to resume)."""
         return {"model": self.model, "hidden": self.hidden, "heads": self.heads, "dropout": self.dropout,
-                "lr": self.lr, "seed": self.seed}
+                "lr": self.lr, "seed": self.seed, "init": self.init, "lr_schedule": self.lr_schedule,
+                "warmup_epochs": self.warmup_epochs}
+
+    def recipe(self) -> dict:
+        """How the model is trained, as recorded in the metrics and the checkpoint (docs/RECIPE.md)."""
+        return {"model": self.model, "init": self.init, "dropout": self.dropout, "optimizer": "adam",
+                "lr": self.lr, "lr_schedule": self.lr_schedule, "warmup_epochs": self.warmup_epochs,
+                "epochs": self.epochs, "hidden": self.hidden, "heads": self.heads, "seed": self.seed}
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def epoch_permutation(seed: int, epoch: int, num_batches: int, segments: list[np.ndarray] | None = None) -> np.ndarray:
-    """The shuffled batch order of training epoch ``epoch`` (0-based) over ``num_batches`` batches.
+def check_task(cfg: TrainConfig, samples) -> bool:
+    """Whether training is link prediction; an error when ``--task`` asks for the other task than the samples'."""
+    link = samples.config.is_link
+    if cfg.task == "link" and not link:
+        raise MismatchError(f"--task link: {samples.path} was sampled for node classification; sample the dataset "
+                            f"with `diskgnn sample DATASET --task link ...` (it needs held-out edges: prepare or "
+                            f"synth it with --edge-split), pack those samples and train that packed directory")
+    if cfg.task == "node" and link:
+        raise MismatchError(f"--task node: {samples.path} was sampled for link prediction (--task link); train it "
+                            f"with --task link, or sample the dataset again without --task link for node "
+                            f"classification")
+    if not link and cfg.decoder is not None:
+        raise ConfigError(f"--decoder applies to link prediction only, but {samples.path} was sampled for node "
+                          f"classification")
+    if link and cfg.eval_mode == "layerwise":
+        raise ConfigError(f"--eval-mode layerwise evaluates node classification; {samples.path} was sampled for "
+                          f"link prediction, whose validation and test edges are evaluated on presampled batches")
+    return link
 
-    With ``segments`` (groups of batches that read one segment of the disk-budget layout), the
-    segments are visited in a shuffled order and the batches of each in a shuffled order, so a
-    segment is read once per epoch.
+
+def legacy_init(model: str) -> str:
+    """The init diskgnn gave ``model`` before ``--init`` existed (for checkpoints of that time)."""
+    if model_spec(model).library is not None:
+        return LIBRARY_INIT
+    return "torch" if model == "gcn" else "xavier-relu"
+
+
+def lr_factor(schedule: str, warmup_epochs: float, epochs: int, progress: float, step: float) -> float:
+    """The share of the peak learning rate for a step that starts ``progress`` epochs into training and lasts
+    ``step`` epochs (1 / batches per epoch).
+
+    Warm-up: linear, reaching 1 at the end of the step that ends at ``warmup_epochs``. ``cosine`` then decays
+    as ``(1 + cos(pi x)) / 2`` with ``x`` the share of the post-warm-up epochs done (0 at the last step's
+    end). A function of the step alone, so a resumed run gets the same rates.
     """
-    if not segments:
-        return np.random.default_rng([seed, 0x0DE5, epoch]).permutation(num_batches)
-    rng = np.random.default_rng([seed, 0x5E6, epoch])
-    return np.concatenate([rng.permutation(segments[k]) for k in rng.permutation(len(segments))]).astype(np.int64)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA request without CUDA is a clear error."""
-    from diskgnn.capabilities import cuda_available
-    if name == "auto":
-        return torch.device("cuda" if cuda_available() else "cpu")
-    if name.startswith("cuda"):
-        if not cuda_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine (torch "
-                              f"{torch.__version__}); use --device cpu or auto")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
-        return dev
-    return torch.device("cpu")
+    factor = 1.0
+    if warmup_epochs > 0:
+        factor = min(1.0, (progress + step) / warmup_epochs)
+    if schedule == "cosine" and epochs > warmup_epochs:
+        x = min(max((progress - warmup_epochs) / (epochs - warmup_epochs), 0.0), 1.0)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * x))
+    return factor
 
 
 # --- feature sources -----------------------------------------------------------------------------
-
-class FeatureSource(Protocol):
-    """What the trainer needs from a feature store (see :class:`diskgnn.store.FeatureStore`)."""
-
-    def read(self, part: str, i: int) -> Any: ...
-    def assemble(self, part: str, i: int, extent_read: Any) -> torch.Tensor: ...
-    def stats(self) -> dict: ...
-
 
 class DatasetFeatures:
     """Feature rows gathered from the dataset's ``features.bin`` (memmap, or all in RAM).
@@ -214,117 +290,6 @@ class DatasetFeatures:
 
     def stats(self) -> dict:
         return {"bytes_read": self._bytes_useful, "bytes_useful": self._bytes_useful}
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadBudget:
-    """How the trainer's threads share the cores.
-
-    The pipeline's stages run at once: while the consumer computes batch k
-    (torch's intra-op threads, then the fused message-passing kernels' numba
-    threads, one after the other in the same thread), the assembly stage
-    gathers batch k+1 with its own numba threads, and the read stage's I/O
-    threads wait on the disk (they need almost no CPU). Measured at 2 cores on
-    scale m (``python -m diskgnn.bench.threads``): compute 2 + assembly 2 and
-    2 + 1 and 1 + 1 are within the run-to-run spread, 1 + 2 is about 15 % slower,
-    so both get every core by default and the OS shares them.
-    """
-    compute: int
-    """torch intra-op threads and numba threads of the compute thread's kernels."""
-    assemble: int
-    """numba threads of the assembly gathers."""
-
-    @classmethod
-    def from_config(cls, cfg: "TrainConfig") -> "ThreadBudget":
-        from diskgnn.capabilities import available_cores
-        compute = cfg.threads or available_cores()
-        return cls(compute=compute, assemble=cfg.assemble_threads or compute)
-
-    def apply_to_compute_thread(self) -> None:
-        """Set torch's and numba's thread counts for the calling (compute) thread."""
-        torch.set_num_threads(self.compute)
-        set_numba_threads(self.compute)
-
-
-def set_numba_threads(n: int) -> None:
-    """Use ``n`` numba threads in the calling thread (numba's setting is per thread), capped by its pool."""
-    import numba
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
-
-
-# --- batches -----------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class _Batch:
-    """One minibatch on its way through the pipeline."""
-    part: str
-    index: int
-    blocks: list[TorchBlock]
-    labels: torch.Tensor
-    extent: Any = None
-    x: torch.Tensor | None = None
-    ready: Any = None
-    """A CUDA event recorded on the side stream after the copies (None on CPU)."""
-
-    def wait(self) -> None:
-        """Make the compute stream wait for the side-stream copies of this batch."""
-        if self.ready is not None:
-            stream = torch.cuda.current_stream(self.x.device)
-            stream.wait_event(self.ready)
-            for t in (self.x, self.labels, *(t for b in self.blocks for t in (b.src, b.dst, b.indptr, b.in_degree))):
-                t.record_stream(stream)
-
-
-class BatchStages:
-    """The stage functions of one trainer (load > read > assemble); :meth:`pipeline` chains them."""
-
-    def __init__(self, samples, labels: np.ndarray, features: FeatureSource, device: torch.device, *,
-                 assemble_threads: int | None = None):
-        self.samples, self.labels, self.features, self.device = samples, labels, features, device
-        self.cuda = device.type == "cuda"
-        self.side_stream = torch.cuda.Stream(device) if self.cuda else None
-        self.assemble_threads = assemble_threads
-        """numba threads of the assembly stage's gathers (None: numba's default); see :class:`ThreadBudget`."""
-
-    def load(self, key: tuple[str, int]) -> _Batch:
-        part, i = key
-        mb = self.samples.batch(part, i)
-        blocks = [TorchBlock.from_block(b) for b in mb.blocks]
-        labels = torch.from_numpy(np.asarray(self.labels[mb.seeds], dtype=np.int64))
-        if self.cuda:
-            blocks = [b.pin_memory() for b in blocks]
-            labels = labels.pin_memory()
-        return _Batch(part=part, index=i, blocks=blocks, labels=labels)
-
-    def read(self, batch: _Batch) -> _Batch:
-        batch.extent = self.features.read(batch.part, batch.index)
-        return batch
-
-    def assemble(self, batch: _Batch) -> _Batch:
-        if self.assemble_threads:
-            set_numba_threads(self.assemble_threads)  # per thread: the compute thread keeps its own count
-        if self.cuda:
-            with torch.cuda.stream(self.side_stream):
-                batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
-                batch.blocks = [b.to(self.device, non_blocking=True) for b in batch.blocks]
-                batch.labels = batch.labels.to(self.device, non_blocking=True)
-                batch.ready = torch.cuda.Event()
-                batch.ready.record(self.side_stream)
-        else:
-            batch.x = self.features.assemble(batch.part, batch.index, batch.extent)
-        batch.extent = None  # the read buffer can go back to the store
-        return batch
-
-    def pipeline(self, keys: list[tuple[str, int]], depth: int, name: str) -> Pipeline:
-        if hasattr(self.features, "plan_reads"):  # the store queues each next read before waiting on this one
-            self.features.plan_reads(keys)
-        return Pipeline(keys, [("load", self.load), ("read", self.read), ("assemble", self.assemble)],
-                        depth=depth, consumer="compute", name=name)
-
-
-_Stages = BatchStages  # the name bench/worker.py imported first
 
 
 # --- metrics helpers -----------------------------------------------------------------------------
@@ -515,6 +480,21 @@ def _unseal(state, path: Path):
                               f"corrupt: delete it and start again without --resume") from None
 
 
+def checkpoint_model_fields(state: dict) -> dict:
+    """The model fields (:meth:`TrainConfig.model_fields`) a checkpoint was written with; one written before
+    the recipe flags existed gets the recipe it was trained with (:data:`LEGACY_RECIPE`, :func:`legacy_init`)."""
+    try:
+        fields = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("the checkpoint's config is not readable JSON; it is corrupt: start again without "
+                              "--resume") from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("model"), str):
+        raise CheckpointError("the checkpoint's config names no model; it is corrupt: start again without --resume")
+    if "init" not in fields:
+        fields = {**fields, **LEGACY_RECIPE, "init": legacy_init(fields["model"])}
+    return fields
+
+
 def load_checkpoint(directory: str | os.PathLike) -> dict:
     """Read and check ``directory/checkpoint.pt``; :class:`CheckpointError` when missing or corrupt."""
     directory = Path(directory)
@@ -554,22 +534,29 @@ class Trainer:
 
     def __init__(self, samples, dataset, features: FeatureSource, cfg: TrainConfig, *,
                  device: torch.device | None = None, progress: ProgressFn = no_progress,
-                 data_id: dict | None = None, model: torch.nn.Module | None = None):
+                 data_id: dict | None = None, model: torch.nn.Module | None = None, memory_budget=None):
         self.samples, self.dataset, self.features, self.cfg = samples, dataset, features, cfg
+        self.memory_budget = memory_budget
+        """The process's memory budget (None: the available memory); layer-wise evaluation plans within it."""
+        self._made_scratch: Path | None = None
         self.device = device if device is not None else resolve_device(cfg.device)
         self.progress = progress
         self.data_id = data_id or {"dataset_fingerprint": dataset.fingerprint,
                                    "samples": samples.config.to_json()}
-        self.threads = ThreadBudget.from_config(cfg)
+        self.link = check_task(cfg, samples)
+        """Whether this is link prediction (the samples' task)."""
+        self.decoder = (cfg.decoder or "dot") if self.link else None
+        self.threads = ThreadBudget.of(cfg.threads, cfg.assemble_threads)
         self.threads.apply_to_compute_thread()
         self.train_parts = list(samples.train_parts)
         for part in ("val", "test"):
             if samples.num_batches(part) == 0:
-                log.warning("%s has no %s batches; %s accuracy will be reported as null", samples.path, part, part)
+                log.warning("%s has no %s batches; %s %s will be reported as null", samples.path, part, part,
+                            "MRR" if self.link else "accuracy")
         torch.manual_seed(cfg.seed)
-        self.model = model if model is not None else build_model(
-            cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-            num_layers=samples.config.num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+        if model is None:
+            model = build_task_model(cfg, dataset, samples.config.num_layers, link=self.link)
+        self.model = model
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.train_module: torch.nn.Module = self.model
@@ -579,7 +566,9 @@ class Trainer:
         self.metrics = _MetricsLog(cfg.metrics)
         self.epoch = 0
         self.history: list[dict] = []
-        self.best: dict = {"best_val_acc": None, "test_acc": None, "best_epoch": None}
+        self.best: dict = ({"best_val_mrr": None, "test_mrr": None, **{f"test_hits@{k}": None for k in HITS_AT},
+                            "best_epoch": None} if self.link else
+                           {"best_val_acc": None, "test_acc": None, "best_epoch": None})
 
     # --- passes ----------------------------------------------------------------------------------
 
@@ -599,31 +588,47 @@ class Trainer:
         task = f"epoch {epoch + 1}/{self.cfg.epochs} train"
         self.model.train()
         store_before = self.features.stats()
-        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="train")
+        loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="train")
         loss_sum, correct, seen = 0.0, 0, 0
+        scheduled = self.cfg.lr_schedule != "constant" or self.cfg.warmup_epochs > 0
+        lr = self.cfg.lr
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
-        with pipe:
-            for k, batch in enumerate(pipe):
-                batch.wait()
-                self.optimizer.zero_grad(set_to_none=True)
+        for k, batch in enumerate(loader):
+            if scheduled:
+                lr = self.cfg.lr * lr_factor(self.cfg.lr_schedule, self.cfg.warmup_epochs, self.cfg.epochs,
+                                             epoch + k / len(keys), 1.0 / len(keys))
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.link:
+                # scores [P, 1 + k]: column 0 the positive edge, the others its negatives
+                scores = self.train_module(batch.blocks, batch.x, batch.pairs)
+                loss = link_loss(scores)
+            else:
                 logits = self.train_module(batch.blocks, batch.x)
-                loss = F.cross_entropy(logits, batch.labels)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise self._diverged(epoch, k, batch, value)
-                loss.backward()
-                self.optimizer.step()
-                n = batch.labels.shape[0]
-                loss_sum += value * n
-                correct += int((logits.argmax(1) == batch.labels).sum())
-                seen += n
-                self.progress(task, 1, len(keys))
+                loss = F.cross_entropy(logits, batch.y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._diverged(epoch, k, batch, value)
+            loss.backward()
+            self.optimizer.step()
+            if self.link:  # accuracy of the binary decision score > 0 over positives and negatives
+                n = batch.pairs.shape[0]
+                with torch.no_grad():
+                    right = int((scores[:, 0] > 0).sum()) + int((scores[:, 1:] <= 0).sum())
+                correct += right / scores.shape[1]
+            else:
+                n = batch.y.shape[0]
+                correct += int((logits.argmax(1) == batch.y).sum())
+            loss_sum += value * n
+            seen += n
+            self.progress(task, 1, len(keys))
         seconds = time.perf_counter() - t0
         return {"part": part, "batches": len(keys), "epoch_time_s": seconds,
                 "batches_per_s": len(keys) / seconds if seconds > 0 else None,
-                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen,
-                "stages": pipe.stats(), **store_epoch_metrics(store_before, self.features.stats())}
+                "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "seeds": seen, "lr": lr,
+                "stages": loader.stats(), **store_epoch_metrics(store_before, self.features.stats())}
 
     def _diverged(self, epoch: int, k: int, batch, value: float) -> TrainingDivergedError:
         kept = (f"the checkpoint of epoch {self.epoch} in {self.cfg.checkpoint} is kept (the last good one)"
@@ -649,9 +654,14 @@ class Trainer:
         x = torch.zeros((1, width), dtype=torch.float32, device=self.device)
         was_training = self.model.training
         self.model.eval()
+        if self.link:
+            classes = 2  # one pair of one positive and one negative: two scores
         try:
             with torch.inference_mode():
-                out = self.model(blocks, x)
+                if self.link:
+                    out = self.model(blocks, x, torch.zeros((1, 3), dtype=torch.int64, device=self.device))
+                else:
+                    out = self.model(blocks, x)
         except (RuntimeError, ValueError, IndexError) as exc:
             raise ConfigError(f"the model does not fit the packed data: it was given {width}-wide feature rows "
                               f"and {layers} blocks (--fanouts has {layers} layers) and failed with "
@@ -659,15 +669,74 @@ class Trainer:
                               f"num_classes={classes} and {layers} layers") from None
         finally:
             self.model.train(was_training)
+        if self.link and (not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 2)):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"the link model does not fit the packed data: it returns {shape} for one positive "
+                              f"pair with one negative, expected scores of shape (1, 2); build it with "
+                              f"diskgnn.decoders.build_link_model")
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ConfigError(f"the model does not fit the packed data: it returns {shape} for one seed, but the "
                               f"dataset has {classes} classes (expected shape (1, {classes})); build it with "
                               f"num_classes={classes}")
 
+    def eval_scratch(self) -> Path:
+        """Where layer-wise evaluation writes its layer files (see :attr:`TrainConfig.eval_scratch`)."""
+        if self.cfg.eval_scratch:
+            return Path(self.cfg.eval_scratch)
+        if self.cfg.checkpoint:
+            return Path(self.cfg.checkpoint) / "layerwise"
+        if self._made_scratch is None:
+            import tempfile
+            try:
+                self._made_scratch = Path(tempfile.mkdtemp(prefix=".diskgnn-layerwise-",
+                                                           dir=Path(self.samples.path).parent))
+            except OSError as exc:
+                raise ConfigError(f"--eval-mode layerwise needs a directory for its layer files and cannot make one "
+                                  f"beside {self.samples.path} ({exc.strerror}); pass --eval-scratch DIR") from None
+        return self._made_scratch
+
+    def evaluate_layerwise(self, parts=("val", "test"), task: str = "eval") -> dict:
+        """Accuracy and loss of every node of ``parts`` with all its neighbours, by out-of-core layer-wise
+        inference over the whole graph (:func:`diskgnn.inference.layerwise_inference`)."""
+        from diskgnn.inference import LayerwiseConfig, layerwise_inference
+        ids = {p: np.unique(np.asarray(self.dataset.split(p), dtype=np.int64)) for p in parts}
+        collect = np.unique(np.concatenate([ids[p] for p in parts])) if parts else np.zeros(0, dtype=np.int64)
+        scratch = self.eval_scratch()
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--eval-scratch {scratch}: cannot create it ({exc.strerror}); choose a writable "
+                              f"directory") from None
+        t0 = time.perf_counter()
+        result = layerwise_inference(
+            self.model, self.dataset, scratch,
+            LayerwiseConfig(memory_budget=self.memory_budget, threads=self.threads.compute, io_depth=self.cfg.io_depth),
+            keep="none", collect=collect, progress=lambda t, k, n: self.progress(f"{task} {t}", k, n))
+        self.threads.apply_to_compute_thread()
+        logits = torch.from_numpy(result.collected)
+        out = {"eval_mode": "layerwise", "eval_time_s": time.perf_counter() - t0,
+               "eval_bytes_read": result.bytes_read,
+               "eval_layers": [{"layer": s.layer, "ranges": s.ranges, "seconds": round(s.seconds, 4),
+                                "bytes_read": s.bytes_read} for s in result.stats]}
+        for p in parts:
+            rows = torch.from_numpy(np.searchsorted(collect, ids[p]))
+            labels = torch.from_numpy(np.asarray(self.dataset.labels[ids[p]], dtype=np.int64))
+            part_logits = logits.index_select(0, rows)
+            n = int(labels.shape[0])
+            out[f"{p}_acc"] = int((part_logits.argmax(1) == labels).sum()) / n if n else None
+            out[f"{p}_loss"] = float(F.cross_entropy(part_logits, labels)) if n else None
+            out[f"{p}_seeds"] = n
+        return out
+
     @torch.inference_mode()
     def evaluate(self, parts=("val", "test"), task: str = "eval") -> dict:
-        """Accuracy and loss on presampled parts, through the same out-of-core pipeline."""
+        """Accuracy and loss on presampled parts, through the same out-of-core pipeline (or, with
+        ``--eval-mode layerwise``, of every node with all its neighbours: :meth:`evaluate_layerwise`)."""
+        if self.link:
+            return self._evaluate_link(parts, task)
+        if self.cfg.eval_mode == "layerwise":
+            return self.evaluate_layerwise(parts, task)
         self.model.eval()
         keys = self.eval_keys(parts)
         correct = {p: 0 for p in parts}
@@ -676,16 +745,14 @@ class Trainer:
         store_before = self.features.stats()
         t0 = time.perf_counter()
         self.progress(task, 0, len(keys))
-        pipe = self.stages.pipeline(keys, self.cfg.queue_depth, name="eval")
-        with pipe:
-            for batch in pipe:
-                batch.wait()
-                logits = self.model(batch.blocks, batch.x)
-                loss_sum[batch.part] += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-                correct[batch.part] += int((logits.argmax(1) == batch.labels).sum())
-                total[batch.part] += int(batch.labels.shape[0])
-                self.progress(task, 1, len(keys))
-        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": pipe.stats()}
+        loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="eval")
+        for batch in loader:
+            logits = self.model(batch.blocks, batch.x)
+            loss_sum[batch.part] += float(F.cross_entropy(logits, batch.y, reduction="sum"))
+            correct[batch.part] += int((logits.argmax(1) == batch.y).sum())
+            total[batch.part] += int(batch.y.shape[0])
+            self.progress(task, 1, len(keys))
+        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": loader.stats()}
         for p in parts:
             out[f"{p}_acc"] = correct[p] / total[p] if total[p] else None
             out[f"{p}_loss"] = loss_sum[p] / total[p] if total[p] else None
@@ -694,23 +761,55 @@ class Trainer:
         out["eval_bytes_read"] = eval_store.get("bytes_read")
         return out
 
+    def _evaluate_link(self, parts, task: str) -> dict:
+        """MRR, Hits@K and loss of every held-out edge against its candidates, through the same pipeline."""
+        self.model.eval()
+        keys = self.eval_keys(parts)
+        metrics = {p: RankingMetrics() for p in parts}
+        store_before = self.features.stats()
+        t0 = time.perf_counter()
+        self.progress(task, 0, len(keys))
+        loader = Loader(self.stages, keys, depth=self.cfg.queue_depth, name="eval")
+        for batch in loader:
+            metrics[batch.part].add(self.model(batch.blocks, batch.x, batch.pairs))
+            self.progress(task, 1, len(keys))
+        out = {"eval_time_s": time.perf_counter() - t0, "eval_stages": loader.stats()}
+        for p in parts:
+            out.update(metrics[p].result(p))
+        out["eval_bytes_read"] = store_epoch_metrics(store_before, self.features.stats()).get("bytes_read")
+        return out
+
+    def _model_fields(self) -> dict:
+        """What defines the model and optimizer in a checkpoint (link prediction adds the task and decoder)."""
+        fields = self.cfg.model_fields()
+        if self.link:
+            fields.update(task="link", decoder=self.decoder)
+        return fields
+
     # --- checkpoint ------------------------------------------------------------------------------
 
     def state(self) -> dict:
         state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": self.epoch,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "config": json.dumps(self.cfg.model_fields(), sort_keys=True),
+                 "torch_rng": torch.get_rng_state(), "config": json.dumps(self._model_fields(), sort_keys=True),
                  "data": json.dumps(self.data_id, sort_keys=True), "history": json.dumps(self.history),
-                 "best": json.dumps(self.best)}
+                 "best": json.dumps(self.best), "recipe": json.dumps(self.cfg.recipe(), sort_keys=True),
+                 "shape": json.dumps(self.model_shape(), sort_keys=True)}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def model_shape(self) -> dict:
+        """What :func:`build_model` needs besides the config to rebuild this model (``diskgnn embed`` reads it)."""
+        return {"in_dim": int(self.dataset.feat_dim), "num_classes": int(self.dataset.num_classes),
+                "num_layers": int(self.samples.config.num_layers)}
+
     def restore(self, state: dict, where: str) -> None:
-        mine = json.dumps(self.cfg.model_fields(), sort_keys=True)
-        if state["config"] != mine:
-            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for {mine}; resume "
-                                  f"with the same model flags, or start again without --resume")
+        mine = self._model_fields()
+        if checkpoint_model_fields(state) != mine:  # an older checkpoint counts with the recipe it was trained with
+            raise CheckpointError(f"{where} was written with {state['config']}, this run asks for "
+                                  f"{json.dumps(mine, sort_keys=True)}; resume with the same model flags, or start "
+                                  f"again without --resume")
         data = json.dumps(self.data_id, sort_keys=True)
         if state["data"] != data:
             raise MismatchError(f"{where} belongs to training data {state['data']}, but the packed directory "
@@ -750,21 +849,37 @@ class Trainer:
             last = e + 1 == cfg.epochs
             if (e + 1) % cfg.eval_every == 0 or last:
                 record.update(self.evaluate(task=f"epoch {e + 1}/{cfg.epochs} eval"))
-                val = record.get("val_acc")
-                if val is not None and (self.best["best_val_acc"] is None or val > self.best["best_val_acc"]):
-                    self.best = {"best_val_acc": val, "test_acc": record.get("test_acc"), "best_epoch": e + 1}
+                self._update_best(record, e + 1)
             record["peak_rss_bytes"] = peak_rss_bytes()
             self.history.append(record)
             self.epoch = e + 1
             if cfg.checkpoint:
                 save_checkpoint(cfg.checkpoint, self.state())
             self.metrics.write(record)
-            log.info("epoch %d/%d: %.2f s (%.1f batches/s), loss %.4f, train %.4f, val %s, test %s",
+            what = "mrr" if self.link else "acc"
+            log.info("epoch %d/%d: %.2f s (%.1f batches/s), loss %.4f, train %.4f, val %s %s, test %s %s",
                      e + 1, cfg.epochs, record["epoch_time_s"], record["batches_per_s"] or 0.0, record["loss"],
-                     record["train_acc"], _fmt(record.get("val_acc")), _fmt(record.get("test_acc")))
+                     record["train_acc"], what, _fmt(record.get(f"val_{what}")), what,
+                     _fmt(record.get(f"test_{what}")))
+        if self._made_scratch is not None:
+            shutil.rmtree(self._made_scratch, ignore_errors=True)
+            self._made_scratch = None
         report = self.report()
         self.metrics.write(report)
         return report
+
+    def _update_best(self, record: dict, epoch: int) -> None:
+        """Keep the test figures of the epoch with the best validation accuracy (link prediction: MRR)."""
+        if self.link:
+            val = record.get("val_mrr")
+            if val is not None and (self.best["best_val_mrr"] is None or val > self.best["best_val_mrr"]):
+                self.best = {"best_val_mrr": val, "test_mrr": record.get("test_mrr"),
+                             **{f"test_hits@{k}": record.get(f"test_hits@{k}") for k in HITS_AT},
+                             "best_epoch": epoch}
+            return
+        val = record.get("val_acc")
+        if val is not None and (self.best["best_val_acc"] is None or val > self.best["best_val_acc"]):
+            self.best = {"best_val_acc": val, "test_acc": record.get("test_acc"), "best_epoch": epoch}
 
     def report(self) -> dict:
         times = [h["epoch_time_s"] for h in self.history]
@@ -775,16 +890,20 @@ class Trainer:
                 acc = stages.setdefault(name, {"busy_s": 0.0, "wait_s": 0.0})
                 acc["busy_s"] += s["busy_s"] / len(self.history)
                 acc["wait_s"] += s["wait_s"] / len(self.history)
-        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch,
-                "best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
-                "best_epoch": self.best["best_epoch"],
+        if self.link:
+            best = {"task": "link", "decoder": self.decoder, **self.best}
+        else:
+            best = {"best_val_acc": self.best["best_val_acc"], "test_acc": self.best["test_acc"],
+                    "best_epoch": self.best["best_epoch"]}
+        return {"event": "final", "model": self.cfg.model, "epochs": self.epoch, "recipe": self.cfg.recipe(), **best,
                 "epoch_time_s": statistics.median(times) if times else None,
                 "epoch_times_s": [round(t, 4) for t in times],
                 "final_loss": last.get("loss"), "final_train_acc": last.get("train_acc"),
                 "stages_mean": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in stages.items()},
                 "bytes_read_per_epoch": last.get("bytes_read"), "read_amplification": last.get("read_amplification"),
                 "hit_rate": last.get("hit_rate"), "peak_rss_bytes": peak_rss_bytes(),
-                "device": str(self.device)}
+                "device": str(self.device), "eval_mode": self.cfg.eval_mode,
+                "eval_fanouts": list(self.samples.config.part_fanouts("val"))}
 
 
 def _fmt(x) -> str:
@@ -799,18 +918,18 @@ def packed_data_id(packed) -> dict:
             "num_nodes": int(packed.dataset.num_nodes)}
 
 
-def open_packed(packed_dir):
-    """Open a packed directory and check it belongs to its samples and dataset."""
-    from diskgnn.store import Packed
-    packed = Packed.open(packed_dir)
-    samples, ds = packed.samples, packed.dataset
-    if samples.dataset_fingerprint != ds.fingerprint:
-        raise MismatchError(f"{packed_dir} was packed from samples of dataset {samples.dataset_fingerprint}, but "
-                            f"its dataset {ds.path} has fingerprint {ds.fingerprint}; run sample and pack again")
-    return packed
+def build_task_model(cfg: TrainConfig, dataset, num_layers: int, *, link: bool) -> torch.nn.Module:
+    """The model ``cfg`` asks for: a classifier over the dataset's classes, or (``link``) an encoder and decoder."""
+    if link:
+        return build_link_model(cfg.model, in_dim=dataset.feat_dim, num_layers=num_layers, hidden=cfg.hidden,
+                                heads=cfg.heads, dropout=cfg.dropout, decoder=cfg.decoder or "dot",
+                                init=cfg.init)
+    return build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
+                       num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout, init=cfg.init)
 
 
-def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.device) -> TrainingMemory:
+def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.device, *,
+                    link: bool = False) -> TrainingMemory:
     """What a trainer with ``cfg`` holds in host memory beside its feature store (checked by the store).
 
     The model is built once (without touching the global RNG) to count its parameters: weights,
@@ -819,31 +938,29 @@ def training_memory(cfg: TrainConfig, dataset, num_layers: int, device: torch.de
     model_bytes = 0
     if device.type != "cuda":
         with torch.random.fork_rng(devices=[]):
-            model = build_model(cfg.model, in_dim=dataset.feat_dim, num_classes=dataset.num_classes,
-                                num_layers=num_layers, hidden=cfg.hidden, heads=cfg.heads, dropout=cfg.dropout)
+            model = build_task_model(cfg, dataset, num_layers, link=link)
         model_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
     return TrainingMemory(queue_depth=cfg.queue_depth, model_bytes=int(model_bytes))
 
 
-def train(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
-    """Train on a packed directory (path or :class:`~diskgnn.store.Packed`); returns the final report."""
-    from diskgnn.distributed import train_distributed, wants_distributed
-    if wants_distributed(cfg):  # --nproc N > 1, or this process is one rank of torchrun
-        return train_distributed(packed, cfg, progress=progress, memory_budget=memory_budget)
+def train_single(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memory_budget=None) -> dict:
+    """Train in this process on a packed directory (path or :class:`~diskgnn.store.Packed`); the final report.
+
+    Data-parallel training (``--nproc``, torchrun) goes through :func:`diskgnn.launch.train`.
+    """
     from diskgnn.store import FeatureStore
     if isinstance(packed, (str, os.PathLike)):
         packed = open_packed(packed)
+    link = check_task(cfg, packed.samples)  # before the store loads its tiers
     device = resolve_device(cfg.device)
-    training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device)
+    training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device, link=link)
     store = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
                          request_size=cfg.io_request)
-    trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
-                      data_id=packed_data_id(packed))
-    report = trainer.fit()
+    try:
+        trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
+                          data_id=packed_data_id(packed), memory_budget=memory_budget)
+        report = trainer.fit()
+    finally:
+        store.close()
     report["packed"] = str(packed.path) if hasattr(packed, "path") else None
     return report
-
-
-def train_cli(packed_dir, cfg: TrainConfig, *, args=None, progress: ProgressFn = no_progress) -> dict:
-    """``diskgnn train``: train and return the final report."""
-    return train(packed_dir, cfg, progress=progress, memory_budget=getattr(args, "memory_budget", None))

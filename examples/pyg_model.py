@@ -29,7 +29,8 @@ from diskgnn.interop.pyg import PyGModel
 from diskgnn.packing import PackConfig, pack
 from diskgnn.sampling import SampleConfig, presample
 from diskgnn.store import FeatureStore
-from diskgnn.train import Trainer, TrainConfig, resolve_device
+from diskgnn.loader import resolve_device
+from diskgnn.train import Trainer, TrainConfig
 
 
 class SageThenAttention(torch.nn.Module):

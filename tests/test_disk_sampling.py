@@ -277,3 +277,83 @@ def test_edge_check_allows_a_repeat_only_where_the_graph_repeats_it(graph):
         ec.add_repeat("b", 1, 0, 0, np.array([4, 6, 4, 6, 6]))
         with pytest.raises(IntegrityError, match="destination 0 has a repeated neighbour"):
             ec.flush()  # 6 three times, the graph has it twice
+
+
+def test_eval_fanouts_from_disk_sample_what_the_in_memory_sampler_samples(graph, tmp_path, monkeypatch):
+    """val/test sampled with eval_fanouts: the on-disk groups take each part's fanouts (a group never mixes
+    them), the same raw batches and files as the in-memory sampler, and verify counts against them."""
+    import diskgnn.disk_sampling as dsamp
+    from diskgnn.sampling import verify_samples
+    ds = Dataset.open(graph.path)
+    cfg = SampleConfig(fanouts=(3, 2), batch_size=83, epochs=1, seed=4, eval_fanouts=(-1, 5))
+    want = _raw(Sampler(ds, cfg.fanouts, mmap_topology="no"), ds, cfg)
+    on_disk = Sampler(ds, cfg.fanouts, mmap_topology="yes")
+    groups = []
+    real = dsamp._sample_group
+    monkeypatch.setattr(dsamp, "_sample_group",
+                        lambda csr, group, fanouts, node_map: (groups.append(tuple(fanouts.tolist())),
+                                                               real(csr, group, fanouts, node_map))[1])
+    got = _raw(on_disk, ds, cfg)
+    assert len(got) == len(want)
+    for a, b in zip(want, got):
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert groups[0] == (3, 2) and groups[-1] == (-1, 5)  # train, then val/test in groups of their own
+    # the val batches really are sampled with eval_fanouts: their seeds' layer takes up to 5, the next all
+    n_train = -(-1200 // 83)
+    val = want[n_train]
+    seeds_layer = val[2][val[1][1] + 1:]  # block_indptr of the last block (after the first block's num_dst + 1)
+    assert int(np.diff(seeds_layer).max()) == 5
+    monkeypatch.setattr(dsamp, "_sample_group", real)
+    mem = presample(graph.path, tmp_path / "mem", cfg, mmap_topology="no")
+    disk = presample(graph.path, tmp_path / "disk", cfg, mmap_topology="yes", memory_budget="64M")
+    crc = {p.name: zlib.crc32(p.read_bytes()) for p in sorted(mem.path.iterdir()) if p.name != "manifest.json"}
+    assert crc == {p.name: zlib.crc32(p.read_bytes()) for p in sorted(disk.path.iterdir())
+                   if p.name != "manifest.json"}
+    verify_samples(disk)
+
+
+def test_edge_check_owes_a_link_batch_its_degree_minus_the_excluded_edges(graph):
+    """A destination whose in-edges a batch excluded is owed min(degree - excluded, fanout) neighbours."""
+    from diskgnn.disk_sampling import EdgeCheck
+    from diskgnn.errors import IntegrityError
+    ds = Dataset.open(graph.path)
+    indptr = np.asarray(ds.indptr)
+    deg = np.diff(indptr)
+    v = int(np.flatnonzero((deg >= 4) & (deg <= 20))[0])
+    lst = np.asarray(ds.indices[indptr[v]:indptr[v + 1]]).astype(np.int64)
+    kept = lst[2:]  # two of its in-edges excluded, all the others sampled (fanout -1)
+
+    def check(fanout, sources, excluded):
+        with DiskCSR(ds) as csr:
+            ec = EdgeCheck(csr, 1 << 30)
+            ec.add("batch e", 0, fanout, np.array([v]), np.array([0, sources.size], np.int64), sources, excluded)
+            ec.flush()
+
+    check(-1, kept, np.array([2]))
+    check(kept.size, kept, np.array([2]))  # fanout >= degree - excluded: all that is left
+    check(3, kept[:3], np.array([2]))
+    with pytest.raises(IntegrityError, match=rf"node {v} has {kept.size} sampled neighbours, expected "
+                                             rf"min\(degree {lst.size}, fanout -1\)"):
+        check(-1, kept, None)  # without the exclusion the whole list is owed
+    with pytest.raises(IntegrityError, match=rf"expected min\(degree {kept.size - 1} \({lst.size} in the graph, "
+                                             rf"3 excluded by the batch\), fanout -1\)"):
+        check(-1, kept, np.array([3]))
+
+
+def test_link_samples_with_the_topology_on_disk(tmp_path):
+    """--task link with the CSR not loaded: link batches are sampled through the memory map (the same files
+    as in memory) and verify checks them against the CSR on disk, exclusions included."""
+    import numba
+    from diskgnn.sampling import verify_samples
+    numba.get_num_threads()  # numba's thread pool first (see tests/test_link.py)
+    ds = synthesize(SynthConfig(nodes=900, avg_degree=7, dim=4, classes=3, seed=8, edge_split=(0.6, 0.05, 0.05),
+                                eval_negatives=9), tmp_path / "link")
+    cfg = SampleConfig(fanouts=(4, -1), batch_size=61, epochs=1, seed=2, task="link", negatives=2)
+    mem = presample(ds.path, tmp_path / "mem", cfg, mmap_topology="no")
+    disk = presample(ds.path, tmp_path / "disk", cfg, mmap_topology="yes")
+    assert disk.manifest["stats"]["mmap_topology"] is True and mem.manifest["stats"]["mmap_topology"] is False
+    crc = {p.name: zlib.crc32(p.read_bytes()) for p in sorted(mem.path.iterdir()) if p.name != "manifest.json"}
+    assert crc == {p.name: zlib.crc32(p.read_bytes()) for p in sorted(disk.path.iterdir())
+                   if p.name != "manifest.json"}
+    verify_samples(disk)

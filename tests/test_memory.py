@@ -155,7 +155,8 @@ def test_assembled_matrices_are_reused_once_released(packed, samples):
 def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples, tmp_path):
     import torch
 
-    from diskgnn.train import TrainConfig, train, training_memory
+    from diskgnn.launch import train
+    from diskgnn.train import TrainConfig, training_memory
     cfg = TrainConfig(model="sage", epochs=1, hidden=16, device="cpu", threads=1,
                       checkpoint=str(tmp_path / "ck"), queue_depth=2)
     with FeatureStore(packed, "cpu", memory_budget="1G") as store:

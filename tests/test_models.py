@@ -247,3 +247,79 @@ def test_dgl_model_adapter_trains():
     assert out.shape == (5, 3)
     out.sum().backward()
     assert model.module.l1.fc_neigh.weight.grad is not None
+
+
+# --- initialisation (--init) ---------------------------------------------------------------------
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["sage", "gcn", "gat"])
+def test_inits_draw_from_their_distributions(name):
+    import math
+    for init in ("torch", "xavier", "xavier-relu"):
+        torch.manual_seed(3)
+        model = build_model(name, in_dim=97, num_classes=5, num_layers=2, hidden=64, heads=2, init=init)
+        layer = model.layers[0]
+        w = layer.fc.weight if name != "sage" else layer.fc_neigh.weight
+        fan_out, fan_in = w.shape
+        gain = math.sqrt(2.0) if init == "xavier-relu" else 1.0
+        if init == "torch":
+            bound = 1 / math.sqrt(fan_in)
+            assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+            assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+        elif name == "gat":  # Xavier-normal, as DGL's GATConv
+            assert w.std().item() == pytest.approx(gain * math.sqrt(2 / (fan_in + fan_out)), rel=0.1)
+        else:
+            bound = gain * math.sqrt(6 / (fan_in + fan_out))
+            assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+        bias = layer.fc.bias if name == "gcn" else layer.bias
+        if init == "torch" and name != "gat":  # PyG's lin_l / nn.Linear hold a bias drawn like the weights
+            assert 0 < bias.abs().max() <= 1 / math.sqrt(97)
+        else:
+            assert torch.count_nonzero(bias) == 0
+
+
+def test_xavier_relu_is_the_initialisation_of_earlier_releases():
+    """sage and gat with --init xavier-relu, gcn with --init torch: bit for bit the weights diskgnn drew before
+    --init existed (the accuracy figures measured then stay reproducible)."""
+    gain = torch.nn.init.calculate_gain("relu")
+
+    def old_sage(i, o):
+        a, b = torch.nn.Linear(i, o, bias=False), torch.nn.Linear(i, o, bias=False)
+        torch.nn.init.xavier_uniform_(a.weight, gain=gain)
+        torch.nn.init.xavier_uniform_(b.weight, gain=gain)
+        return [torch.zeros(o), a.weight, b.weight]  # named_parameters: a module's own first, then its children's
+
+    def old_gcn(i, o):
+        lin = torch.nn.Linear(i, o)
+        return [lin.weight, lin.bias]
+
+    def old_gat(i, o, h):
+        fc = torch.nn.Linear(i, o * h, bias=False)
+        a, b = torch.empty(1, h, o), torch.empty(1, h, o)
+        for t in (fc.weight, a, b):
+            torch.nn.init.xavier_normal_(t, gain=gain)
+        return [a, b, torch.zeros(h * o), fc.weight]
+
+    for name, init, old in (("sage", "xavier-relu", lambda: old_sage(7, 6) + old_sage(6, 3)),
+                            ("gcn", "torch", lambda: old_gcn(7, 6) + old_gcn(6, 3)),
+                            ("gat", "xavier-relu", lambda: old_gat(7, 6, 2) + old_gat(12, 3, 2))):
+        torch.manual_seed(11)
+        want = [t.detach() for t in old()]
+        torch.manual_seed(11)
+        got = list(_weights(build_model(name, in_dim=7, num_classes=3, num_layers=2, hidden=6, heads=2,
+                                        init=init)).values())
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), name
+
+
+def test_init_choices_are_checked():
+    with pytest.raises(ConfigError, match="--init 'kaiming' is not one of torch, xavier, xavier-relu"):
+        build_model("sage", in_dim=3, num_classes=2, num_layers=2, init="kaiming")
+    from diskgnn.models import DEFAULT_INIT
+    torch.manual_seed(0)
+    a = _weights(build_model("gcn", in_dim=3, num_classes=2, num_layers=2))
+    torch.manual_seed(0)
+    b = _weights(build_model("gcn", in_dim=3, num_classes=2, num_layers=2, init=DEFAULT_INIT))
+    assert all(torch.equal(a[k], b[k]) for k in a)

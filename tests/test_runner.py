@@ -134,5 +134,6 @@ def test_resume_on_another_packed_directory(given_workdir, tiny_dataset, tmp_pat
     ck = tmp_path / "ck"
     assert main(["train", str(wd / "packed"), "--epochs", "1", "--checkpoint", str(ck), "-q"]) == 0
     with pytest.raises(DiskGNNError, match="packed directory of the interrupted run"):
-        from diskgnn.train import TrainConfig, train_cli
+        from diskgnn.launch import train_cli
+        from diskgnn.train import TrainConfig
         train_cli(other / "packed", TrainConfig(epochs=2, checkpoint=str(ck), resume=True))

@@ -9,7 +9,8 @@ import pytest
 from conftest import requires_dgl
 from diskgnn.dataset import Dataset
 from diskgnn.errors import (ConfigError, IntegrityError, ManifestNotFoundError, OutputExistsError)
-from diskgnn.sampling import (MiniBatch, SampleConfig, Sampler, Samples, batch_key, iter_batches, parse_fanouts,
+from diskgnn.keys import batch_key
+from diskgnn.sampling import (MiniBatch, SampleConfig, Sampler, Samples, iter_batches, parse_fanouts,
                               part_seeds, presample, verify_samples)
 from diskgnn.tools.cli import main
 
@@ -117,11 +118,12 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(samples, tiny_datase
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 def test_thread_count_and_mmap_do_not_change_output(samples, tiny_dataset, tmp_path):
+    before = numba.get_num_threads()  # what an earlier test in this process left
     one = presample(tiny_dataset.path, tmp_path / "one", CFG, threads=1, mmap_topology="yes")
     two = presample(tiny_dataset.path, tmp_path / "two", CFG, threads=2, mmap_topology="no")
     assert one.summary()["mmap_topology"] is True and two.summary()["mmap_topology"] is False
     assert _dir_bytes(one.path) == _dir_bytes(two.path) == _dir_bytes(samples.path)
-    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS, "presample must restore the thread count"
+    assert numba.get_num_threads() == before, "presample must restore the thread count"
 
 
 def test_shards_partition_the_batches(samples, tiny_dataset, tmp_path):
@@ -330,3 +332,56 @@ def test_bench_worker_samples_the_same_workload(tiny_dataset, system):
         assert info["sampled_edges"] == first3
     else:  # other random draws, same fanouts and seeds: edge counts agree closely
         assert abs(info["sampled_edges"] - first3) < 0.05 * first3
+
+
+# --- evaluation fanouts ------------------------------------------------------------------------
+
+def test_eval_fanouts_sample_val_and_test_with_their_own_fanouts(tiny_dataset, tmp_path):
+    cfg = SampleConfig(fanouts=(2, 3), batch_size=89, seed=7, eval_fanouts=(-1, 4))
+    s = presample(tiny_dataset.path, tmp_path / "ev", cfg)
+    assert Samples.open(s.path).config == cfg and s.config.to_json()["eval_fanouts"] == [-1, 4]
+    _, deg = _graph_sets(tiny_dataset)
+    for part in s.parts:
+        fanouts = (-1, 4) if part in ("val", "test") else (2, 3)
+        for mb in s.batches(part):
+            for layer, b in enumerate(mb.blocks):
+                got = np.diff(b.indptr)
+                dst_deg = deg[mb.input_nodes[:b.num_dst]]
+                want = dst_deg if fanouts[layer] < 0 else np.minimum(dst_deg, fanouts[layer])
+                assert np.array_equal(got, want), (part, layer)
+    verify_samples(s)  # checks every block against the fanouts of its part
+    # the training parts are the very batches of a run without eval fanouts
+    plain = presample(tiny_dataset.path, tmp_path / "plain", SampleConfig(fanouts=(2, 3), batch_size=89, seed=7))
+    for name in ("train-0.input_nodes.bin", "train-0.block_indices.bin"):
+        assert (s.path / name).read_bytes() == (plain.path / name).read_bytes()
+    assert (s.path / "val.block_indices.bin").read_bytes() != (plain.path / "val.block_indices.bin").read_bytes()
+
+
+def test_eval_fanouts_equal_to_fanouts_are_the_default():
+    a = SampleConfig(fanouts=(5, 3), batch_size=4, eval_fanouts=(5, 3))
+    assert a.eval_fanouts is None and a == SampleConfig(fanouts=(5, 3), batch_size=4)
+    assert "eval_fanouts" not in a.to_json()  # manifests of configs without them read as before
+    b = SampleConfig.from_json({"fanouts": [5, 3], "batch_size": 4, "epochs": 1, "seed": 0, "eval_fanouts": [-1, 2]})
+    assert b.part_fanouts("val") == (-1, 2) and b.part_fanouts("train/0") == (5, 3)
+    assert SampleConfig.from_json(b.to_json()) == b
+
+
+@pytest.mark.parametrize("eval_fanouts,match", [((-1,), "has 1 layer, but --fanouts 5,3 has 2"),
+                                                ((-1, -1, -1), "has 3 layers"), ((0, 2), "fanout 0")])
+def test_eval_fanouts_of_another_depth_are_refused(eval_fanouts, match):
+    with pytest.raises(ConfigError, match=match):
+        SampleConfig(fanouts=(5, 3), batch_size=4, eval_fanouts=eval_fanouts)
+
+
+def test_cli_eval_fanouts_of_another_depth_is_one_paragraph_and_writes_nothing(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "x"
+    rc = main(["sample", str(tiny_dataset.path), "--out", str(out), "--fanouts", "4,3", "--eval-fanouts", "-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "--eval-fanouts -1 has 1 layer" in err and "--eval-fanouts -1,-1" in err
+    assert not out.exists()
+    rc = main(["sample", str(tiny_dataset.path), "--out", str(out), "--fanouts", "4,3", "--eval-fanouts", "-1,x"])
+    assert rc == 2 and "--eval-fanouts '-1,x' is not a comma-separated list" in capsys.readouterr().err
+    assert main(["sample", str(tiny_dataset.path), "--out", str(out), "--fanouts", "4,3", "--eval-fanouts", "-1,-1",
+                 "-q"]) == 0
+    assert Samples.open(out).config.eval_fanouts == (-1, -1)

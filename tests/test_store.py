@@ -199,7 +199,7 @@ def _segment_bytes(store, part):
 
 @pytest.mark.parametrize("order", ["epoch", "interleaved"])
 def test_segments_are_read_once_per_pass(segmented, order):
-    from diskgnn.train import epoch_permutation
+    from diskgnn.loader import epoch_permutation
     s, ds = segmented.samples, segmented.dataset
     part = "train/0"
     with FeatureStore(segmented, "cpu") as store:

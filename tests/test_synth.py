@@ -68,6 +68,14 @@ def test_unknown_scale():
         scale_config("xl")
 
 
+def test_scale_l_for_link_prediction_needs_an_edge_split():
+    assert scale_config("l").nodes == 64_000_000 and scale_config("l").edge_split is None
+    with pytest.raises(ConfigError, match="scale l has no default --edge-split for --task link"):
+        scale_config("l", task="link")
+    assert scale_config("l", task="link", edge_split=(0.001, 0.0001, 0.0001)).edge_split == (0.001, 0.0001, 0.0001)
+    assert scale_config("s", task="link").edge_split is not None  # the named scales with a default keep it
+
+
 def _node_arrays_at_once(cfg: SynthConfig) -> dict:
     """The per-node arrays computed all at once with plain numpy (the generator's reference)."""
     n = cfg.nodes

@@ -321,3 +321,88 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny
     with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 2, batch 3 .*epoch 1 .* is kept"):
         tr.fit()
     assert load_checkpoint(ckpt)["epoch"] == 1
+
+
+# --- the recipe: init, warm-up, schedule -----------------------------------------------------------
+
+def test_lr_factor_warmup_and_cosine():
+    from diskgnn.train import lr_factor
+    assert lr_factor("constant", 0.0, 10, 3.5, 0.25) == 1.0
+    # warm-up of 2 epochs, 4 steps each: 1/8, 2/8, ... reaching 1 at the end of epoch 2's last step
+    assert [lr_factor("constant", 2.0, 10, k / 4, 0.25) for k in range(10)] == \
+        [pytest.approx(x) for x in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.0, 1.0)]
+    # cosine after the warm-up: 1 when it starts, 1/2 half way, -> 0 at the end
+    assert lr_factor("cosine", 2.0, 10, 2.0, 0.25) == pytest.approx(1.0)
+    assert lr_factor("cosine", 2.0, 10, 6.0, 0.25) == pytest.approx(0.5)
+    assert lr_factor("cosine", 0.0, 10, 9.75, 0.25) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.975)))
+    assert lr_factor("cosine", 0.5, 4, 0.0, 0.25) == pytest.approx(0.5)  # the warm-up scales the cosine
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(init="he"), "--init 'he' is not one of"),
+    (dict(lr_schedule="step"), "--lr-schedule 'step'"),
+    (dict(warmup_epochs=-1.0), "--warmup-epochs"),
+    (dict(warmup_epochs=float("nan")), "--warmup-epochs"),
+    (dict(model="pyg:SAGEConv", init="torch"), "keeps pyg's own initialisation"),
+])
+def test_recipe_flags_are_checked(bad, match):
+    if bad.get("model", "").startswith("pyg:"):
+        pytest.importorskip("torch_geometric")
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**bad)
+
+
+def test_flags_left_out_take_the_measured_defaults():
+    from diskgnn.models import DEFAULT_INIT
+    from diskgnn.train import DEFAULT_DROPOUT, DEFAULT_LR, DEFAULT_LR_SCHEDULE, DEFAULT_WARMUP_EPOCHS
+    cfg = TrainConfig.from_cli(cli_args(dropout=None, lr=None))
+    assert (cfg.init, cfg.dropout, cfg.lr, cfg.lr_schedule, cfg.warmup_epochs) == \
+        (DEFAULT_INIT, DEFAULT_DROPOUT, DEFAULT_LR, DEFAULT_LR_SCHEDULE, DEFAULT_WARMUP_EPOCHS)
+    cfg = TrainConfig.from_cli(cli_args(init="xavier", dropout=0.25, lr=0.02, lr_schedule="cosine",
+                                        warmup_epochs=0.5))
+    assert cfg.recipe() == {"model": "sage", "init": "xavier", "dropout": 0.25, "optimizer": "adam", "lr": 0.02,
+                            "lr_schedule": "cosine", "warmup_epochs": 0.5, "epochs": 10, "hidden": 128, "heads": 4,
+                            "seed": 0}
+
+
+def test_warmup_sets_the_rate_of_every_step_and_the_recipe_is_recorded(tiny_samples, tiny_dataset, tmp_path):
+    from diskgnn.train import lr_factor
+    metrics = tmp_path / "m.jsonl"
+    tr = make_trainer(tiny_samples, tiny_dataset, epochs=3, lr=0.02, warmup_epochs=2.0, lr_schedule="cosine",
+                      init="xavier", checkpoint=str(tmp_path / "ck"), metrics=str(metrics))
+    seen = []
+    step = tr.optimizer.step
+
+    def record_step(*a, **k):
+        seen.append(tr.optimizer.param_groups[0]["lr"])
+        return step(*a, **k)
+
+    tr.optimizer.step = record_step
+    tr.fit()
+    nb = tiny_samples.num_batches("train/0")
+    want = [0.02 * lr_factor("cosine", 2.0, 3, e + k / nb, 1 / nb) for e in range(3) for k in range(nb)]
+    assert seen == [pytest.approx(x) for x in want]
+    assert seen[0] == pytest.approx(0.02 / (2 * nb)) and max(seen) == pytest.approx(0.02 * lr_factor(
+        "cosine", 2.0, 3, 2.0 - 1 / nb, 1 / nb))
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert lines[0]["lr"] == pytest.approx(want[nb - 1]) and lines[-1]["recipe"]["init"] == "xavier"
+    assert lines[-1]["recipe"]["warmup_epochs"] == 2.0 and lines[-1]["eval_mode"] == "sampled"
+    state = load_checkpoint(tmp_path / "ck")
+    assert json.loads(state["recipe"]) == tr.cfg.recipe()
+    assert json.loads(state["shape"]) == {"in_dim": 13, "num_classes": 5, "num_layers": 2}
+
+
+def test_a_checkpoint_from_before_the_recipe_flags_resumes_with_its_recipe(tiny_samples, tiny_dataset, tmp_path):
+    ck = tmp_path / "ck"
+    make_trainer(tiny_samples, tiny_dataset, epochs=1, init="xavier-relu", checkpoint=str(ck)).fit()
+    state = load_checkpoint(ck)
+    old = {k: v for k, v in json.loads(state["config"]).items()
+           if k not in ("init", "lr_schedule", "warmup_epochs")}
+    state["config"] = json.dumps(old, sort_keys=True)  # what diskgnn wrote before --init existed
+    for key in ("recipe", "shape"):
+        del state[key]
+    save_checkpoint(ck, state)
+    resumed = make_trainer(tiny_samples, tiny_dataset, epochs=2, init="xavier-relu", checkpoint=str(ck), resume=True)
+    assert resumed.fit()["epochs"] == 2
+    with pytest.raises(CheckpointError, match="resume with the same model flags"):
+        make_trainer(tiny_samples, tiny_dataset, epochs=3, init="torch", checkpoint=str(ck), resume=True).fit()

@@ -57,10 +57,31 @@ def _sample_args(p: argparse.ArgumentParser, required: bool = True, epochs_flag:
     g = p.add_argument_group("sampling")
     g.add_argument("--fanouts", default="10,15",
                    help="neighbours per layer, input side first as in DGL's NeighborSampler; -1 = all (default 10,15)")
+    g.add_argument("--eval-fanouts", default=None,
+                   help="neighbours per layer of the presampled validation and test batches, one per layer of "
+                        "--fanouts; -1 = all, e.g. -1,-1 for full-neighbour evaluation (default: --fanouts)")
     g.add_argument("--batch-size", type=int, default=1024, help="seeds per minibatch (default 1024)")
     g.add_argument(epochs_flag, dest="sample_epochs", type=int, default=None,
                    help="presampled training epochs K, cycled during training (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g = p.add_argument_group("link prediction (--task link)")
+    g.add_argument("--task", choices=["node", "link"], default=None,
+                   help="node: batches of seed nodes (default); link: batches of positive training edges with "
+                        "negatives, the batch's own edges (and reverses, undirected) excluded from message passing")
+    g.add_argument("--negatives", type=int, default=None, help="negative destinations per positive edge (default 1)")
+    g.add_argument("--negative-sampler", choices=["uniform", "degree"], default=None,
+                   help="uniform over nodes (default), or degree: probability ~ degree^0.75")
+    g.add_argument("--eval-batch-size", type=int, default=None,
+                   help="held-out edges per evaluation batch (default: about a training batch's endpoints)")
+
+
+def _link_split_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("link prediction datasets")
+    g.add_argument("--edge-split", default=None,
+                   help="make a link-prediction dataset: train,val,test shares of the edges, e.g. 0.90,0.05,0.05 "
+                        "(seeded); held-out edges (and reverses, --undirected) leave the message-passing graph")
+    g.add_argument("--eval-negatives", type=int, default=None,
+                   help="candidate destinations drawn per held-out edge (default 100)")
 
 
 def _pack_args(p: argparse.ArgumentParser) -> None:
@@ -102,8 +123,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="hidden units (default 128; GAT and multi-head pyg:/dgl: convolutions: 32 per head)")
     g.add_argument("--heads", type=int, default=4,
                    help="attention heads of gat and of pyg:/dgl: attention convolutions (default 4)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout (default 0)")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    _recipe_args(g)
     g.add_argument("--train-seed", type=int, default=0, help="seed of weights and batch order (default 0)")
     g.add_argument("--metrics", default=None, help="append per-epoch metrics as JSON lines to this file")
     g.add_argument("--checkpoint", default=None, help="directory for per-epoch checkpoints")
@@ -124,6 +144,39 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="threads that assemble each batch's feature matrix while the previous batch computes "
                         "(default: the same as --threads)")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (default 1)")
+    g.add_argument("--decoder", choices=["dot", "mlp", "distmult"], default=None,
+                   help="link prediction's edge decoder (default dot)")
+    g.add_argument("--eval-mode", choices=["sampled", "layerwise"], default=None,
+                   help="sampled: the presampled validation/test batches (their fanouts: sample --eval-fanouts); "
+                        "layerwise: every node with all its neighbours, layer by layer out of core (sage, gcn, "
+                        "gat; reads the input once per destination range) (default sampled)")
+    g.add_argument("--eval-scratch", default=None,
+                   help="directory for layer-wise evaluation's layer files, N x hidden x 4 bytes each (default: "
+                        "<checkpoint>/layerwise, else beside the samples)")
+
+
+def _recipe_args(g) -> None:
+    """The training recipe's flags (defaults measured in docs/RECIPE.md; None = the library's default)."""
+    from diskgnn.recipe_defaults import (DEFAULT_DROPOUT, DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCHEDULE,
+                                         DEFAULT_WARMUP_EPOCHS, INITS, LR_SCHEDULES)  # torch-free
+    g.add_argument("--init", choices=INITS, default=None,
+                   help=f"weight initialisation of sage/gat/gcn: torch (nn.Linear's default, as PyG), xavier "
+                        f"(gain 1) or xavier-relu (ReLU gain, as DGL) (default {DEFAULT_INIT}; pyg:/dgl: models "
+                        f"keep their library's)")
+    g.add_argument("--dropout", type=float, default=None, help=f"dropout between layers (default {DEFAULT_DROPOUT:g})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak Adam learning rate (default {DEFAULT_LR:g})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help=f"learning rate after the warm-up: constant, or cosine decay to 0 at the last epoch "
+                        f"(default {DEFAULT_LR_SCHEDULE})")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help=f"epochs (may be fractional) of linear learning-rate warm-up, step by step "
+                        f"(default {DEFAULT_WARMUP_EPOCHS:g})")
+
+
+def _train_task_arg(p: argparse.ArgumentParser) -> None:
+    """``--task`` of diskgnn train (in ``run`` the sampling group's ``--task`` serves both)."""
+    p.add_argument("--task", choices=["node", "link"], default=None,
+                   help="node or link; default: the task the samples were made for (a mismatch is an error)")
 
 
 def _add_commands(sub) -> None:
@@ -144,9 +197,19 @@ def _add_commands(sub) -> None:
     p.add_argument("--homophily", type=float, default=None, help="share of edges inside a community (0..1)")
     p.add_argument("--separation", type=float, default=None,
                    help="class-mean distance in noise units; lower makes features alone less useful")
+    p.add_argument("--degree-exponent", type=float, default=None,
+                   help="Pareto exponent of the in-degrees (> 2, default 2.5); lower = heavier tail")
+    p.add_argument("--popularity-exponent", type=float, default=None,
+                   help="Pareto exponent of how often a node is a source (> 1, default 2.1); lower = hotter hubs")
+    p.add_argument("--communities-per-class", type=int, default=None,
+                   help="communities per class (default 4); homophilous edges stay inside one")
     p.add_argument("--train-fraction", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--test-fraction", type=float, default=None)
+    p.add_argument("--task", choices=["node", "link"], default="node",
+                   help="link: a link-prediction dataset with the scale's default --edge-split (tiny 0.5,0.05,0.05; "
+                        "s 0.1,0.005,0.005; m 0.0015,0.00002,0.00002)")
+    _link_split_args(p)
     p.add_argument("--chunk-nodes", type=int, default=1 << 18,
                    help="nodes generated per chunk (default 262144); a killed run resumes after its last chunk. "
                         "Feature noise is drawn per chunk, so another value gives other features")
@@ -171,6 +234,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--splits", default=None, help="edgelist: .npz with train_idx, val_idx, test_idx")
     p.add_argument("--num-nodes", type=int, default=None, help="edgelist: node count (default: max id + 1)")
     p.add_argument("--dataset-name", default=None, help="ogb: split name under split/ (default: the only one)")
+    _link_split_args(p)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of --edge-split and the drawn candidates")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     _common(p)
     p.set_defaults(func=cmd_prepare)
@@ -230,8 +295,27 @@ def _add_commands(sub) -> None:
                                    "validation/test batches every epoch.")
     p.add_argument("packed", help="packed directory")
     _train_args(p)
+    _train_task_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="every node's embeddings from a trained model, layer by layer out of core",
+                       description="Run a trained sage/gcn/gat checkpoint over every node with all its "
+                                   "neighbours, one layer at a time (each layer's rows for all nodes written "
+                                   "to disk, the next layer streaming them back with direct I/O), into a new "
+                                   "directory: layer-<l>.bin (float32 [N, width], row v = node v) and "
+                                   "manifest.json, written last.")
+    p.add_argument("packed", help="the packed directory the model was trained on (its dataset and depth)")
+    p.add_argument("--checkpoint", required=True, help="the --checkpoint directory of diskgnn train")
+    p.add_argument("--out", required=True, help="embeddings directory to write (new or empty)")
+    p.add_argument("--layers", choices=["last", "all"], default="last",
+                   help="keep the model's output only (last, default) or every layer's rows (all)")
+    p.add_argument("--memory-budget", default=None, help="memory to use, e.g. 2G (default: available memory)")
+    p.add_argument("--block-size", default="64M", help="bytes of the previous layer read per block (default 64M)")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    _common(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("run", help="synth/prepare > sample > pack > train in one command",
                        description="Run the whole pipeline, reusing a step's output when its manifest says it "
@@ -240,6 +324,8 @@ def _add_commands(sub) -> None:
     src.add_argument("--scale", choices=["tiny", "s", "m", "l"], help="generate a synthetic dataset of this scale")
     src.add_argument("--dataset", help="an existing dataset directory")
     p.add_argument("--workdir", required=True, help="directory for the dataset, samples, packed data and metrics")
+    p.add_argument("--edge-split", default=None,
+                   help="--scale with --task link: train,val,test shares of the edges (default: the scale's)")
     _sample_args(p, epochs_flag="--sample-epochs")  # --epochs is the training epochs here
     _pack_args(p)
     _train_args(p)
@@ -272,6 +358,13 @@ def _add_commands(sub) -> None:
                                                        "(e.g. 2x: segments, each read once per epoch)")
     p.add_argument("--segment-memory", default=None, help="loader, train: largest segment (default: a quarter of "
                                                           "--memory-cap)")
+    p.add_argument("--task", choices=["node", "link"], default="node",
+                   help="loader, train: link = link-prediction batches of a link dataset (generated with "
+                        "synth --task link unless --dataset is given); default systems diskgnn-10%%, in-memory, "
+                        "dgl-online, dgl-inmem")
+    p.add_argument("--negatives", type=int, default=1, help="loader, train --task link: negatives per positive")
+    p.add_argument("--decoder", choices=["dot", "mlp", "distmult"], default="dot",
+                   help="train --task link: the edge decoder (default dot)")
     p.add_argument("--models", default="sage,gcn,gat", help="compute: models to time (default sage,gcn,gat)")
     p.add_argument("--batches", type=int, default=20, help="compute: timed batches per model (after 3 warm-up)")
     p.add_argument("--threads", type=int, default=2, help="compute: torch threads (default 2)")
@@ -318,8 +411,27 @@ def _setup_logging(args) -> None:
     logging.basicConfig(level=level, format=f"%(levelname)s {where}%(name)s: %(message)s", stream=sys.stderr)
 
 
+_LIST_FLAGS = ("--fanouts", "--eval-fanouts")
+"""Flags whose value may start with a minus (``-1,-1``), which argparse would take for an option."""
+
+
+def _join_list_values(argv: list[str]) -> list[str]:
+    """``--eval-fanouts -1,-1`` -> ``--eval-fanouts=-1,-1`` (argparse reads ``-1,-1`` as an unknown option)."""
+    import re
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _LIST_FLAGS and i + 1 < len(argv) and re.match(r"-\d", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
-    return run_args(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_args(build_parser().parse_args(_join_list_values([str(a) for a in argv])))
 
 
 def run_args(args) -> int:
@@ -351,10 +463,13 @@ def _print_json(obj) -> None:
 def cmd_synth(args, progress) -> int:
     from diskgnn.synth import scale_config, synthesize
     from diskgnn.dataset import summary
-    cfg = scale_config(args.scale, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree, dim=args.dim,
-                       dtype=args.dtype, classes=args.classes, homophily=args.homophily,
-                       separation=args.separation, train_fraction=args.train_fraction,
-                       val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    cfg = scale_config(args.scale, task=args.task, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree,
+                       dim=args.dim, dtype=args.dtype, classes=args.classes, homophily=args.homophily,
+                       separation=args.separation, degree_exponent=args.degree_exponent,
+                       popularity_exponent=args.popularity_exponent,
+                       communities_per_class=args.communities_per_class, train_fraction=args.train_fraction,
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                       edge_split=args.edge_split, eval_negatives=args.eval_negatives)
     ds = synthesize(cfg, args.out, overwrite=args.overwrite, chunk_nodes=args.chunk_nodes, progress=progress)
     if not args.quiet:
         _print_summary(summary(ds))
@@ -368,7 +483,8 @@ def cmd_prepare(args, progress) -> int:
                         drop_self_loops=not args.keep_self_loops, drop_duplicates=not args.keep_duplicates,
                         dtype=args.dtype, memory_budget=args.memory_budget, allow_nonfinite=args.allow_nonfinite,
                         features=args.features, labels=args.labels, splits=args.splits,
-                        num_nodes=args.num_nodes, split_name=args.dataset_name)
+                        num_nodes=args.num_nodes, split_name=args.dataset_name, edge_split=args.edge_split,
+                        eval_negatives=args.eval_negatives, split_seed=args.split_seed)
     ds = prepare(cfg, args.out, overwrite=args.overwrite, progress=progress)
     if not args.quiet:
         _print_summary(summary(ds))
@@ -427,11 +543,25 @@ def cmd_pack(args, progress) -> int:
 
 
 def cmd_train(args, progress) -> int:
-    from diskgnn.train import TrainConfig, train_cli
+    from diskgnn.launch import train_cli
+    from diskgnn.train import TrainConfig
     cfg = TrainConfig.from_cli(args)
     report = train_cli(args.packed, cfg, args=args, progress=progress)
     if not args.quiet and report is not None:
         _print_summary(report)
+    return 0
+
+
+def cmd_embed(args, progress) -> int:
+    from diskgnn.embed import embed
+    from diskgnn.inference import LayerwiseConfig
+    from diskgnn.sizes import parse_size
+    cfg = LayerwiseConfig(memory_budget=args.memory_budget, threads=args.threads,
+                          block_bytes=parse_size(args.block_size, name="--block-size"))
+    emb = embed(args.packed, args.checkpoint, args.out, cfg=cfg, keep=args.layers, overwrite=args.overwrite,
+                progress=progress)
+    if not args.quiet:
+        _print_summary(emb.summary())
     return 0
 
 

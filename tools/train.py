@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from diskgnn.tools.cli import _common, _train_args, cmd_train, run_args
+from diskgnn.tools.cli import _common, _train_args, _train_task_arg, cmd_train, run_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("packed", help="packed directory on a shared filesystem, or a directory holding shard-<rank> "
                                   "packed directories (each rank reads only its own)")
     _train_args(p)
+    _train_task_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train, command="train")
     return p
