@@ -4,8 +4,9 @@ For each seed: presample (fanouts, batch size, seed) and pack (10 % host
 tier) once, then train on the very same presampled batches, through the same
 out-of-core pipeline, with the same hidden width, lr, epochs and seed:
 
-* ``sage``: diskgnn's GraphSAGE with ``--init xavier-relu`` (Xavier-uniform weights with ReLU gain, zero
-  bias: its initialisation before the measured recipe, docs/RECIPE.md);
+* ``sage``: diskgnn's GraphSAGE with ``--sage-init`` (default ``torch``, today's default; ``xavier-relu``,
+  Xavier-uniform weights with ReLU gain and zero bias, was its initialisation before the measured recipe,
+  docs/RECIPE.md);
 * ``pyg:SAGEConv``: the PyG stack as ``--model pyg:SAGEConv`` builds it (PyG's
   own initialisation: torch's default Kaiming-uniform);
 * ``pyg:SAGEConv@sage-init``: the same PyG stack started from the weights of
@@ -57,7 +58,7 @@ def copy_sage_weights(pyg_stack, sage) -> None:
 
 
 def train_both(ds, workdir: Path, *, seed: int, fanouts, batch_size: int, epochs: int, hidden: int, lr: float,
-               threads: int | None) -> dict:
+               threads: int | None, sage_init: str = "torch") -> dict:
     """Presample and pack once for ``seed``; train every system of :data:`SYSTEMS` on it; their final reports."""
     from diskgnn.models import build_model
     from diskgnn.packing import PackConfig, pack
@@ -72,15 +73,15 @@ def train_both(ds, workdir: Path, *, seed: int, fanouts, batch_size: int, epochs
         out = {}
         for system in SYSTEMS:
             model, _, init = system.partition("@")
-            sage_init = "xavier-relu" if model == "sage" else None  # the comparison this bench was made for
-            cfg = TrainConfig(model=model, epochs=epochs, hidden=hidden, lr=lr, seed=seed, device="cpu", init=sage_init,
+            cfg = TrainConfig(model=model, epochs=epochs, hidden=hidden, lr=lr, seed=seed, device="cpu",
+                              init=sage_init if model == "sage" else None,
                               dropout=0.0, lr_schedule="constant", warmup_epochs=0.0,
                               threads=threads)
             net = None
             if init:
                 shape = dict(in_dim=ds.feat_dim, num_classes=ds.num_classes, num_layers=len(fanouts), hidden=hidden)
                 torch.manual_seed(seed)  # as the Trainer seeds before it builds sage
-                sage = build_model("sage", init="xavier-relu", **shape)
+                sage = build_model("sage", init=sage_init, **shape)
                 net = build_model(model, **shape)
                 copy_sage_weights(net, sage)
             with FeatureStore(packed, "cpu") as store:
@@ -154,6 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: every core)")
+    p.add_argument("--sage-init", default="torch", choices=["torch", "xavier", "xavier-relu"],
+                   help="initialisation of diskgnn's sage (and of the PyG stack started from its weights); "
+                        "default torch (the default recipe); xavier-relu reproduces the figures before it")
     p.add_argument("--batches", type=int, default=20, help="timed batches per model (after --warmup)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps-only", action="store_true", help="only the train-step timing, no accuracy runs")
@@ -174,7 +178,8 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {m: [] for m in SYSTEMS}
     for seed in ([] if args.steps_only else seeds):
         for m, r in train_both(ds, workdir, seed=seed, fanouts=fanouts, batch_size=args.batch_size,
-                               epochs=args.epochs, hidden=args.hidden, lr=args.lr, threads=args.threads).items():
+                               epochs=args.epochs, hidden=args.hidden, lr=args.lr, threads=args.threads,
+                               sage_init=args.sage_init).items():
             runs[m].append(r)
     systems = {m: summarize(rs) for m, rs in runs.items() if rs}
     for s in systems.values():
@@ -186,7 +191,8 @@ def main(argv=None) -> int:
     from diskgnn.bench.harness import git_commit
     result = {"bench": "pyg-parity", "dataset": str(ds.path), "fingerprint": ds.fingerprint,
               "config": {"fanouts": fanouts, "batch_size": args.batch_size, "epochs": args.epochs,
-                         "hidden": args.hidden, "lr": args.lr, "seeds": seeds, "features": "store (10 % host tier)"},
+                         "hidden": args.hidden, "lr": args.lr, "seeds": seeds, "features": "store (10 % host tier)",
+                         "sage_init": args.sage_init},
               "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
               "dgl_installed": "dgl" in sys.modules or _has("dgl"), "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
