@@ -142,15 +142,16 @@ class PreadFeatures:
         return {"bytes_useful": self._useful, "bytes_read": self._read, "hit_rate": s.get("hit_rate")}
 
 
-def make_features(system: str, samples, dataset, packed_dir=None):
-    """The FeatureSource of ``system`` and whether it is diskgnn's own store."""
+def make_features(system: str, samples, dataset, packed_dir=None, training=None):
+    """The FeatureSource of ``system``; ``training`` (a :class:`diskgnn.memory.TrainingMemory`) is what the
+    process holds beside diskgnn's store, which plans its memory with it."""
     if system == "in-memory":
         return InMemoryFeatures(samples, dataset)
     if system in ("mmap", "mmap-readahead"):
         return MmapFeatures(samples, dataset, random_advice=(system == "mmap"))
     from diskgnn.store import FeatureStore, Packed
     packed = Packed.open(packed_dir, samples=samples, dataset=dataset)
-    store = FeatureStore(packed, "cpu")
+    store = FeatureStore(packed, "cpu", training=training)
     if system == "pread":
         return PreadFeatures(samples, dataset, store)
     if system == "diskgnn":

@@ -28,7 +28,11 @@ import torch
 from diskgnn.cgroup import self_io_bytes
 
 
-def _epoch(stages, keys, step, depth: int = 2) -> dict:
+PIPELINE_DEPTH = 2
+"""Batches queued between the pipeline's stages in every packed system's epoch."""
+
+
+def _epoch(stages, keys, step, depth: int = PIPELINE_DEPTH) -> dict:
     pipe = stages.pipeline(keys, depth, name="bench")
     with pipe:
         for batch in pipe:
@@ -110,15 +114,31 @@ def main(argv=None) -> int:
         feature_read_fn = runner.bytes_read
     else:
         from diskgnn.bench.packed_systems import make_features
-        from diskgnn.loader import BatchStages
-        features = make_features(args.system, samples, ds, args.packed)
-        stages = BatchStages(samples, ds.labels, features, torch.device("cpu"),
-                             assemble_threads=args.assemble_threads)
+        from diskgnn.loader import BatchStages, epoch_permutation
+        from diskgnn.memory import TrainingMemory
+        model = None
         if args.kind == "train" and link:
-            from diskgnn.decoders import build_link_model, link_loss
+            from diskgnn.decoders import build_link_model
             torch.manual_seed(0)
             model = build_link_model(args.model, in_dim=ds.feat_dim, num_layers=samples.config.num_layers,
                                      hidden=args.hidden, decoder=args.decoder)
+        elif args.kind == "train":
+            from diskgnn.models import build_model
+            torch.manual_seed(0)
+            model = build_model(args.model, in_dim=ds.feat_dim, num_classes=ds.num_classes,
+                                num_layers=samples.config.num_layers, hidden=args.hidden)
+        # what this process holds beside the store, as a trainer would count it: the pipeline's assembled
+        # matrices (depth + 2), and for training the model (weights, gradients, Adam) and its temporaries
+        model_bytes = 0 if model is None else 4 * sum(q.numel() * q.element_size() for q in model.parameters())
+        training = TrainingMemory(queue_depth=PIPELINE_DEPTH, model_bytes=int(model_bytes),
+                                  activation_batches=4 if model is not None else 0)
+        features = make_features(args.system, samples, ds, args.packed, training=training)
+        stages = BatchStages(samples, ds.labels, features, torch.device("cpu"),
+                             assemble_threads=args.assemble_threads)
+        # the batch order of a training epoch: under a disk budget, segment by segment (each read once)
+        segments = features.segments(part) if hasattr(features, "segments") else None
+        if args.kind == "train" and link:
+            from diskgnn.decoders import link_loss
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
             def step(batch):
@@ -127,10 +147,6 @@ def main(argv=None) -> int:
                 opt.step()
         elif args.kind == "train":
             import torch.nn.functional as F
-            from diskgnn.models import build_model
-            torch.manual_seed(0)
-            model = build_model(args.model, in_dim=ds.feat_dim, num_classes=ds.num_classes,
-                                num_layers=samples.config.num_layers, hidden=args.hidden)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
             def step(batch):
@@ -143,7 +159,8 @@ def main(argv=None) -> int:
                     raise RuntimeError("assembled a wrong number of rows")
 
         def run_epoch(e):
-            order = np.random.default_rng([7, e]).permutation(nb)[:measured]
+            order = (epoch_permutation(7, e, nb, segments) if segments
+                     else np.random.default_rng([7, e]).permutation(nb))[:measured]
             return _epoch(stages, [(part, int(i)) for i in order], step)
         useful_fn = lambda: int(features.stats().get("bytes_useful", 0))  # noqa: E731
         feature_read_fn = lambda: int(features.stats().get("bytes_read", 0))  # noqa: E731

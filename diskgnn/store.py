@@ -576,9 +576,13 @@ class FeatureStore:
                               activation_batches=0 if self.cuda else training.activation_batches)
 
     def _check_memory(self, memory_budget, pool_size: int, training: TrainingMemory | None) -> None:
-        budget = resolve_memory_budget(memory_budget)
-        what = describe_budget(memory_budget, budget)
         plan = self.memory_plan(pool_size, training)
+        budget = resolve_memory_budget(memory_budget)
+        if memory_budget is None and training is not None:
+            # the available memory excludes what this process holds already, which the plan counts (process):
+            # the whole process may use both
+            budget += plan.process
+        what = describe_budget(memory_budget, budget)
         if plan.total > budget and self.max_segment_bytes and plan.total - self.max_segment_bytes <= budget:
             self.held_segments = 1  # no room to read the next segment while this one is used: one at a time
             log.warning("%s: %s holds one segment of %s but not two, so the next segment is read only after the "
