@@ -66,11 +66,16 @@ def row_by_row_rate(features_path, row_bytes: int, nodes: np.ndarray, *, threads
 
 
 def epoch_read(packed, part: str) -> dict:
-    """Read every extent of ``part`` in batch order with the store's reader (no assembly)."""
+    """Read every extent of ``part`` in a training epoch's order (segment by segment under a disk budget, else
+    batch order) with the store's reader, then assemble every batch."""
+    from diskgnn.loader import epoch_permutation
     from diskgnn.store import FeatureStore
     store = FeatureStore(packed, "cpu", memory_budget=1 << 62)
     try:
-        keys = [(part, i) for i in range(packed.num_batches(part))]
+        segments = store.segments(part)
+        order = epoch_permutation(0, 0, packed.num_batches(part), segments) if segments else \
+            range(packed.num_batches(part))
+        keys = [(part, int(i)) for i in order]
         store.plan_reads(keys)  # the next batch's (or segment's) read is queued before this one is waited for
         t0 = time.perf_counter()
         nbytes = 0
@@ -81,8 +86,8 @@ def epoch_read(packed, part: str) -> dict:
         seconds = time.perf_counter() - t0
         store.reset_stats()
         t1 = time.perf_counter()
-        for i in range(packed.num_batches(part)):
-            store.assemble(part, i)
+        for p, i in keys:
+            store.assemble(p, i)
         assemble_read_seconds = time.perf_counter() - t1
         st = store.stats()
     finally:

@@ -167,12 +167,13 @@ def test_disk_full_sample_midway(small_fs, fx):
     assert_disk_full(rc, err, out)
 
 
-def test_disk_full_pack(small_fs, fx):
+@pytest.mark.parametrize("layout", [[], ["--disk-budget", "2x"]], ids=["plain", "segments"])
+def test_disk_full_pack(small_fs, fx, layout):
     if fx.packed is None:
         pytest.skip("the packer is not available in this checkout")
     fill(small_fs, 48 << 10)
     out = small_fs / "packed"
-    rc, err = run_cli("pack", fx.samples, "--out", out, "--host-cache", "10%")
+    rc, err = run_cli("pack", fx.samples, "--out", out, "--host-cache", "10%", *layout)
     assert_disk_full(rc, err, out)
 
 
