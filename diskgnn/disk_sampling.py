@@ -349,6 +349,10 @@ class EdgeCheck:
     the first block (in the order added) with a problem, in the words of ``verify``.
     """
 
+    FLUSH_PEAK = 6
+    """Memory a flush holds at its peak per byte collected: the blocks, their concatenated copies and the
+    per-destination arrays of the check (offsets, order, fanouts, flags, degrees)."""
+
     def __init__(self, csr: DiskCSR, budget_bytes: int):
         self.csr = csr
         self.budget = max(int(budget_bytes), 1)

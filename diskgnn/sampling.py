@@ -1161,6 +1161,10 @@ class Samples:
 
 # --- verification -------------------------------------------------------------------------------
 
+VERIFY_SLACK = 256 << 20
+"""Bytes ``verify`` keeps free for each batch's arrays and the runtimes beside its edge check."""
+
+
 def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressFn = no_progress, *,
                    check_graph: bool = True) -> None:
     """Check every invariant of a samples directory; raise :class:`IntegrityError` naming the first problem.
@@ -1199,7 +1203,11 @@ def verify_samples(samples: Samples, check_crc: bool = True, progress: ProgressF
     if ds is not None:  # sampled edges are checked in groups, one pass over the CSR in file order each
         from diskgnn.disk_sampling import DiskCSR, EdgeCheck
         csr = DiskCSR(ds)
-        edge_check = EdgeCheck(csr, (resolve_memory_budget(None) - csr.memory_bytes) // 2)
+        # what the check may collect: the memory left beside the CSR windows, the per-node arrays above (zeroed
+        # lazily, so not yet counted as used), each batch's arrays and the runtimes' growth (VERIFY_SLACK), over
+        # what a flush needs at its peak per byte collected (EdgeCheck.FLUSH_PEAK)
+        room = resolve_memory_budget(None) - csr.memory_bytes - mark.nbytes - counts.nbytes - VERIFY_SLACK
+        edge_check = EdgeCheck(csr, max(room, 0) // EdgeCheck.FLUSH_PEAK)
     try:
         _verify_batches(samples, ds, cfg, mark, counts, edge_check, progress)
         if edge_check is not None:
