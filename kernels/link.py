@@ -9,7 +9,9 @@ import numba
 import numpy as np
 
 from diskgnn.kernels.rng import mix_key, randint_below, uniform01
-from diskgnn.kernels.sampling import floyd_positions, relabel, reset_map, sample_count, selection_positions
+from diskgnn.kernels.sampling import (concat_layers, floyd_positions, relabel, reset_map, room_for,
+                                     sample_count, selection_positions)
+from diskgnn.kernels.synth import _search
 
 # What assign_edges decides for an edge of the message-passing graph.
 GRAPH = 0
@@ -97,19 +99,6 @@ def uniform_candidates(key, first_row, num_nodes, out):
             out[i, j] = randint_below(key, base + j, num_nodes)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _first_above(cum, r):
-    lo = 0
-    hi = cum.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if cum[mid] > r:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
 @numba.njit(cache=True, nogil=True, parallel=True)
 def weighted_candidates(key, first_row, cum_weights, out):
     """Fill ``out`` (int64 [rows, k]) with node ids drawn with probability proportional to their weight.
@@ -123,7 +112,7 @@ def weighted_candidates(key, first_row, cum_weights, out):
     for i in numba.prange(out.shape[0]):
         base = (first_row + i) * k
         for j in range(k):
-            v = _first_above(cum_weights, uniform01(key, base + j) * total)
+            v = _search(cum_weights, 0, cum_weights.shape[0], uniform01(key, base + j) * total)
             out[i, j] = v if v < n else n - 1
 
 
@@ -240,32 +229,14 @@ def sample_blocks_excluding(indptr, indices, seeds, fanouts, batch_key, node_map
         neighbors = np.empty(num_edges, dtype=np.int64)
         sample_layer_excluding(indptr, indices, dst, fanout, mix_key(batch_key, layer), offsets, neighbors,
                                excl_group, group_ptr, group_src, group_count)
-        if num_nodes + num_edges > nodes.shape[0]:
-            grown = np.empty(max(2 * nodes.shape[0], num_nodes + num_edges), dtype=np.int64)
-            grown[:num_nodes] = nodes[:num_nodes]
-            nodes = grown
+        nodes = room_for(nodes, num_nodes, num_edges)
         local = np.empty(num_edges, dtype=np.int32)
         num_nodes = relabel(neighbors, node_map, nodes, num_nodes, local)
         layer_sizes[layer] = num_nodes
         offsets_of[layer] = offsets
         locals_of[layer] = local
     reset_map(node_map, nodes, num_nodes)
-    total_ptr = 0
-    total_idx = 0
-    for layer in range(num_layers):
-        total_ptr += offsets_of[layer].shape[0]
-        total_idx += locals_of[layer].shape[0]
-    block_indptr = np.empty(total_ptr, dtype=np.int64)
-    block_indices = np.empty(total_idx, dtype=np.int32)
-    p = 0
-    q = 0
-    for layer in range(num_layers):
-        a = offsets_of[layer]
-        block_indptr[p:p + a.shape[0]] = a
-        p += a.shape[0]
-        b = locals_of[layer]
-        block_indices[q:q + b.shape[0]] = b
-        q += b.shape[0]
+    block_indptr, block_indices = concat_layers(offsets_of, locals_of)
     return nodes[:num_nodes].copy(), layer_sizes, block_indptr, block_indices
 
 

@@ -120,6 +120,40 @@ def reset_map(node_map, nodes, num_nodes):
 
 
 @numba.njit(cache=True, nogil=True)
+def room_for(nodes, num_nodes, extra):
+    """``nodes`` (int64), or a copy of its first ``num_nodes`` in a buffer at least twice as large, so that
+    ``extra`` more fit."""
+    if num_nodes + extra <= nodes.shape[0]:
+        return nodes
+    grown = np.empty(max(2 * nodes.shape[0], num_nodes + extra), dtype=np.int64)
+    grown[:num_nodes] = nodes[:num_nodes]
+    return grown
+
+
+@numba.njit(cache=True, nogil=True)
+def concat_layers(offsets_of, locals_of):
+    """The per-layer CSR offsets (int64) and local source ids (int32) of a batch, each concatenated in
+    layer order: ``(block_indptr, block_indices)``."""
+    total_ptr = 0
+    total_idx = 0
+    for layer in range(len(offsets_of)):
+        total_ptr += offsets_of[layer].shape[0]
+        total_idx += locals_of[layer].shape[0]
+    block_indptr = np.empty(total_ptr, dtype=np.int64)
+    block_indices = np.empty(total_idx, dtype=np.int32)
+    p = 0
+    q = 0
+    for layer in range(len(offsets_of)):
+        a = offsets_of[layer]
+        block_indptr[p:p + a.shape[0]] = a
+        p += a.shape[0]
+        b = locals_of[layer]
+        block_indices[q:q + b.shape[0]] = b
+        q += b.shape[0]
+    return block_indptr, block_indices
+
+
+@numba.njit(cache=True, nogil=True)
 def sample_blocks(indptr, indices, seeds, fanouts, batch_key, node_map):
     """Sample one minibatch: ``len(fanouts)`` layers of blocks around ``seeds``.
 
@@ -160,32 +194,14 @@ def sample_blocks(indptr, indices, seeds, fanouts, batch_key, node_map):
         num_edges = offsets[num_dst]
         neighbors = np.empty(num_edges, dtype=np.int64)
         sample_layer(indptr, indices, dst, fanout, mix_key(batch_key, layer), offsets, neighbors)
-        if num_nodes + num_edges > nodes.shape[0]:
-            grown = np.empty(max(2 * nodes.shape[0], num_nodes + num_edges), dtype=np.int64)
-            grown[:num_nodes] = nodes[:num_nodes]
-            nodes = grown
+        nodes = room_for(nodes, num_nodes, num_edges)
         local = np.empty(num_edges, dtype=np.int32)
         num_nodes = relabel(neighbors, node_map, nodes, num_nodes, local)
         layer_sizes[layer] = num_nodes
         offsets_of[layer] = offsets
         locals_of[layer] = local
     reset_map(node_map, nodes, num_nodes)
-    total_ptr = 0
-    total_idx = 0
-    for layer in range(num_layers):
-        total_ptr += offsets_of[layer].shape[0]
-        total_idx += locals_of[layer].shape[0]
-    block_indptr = np.empty(total_ptr, dtype=np.int64)
-    block_indices = np.empty(total_idx, dtype=np.int32)
-    p = 0
-    q = 0
-    for layer in range(num_layers):
-        a = offsets_of[layer]
-        block_indptr[p:p + a.shape[0]] = a
-        p += a.shape[0]
-        b = locals_of[layer]
-        block_indices[q:q + b.shape[0]] = b
-        q += b.shape[0]
+    block_indptr, block_indices = concat_layers(offsets_of, locals_of)
     return nodes[:num_nodes].copy(), layer_sizes, block_indptr, block_indices
 
 
