@@ -9,10 +9,9 @@ that holds its node's list. Draws are the ones of
 node), so the result is the same as sampling each batch on its own.
 """
 import numba
-import numpy as np
 
 from diskgnn.kernels.rng import mix_key
-from diskgnn.kernels.sampling import floyd_positions, selection_positions
+from diskgnn.kernels.sampling import draw_positions
 
 ALIGN = 4096
 
@@ -124,10 +123,7 @@ def sample_window(window, range_pos, uniq_lo, uniq_deg, j0, j1, pair_start, orde
                 out_neighbors[start + t] = window[base + t]
             continue
         key = mix_key(pair_keys[p], pair_nodes[p])
-        if k * k <= 8 * deg:
-            floyd_positions(key, deg, k, out_neighbors, start)
-        else:
-            selection_positions(key, deg, k, out_neighbors, start)
+        draw_positions(key, deg, k, out_neighbors, start)
         for t in range(k):
             out_neighbors[start + t] = window[base + out_neighbors[start + t]]
 
@@ -144,15 +140,6 @@ def _uniq_of(pair_start, j0, j1, s):
         else:
             hi = mid
     return lo
-
-
-@numba.njit(cache=True, nogil=True)
-def draw_positions(key, deg, k, out, start):
-    """The ``k`` sorted positions out of ``deg`` that :func:`sample_window` draws for one pair (0 < k < deg)."""
-    if k * k <= 8 * deg:
-        floyd_positions(key, deg, k, out, start)
-    else:
-        selection_positions(key, deg, k, out, start)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

@@ -9,8 +9,8 @@ import numba
 import numpy as np
 
 from diskgnn.kernels.rng import mix_key, randint_below, uniform01
-from diskgnn.kernels.sampling import (concat_layers, floyd_positions, relabel, reset_map, room_for,
-                                     sample_count, selection_positions)
+from diskgnn.kernels.sampling import (concat_layers, draw_positions, relabel, reset_map, room_for,
+                                     sample_count)
 from diskgnn.kernels.synth import _search
 
 # What assign_edges decides for an edge of the message-passing graph.
@@ -156,10 +156,7 @@ def sample_layer_excluding(indptr, indices, dst_nodes, fanout, layer_key, offset
                     out_neighbors[start + j] = indices[lo + j]
                 continue
             key = mix_key(layer_key, v)
-            if k * k <= 8 * deg:
-                floyd_positions(key, deg, k, out_neighbors, start)
-            else:
-                selection_positions(key, deg, k, out_neighbors, start)
+            draw_positions(key, deg, k, out_neighbors, start)
             for j in range(k):
                 out_neighbors[start + j] = indices[lo + out_neighbors[start + j]]
             continue
@@ -173,10 +170,7 @@ def sample_layer_excluding(indptr, indices, dst_nodes, fanout, layer_key, offset
                     q += 1
             continue
         key = mix_key(layer_key, v)
-        if k * k <= 8 * kept:
-            floyd_positions(key, kept, k, out_neighbors, start)
-        else:
-            selection_positions(key, kept, k, out_neighbors, start)
+        draw_positions(key, kept, k, out_neighbors, start)
         # positions among the kept in-edges, ascending: walk the segment once, skipping excluded ones
         q = 0
         r = 0

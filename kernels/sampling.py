@@ -62,6 +62,16 @@ def sample_count(deg, fanout):
     return fanout
 
 
+@numba.njit(cache=True, nogil=True)
+def draw_positions(key, deg, k, out, start):
+    """Write ``k`` distinct sorted positions out of ``deg`` (0 < k < deg) into ``out[start:start + k]``:
+    Floyd's method for small draws, a selection pass otherwise. Every sampler draws through this rule."""
+    if k * k <= 8 * deg:
+        floyd_positions(key, deg, k, out, start)
+    else:
+        selection_positions(key, deg, k, out, start)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def sample_layer(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_neighbors):
     """Sample the in-neighbours of every node in ``dst_nodes`` (int64 [n]) in parallel.
@@ -83,10 +93,7 @@ def sample_layer(indptr, indices, dst_nodes, fanout, layer_key, offsets, out_nei
                 out_neighbors[start + j] = indices[lo + j]
             continue
         key = mix_key(layer_key, v)
-        if k * k <= 8 * deg:
-            floyd_positions(key, deg, k, out_neighbors, start)
-        else:
-            selection_positions(key, deg, k, out_neighbors, start)
+        draw_positions(key, deg, k, out_neighbors, start)
         for j in range(k):
             out_neighbors[start + j] = indices[lo + out_neighbors[start + j]]
 
