@@ -178,15 +178,10 @@ class DGLLinkRunner:
         self.rows += int(input_nodes.shape[0])
         if isinstance(self.features, torch.Tensor):
             return self.features.index_select(0, input_nodes)
-        from diskgnn.bench.packed_systems import _widen
-        from diskgnn.cgroup import thread_read_bytes
-        ids = input_nodes.numpy()
-        order = np.argsort(ids, kind="stable")
-        rows = np.empty((ids.shape[0], self.features.shape[1]), dtype=self.features.dtype)
-        before = thread_read_bytes()
-        rows[order] = self.features[ids[order]]
-        self.read += thread_read_bytes() - before
-        return torch.from_numpy(_widen(rows, self.feat_dtype))
+        from diskgnn.bench.packed_systems import gather_memmap
+        x, read = gather_memmap(self.features, input_nodes.numpy(), self.feat_dtype)
+        self.read += read
+        return x
 
     def _blocks(self, blocks):
         return blocks if self.dgl_layers else to_torch_blocks(blocks)

@@ -19,9 +19,8 @@ import time
 import numpy as np
 import torch
 
-from diskgnn.cgroup import thread_read_bytes
 from diskgnn.errors import ConfigError
-from diskgnn.bench.packed_systems import _widen
+from diskgnn.bench.packed_systems import _widen, gather_memmap
 
 
 class DGLOnline:
@@ -93,13 +92,8 @@ class DGLOnline:
             if self.in_memory:
                 x = self.features.index_select(0, input_nodes)
             else:
-                ids = input_nodes.numpy()
-                order = np.argsort(ids, kind="stable")
-                rows = np.empty((ids.shape[0], self.features.shape[1]), dtype=self.features.dtype)
-                before = thread_read_bytes()
-                rows[order] = self.features[ids[order]]
-                self.read += thread_read_bytes() - before
-                x = torch.from_numpy(_widen(rows, self.feat_dtype))
+                x, read = gather_memmap(self.features, input_nodes.numpy(), self.feat_dtype)
+                self.read += read
             self.rows += int(input_nodes.shape[0])
             t2 = time.perf_counter()
             clock.add("sample", busy=t1 - t0)

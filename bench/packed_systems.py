@@ -23,6 +23,17 @@ def _widen(rows: np.ndarray, dtype_name: str) -> np.ndarray:
     return bf16_bits_to_float32(rows) if dtype_name == "bf16" else np.asarray(rows, dtype=np.float32)
 
 
+def gather_memmap(features: np.ndarray, ids: np.ndarray, dtype_name: str) -> tuple[torch.Tensor, int]:
+    """Rows ``ids`` of a memory-mapped feature matrix as float32 (read in ascending id order, as a DGL user's
+    memmap gather would) and the bytes this thread read from disk for them."""
+    order = np.argsort(ids, kind="stable")
+    rows = np.empty((ids.shape[0], features.shape[1]), dtype=features.dtype)
+    before = thread_read_bytes()
+    rows[order] = features[ids[order]]
+    read = thread_read_bytes() - before
+    return torch.from_numpy(_widen(rows, dtype_name)), read
+
+
 class MmapFeatures:
     """Rows gathered from a numpy.memmap of features.bin in sorted id order (the page cache does the caching).
 

@@ -50,6 +50,16 @@ NODE_BYTES = 24
 """Bytes per input node of a batch: its buffer (grown by doubling) and the copy handed out."""
 
 
+def group_by_node(pair_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs grouped by their node: ``(order, uniq, pair_start)`` with ``pair_nodes[order]`` sorted (stable),
+    ``uniq`` the distinct nodes ascending, and pairs ``order[pair_start[j]:pair_start[j + 1]]`` those of
+    ``uniq[j]``."""
+    order = np.argsort(pair_nodes, kind="stable")
+    sorted_nodes = pair_nodes[order]
+    first = np.flatnonzero(np.concatenate([[True], sorted_nodes[1:] != sorted_nodes[:-1]]))
+    return order, sorted_nodes[first], np.append(first, pair_nodes.shape[0]).astype(np.int64)
+
+
 @dataclass
 class ReadStats:
     """What a :class:`DiskCSR` read, for the samples' manifest and the benchmarks."""
@@ -228,12 +238,7 @@ def _sample_group(csr: DiskCSR, group: list[tuple[np.ndarray, np.uint64]], fanou
         pair_nodes = np.concatenate([bt.nodes[:bt.num] for bt in batches])
         layer_keys = np.array([mix_key(bt.key, np.int64(layer)) for bt in batches], dtype=np.uint64)
         pair_keys = np.repeat(layer_keys, num)
-        order = np.argsort(pair_nodes, kind="stable")
-        sorted_nodes = pair_nodes[order]
-        first = np.flatnonzero(np.concatenate([[True], sorted_nodes[1:] != sorted_nodes[:-1]]))
-        uniq = sorted_nodes[first]
-        del sorted_nodes
-        pair_start = np.append(first, pair_nodes.shape[0]).astype(np.int64)
+        order, uniq, pair_start = group_by_node(pair_nodes)
         lo, deg = csr.offsets(uniq)
         pair_deg = np.empty(pair_nodes.shape[0], dtype=np.int64)
         pair_deg[order] = np.repeat(deg, np.diff(pair_start))
@@ -403,12 +408,7 @@ class EdgeCheck:
         nbr_offsets = np.zeros(pair_nodes.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts, out=nbr_offsets[1:])
         neighbors = np.concatenate([b[5] for b in blocks])
-        order = np.argsort(pair_nodes, kind="stable")
-        sorted_nodes = pair_nodes[order]
-        first = np.flatnonzero(np.concatenate([[True], sorted_nodes[1:] != sorted_nodes[:-1]]))
-        uniq = sorted_nodes[first]
-        del sorted_nodes
-        pair_start = np.append(first, pair_nodes.shape[0]).astype(np.int64)
+        order, uniq, pair_start = group_by_node(pair_nodes)
         lo, deg = self.csr.offsets(uniq)
         pair_excluded = None
         if any(b[6] is not None for b in blocks):
