@@ -421,8 +421,9 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
         # is left out anyway, and the maps take the inputs' place (a third less memory)
         total = int(offsets[-1])
         cache_rows = min(sum(tier_bytes[t] // rb for t in TIER_NAMES), n)
-        maps_in_place = not cfg.belady or total * id_dtype.itemsize + belady_memory(total, n, cache_rows) \
-            > plan_budget
+        maps_in_place = (not cfg.belady
+                         or total * id_dtype.itemsize + belady_memory(total, n, cache_rows) > plan_budget
+                         or plan_memory_bytes(total, n, id_dtype.itemsize, num_shards=num_shards) > plan_budget)
     _check_plan_memory(int(offsets[-1]), n, id_dtype.itemsize, num_shards, maps_in_place, plan_budget)
     inputs = np.empty(int(offsets[-1]), dtype=id_dtype)
     pos = 0

@@ -87,3 +87,20 @@ def test_a_plan_beyond_the_budget_is_refused_before_it_is_built(samples, tmp_pat
     with pytest.raises(MemoryBudgetError, match=r"planning this pack needs about .* --num-shards"):
         pack(samples.path, tmp_path / "p", PackConfig(host_cache="10%"), memory_budget=need // 2 * 2 // 2)
     assert not (tmp_path / "p" / "manifest.json").exists()
+
+
+def test_maps_take_the_inputs_place_when_separate_maps_would_not_fit(samples, tmp_path):
+    """A budget between the in-place plan and the separate-maps plan packs (without the Belady bound) instead of
+    refusing: at scale l the separate maps alone put the plan over the default share of a 4 GiB cgroup."""
+    total = sum(int(samples.input_offsets(p)[-1]) for p in samples.parts)
+    low = plan_memory_bytes(total, 30011, 4, maps_in_place=True)
+    high = plan_memory_bytes(total, 30011, 4, maps_in_place=False)
+    assert low < high
+    from diskgnn.dataset import Dataset
+    from diskgnn.packing import _plan
+    ds = Dataset.open(samples.dataset_path)
+    plan = _plan(samples, ds, PackConfig(host_cache="10%"), num_shards=1, shard=0, plan_budget=(low + high) // 2)
+    assert plan.maps_in_place and plan.inputs.size == 0 and plan.maps.size == total
+    full = _plan(samples, ds, PackConfig(host_cache="10%"), num_shards=1, shard=0, plan_budget=1 << 34)
+    assert not full.maps_in_place
+    assert np.array_equal(plan.maps, full.maps) and np.array_equal(plan.row_nodes, full.row_nodes)
