@@ -39,6 +39,14 @@ def test_scale_bench_runs_every_step_kills_and_cleans_up(tmp_path):
     assert r["sample_disk_topology_bytes_read"] > 0 and r["pack_written_bytes"] > 0 and r["train_step_s"] > 0
     assert result["systems"][0]["kind"] == "train" and len(result["systems"][0]["epoch_times_s"]) == 2
     assert not work.exists() and result["workdir_bytes_after"] == 0  # nothing left behind
+    # the scaling model reads its inputs from a real result (the disk probe was skipped here: give it one)
+    from diskgnn.bench.scaling_model import GRAPHS, project, rates_from_result
+    result["disk"] = {"seq_read_GBps": 1.0, "seq_write_GBps": 0.5}
+    rates = rates_from_result(result)
+    assert rates.seeds == round(6007 * 0.3) + 2 * round(6007 * 0.1) and rates.train_seeds == round(6007 * 0.3)
+    assert rates.sampled_edges_per_seed > 0 and rates.input_rows_per_seed >= 1 and rates.step_s_per_row_dim > 0
+    assert rates.rows_assembled_per_s > 0 and rates.pack_floor_ratio > 0 and rates.batch_size == 301
+    assert project(GRAPHS["papers100M"], rates)["train"]["epoch_s"] > 0
     text = readme.read_text()
     assert "some text" in text and README_BEGIN in text and path.name in text
 
