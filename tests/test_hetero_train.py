@@ -66,3 +66,16 @@ def test_models_learn_labels_that_need_the_typed_neighbourhood(ds, model, bases)
 def test_eval_fanouts_must_match_the_layers(ds):
     with pytest.raises(ConfigError, match="--eval-fanouts has 1 layers"):
         train_hetero(ds, HeteroTrainConfig(fanouts="5,5", eval_fanouts="-1", epochs=1))
+
+
+def test_the_dgl_baseline_sees_the_same_graph_and_learns(ds):
+    pytest.importorskip("dgl", reason="the DGL baseline needs the reference stack")
+    from diskgnn.bench.hetero_parity import dgl_heterograph, train_dgl
+    g = dgl_heterograph(ds)
+    for name, r in ds.relations.items():
+        src, dst = g.edges(etype=(r.src, r.rel, r.dst))
+        indptr = np.asarray(ds.indptr(name))
+        assert np.array_equal(np.bincount(dst.numpy(), minlength=indptr.size - 1), np.diff(indptr))
+        assert np.array_equal(np.sort(src.numpy()), np.sort(np.asarray(ds.indices(name))))
+    r = train_dgl(ds, fanouts=[5, 5], batch_size=64, epochs=3, hidden=32, lr=1e-3, embed_lr=1e-2, seed=0)
+    assert r["test_acc"] > 0.8, r["history"]
