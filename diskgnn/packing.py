@@ -969,7 +969,9 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     try:
         files = _write_index(out, plan)
         # the maps are on disk and the input nodes are only the Belady bound's trace: release them for the writes
-        plan = replace(plan, maps=plan.maps[:0], inputs=plan.inputs if with_belady else plan.inputs[:0])
+        # (new empty arrays: a [:0] view would keep the whole buffer alive through the writes)
+        plan = replace(plan, maps=np.zeros(0, dtype=plan.maps.dtype),
+                       inputs=plan.inputs if with_belady else np.zeros(0, dtype=plan.inputs.dtype))
         belady = None
         if with_belady:  # a nogil kernel: it runs on the other core while packing waits on the disk
             belady = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-belady")

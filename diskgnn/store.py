@@ -1109,7 +1109,7 @@ def _check_rows(p: Packed) -> None:
                     continue
                 got = store.assemble(part, i).numpy()
                 nodes = np.asarray(samples.input_nodes(part, i))
-                want = to_float32(convert_rows(np.asarray(ds.features[nodes]), ds.feat_dtype, p.store_dtype),
+                want = to_float32(convert_rows(ds.feature_rows(nodes), ds.feat_dtype, p.store_dtype),
                                   p.store_dtype)
                 if got.shape != want.shape or not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
                     raise IntegrityError(f"{p.path}: batch {part}/{i} does not assemble to the dataset's rows; "
