@@ -138,7 +138,19 @@ class ScaleConfig:
     by default pack picks both, streaming at scale)."""
     timeout_s: float = 6 * 3600
     keep: bool = False
+    from_samples: str | None = None
+    """Start at pack from this samples directory (and the dataset it names), kept from an earlier run of this
+    script: synth, sampling and their checks are not run again, and neither directory is removed."""
+    from_dataset: str | None = None
+    """With ``from_samples``: the dataset (default: the directory the samples name)."""
     command: str = ""
+
+
+def _dataset_facts(dataset, path: Path) -> dict:
+    return {"nodes": dataset.num_nodes, "edges": dataset.num_edges, "feat_dim": dataset.feat_dim,
+            "feat_dtype": dataset.feat_dtype, "feature_bytes": dataset.feature_bytes,
+            "topology_bytes": dataset.specs["indptr"].nbytes + dataset.specs["indices"].nbytes,
+            "disk_bytes": _dir_bytes(path), "indices_dtype": dataset.specs["indices"].dtype}
 
 
 def _synth_flags(cfg: ScaleConfig) -> list[str]:
@@ -331,9 +343,20 @@ class ScaleRun:
         cfg = self.cfg
         w = self.work
         ds, smp, ram, pk = w / "dataset", w / "samples", w / "samples-ram", w / "packed"
-        threads = ["--threads", str(cfg.threads)] if cfg.threads else []
         for leftover in (ds, smp, ram, pk):  # what an earlier, interrupted run of this script left
             shutil.rmtree(leftover, ignore_errors=True)
+        if cfg.from_samples:
+            from diskgnn.sampling import Samples
+            smp = Path(cfg.from_samples)
+            ds = Path(cfg.from_dataset) if cfg.from_dataset else Samples.open(smp).dataset_path
+            result["reused"] = {"samples": str(smp), "dataset": str(ds)}
+        else:
+            self._up_to_samples(result, ds, smp, ram)
+        self._from_pack(result, ds, smp, pk)
+
+    def _up_to_samples(self, result: dict, ds: Path, smp: Path, ram: Path) -> None:
+        cfg = self.cfg
+        threads = ["--threads", str(cfg.threads)] if cfg.threads else []
         # no --overwrite: a rerun after a kill must find the killed run's journal
         synth_args = ["synth", *_synth_flags(cfg), "--out", ds,
                       *(["--chunk-nodes", cfg.chunk_nodes] if cfg.chunk_nodes else [])]
@@ -341,10 +364,7 @@ class ScaleRun:
         synth_reference = {"wall_s": synth["wall_s"], "manifest": _normalized_manifest(ds)}
         from diskgnn.dataset import Dataset
         dataset = Dataset.open(ds)
-        result["dataset"] = {"nodes": dataset.num_nodes, "edges": dataset.num_edges, "feat_dim": dataset.feat_dim,
-                             "feat_dtype": dataset.feat_dtype, "feature_bytes": dataset.feature_bytes,
-                             "topology_bytes": dataset.specs["indptr"].nbytes + dataset.specs["indices"].nbytes,
-                             "disk_bytes": _dir_bytes(ds), "indices_dtype": dataset.specs["indices"].dtype}
+        result["dataset"] = _dataset_facts(dataset, ds)
         self.step("verify-dataset", ["verify", ds], cap=cfg.cap)
         sample_args = ["sample", ds, "--fanouts", cfg.fanouts, "--batch-size", cfg.batch_size, *threads]
         self.step("sample", [*sample_args, "--out", smp, "--mmap-topology", "yes"], cap=cfg.cap, out=smp)
@@ -355,9 +375,20 @@ class ScaleRun:
             result["samples_identical"] = a.fingerprint == b.fingerprint
             shutil.rmtree(ram)
         self.step("verify-samples", ["verify", smp], cap=cfg.cap)
+        self._synth_args = synth_args
+        self._synth_reference = synth_reference
+
+    def _from_pack(self, result: dict, ds: Path, smp: Path, pk: Path) -> None:
+        cfg = self.cfg
+        w = self.work
+        threads = ["--threads", str(cfg.threads)] if cfg.threads else []
+        from diskgnn.dataset import Dataset
+        dataset = Dataset.open(ds)
+        result.setdefault("dataset", _dataset_facts(dataset, ds))
         # journaled often enough that a kill midway has something to resume from, at any scale
         journal_every = max(dataset.feature_bytes // 8, 4096)
         pack_args = ["pack", smp, "--out", pk, "--host-cache", cfg.host_cache, "--journal-every", journal_every,
+                     *(["--dataset", ds] if cfg.from_samples else []),
                      *(["--write-mode", "stream", "--order-block", cfg.pack_stream_block]
                        if cfg.pack_stream_block else [])]
         pack = self.step("pack", pack_args, cap=cfg.cap, out=pk)
@@ -373,10 +404,13 @@ class ScaleRun:
         kills = result["kills"] = []
         shutil.rmtree(pk)
         kills.append(self.killed_step("pack", pack_args, pk, pack_reference, cap=cfg.cap))
+        if cfg.from_samples:  # the kept directories stay; there is no synth reference to compare with
+            shutil.rmtree(pk)
+            return
         for p in (pk, smp):
             shutil.rmtree(p)
         shutil.rmtree(ds)  # the dataset is made again, killed midway, then compared by its manifest
-        kills.append(self.killed_step("synth", synth_args, ds, synth_reference, cap=cfg.cap))
+        kills.append(self.killed_step("synth", self._synth_args, ds, self._synth_reference, cap=cfg.cap))
 
 
 class StepFailed(Exception):
@@ -410,8 +444,9 @@ def checks(result: dict) -> dict:
     out["every_step_ok"] = bool(steps) and all(s["returncode"] == 0 for s in steps) and "failed_step" not in result
     out["every_capped_step_within_budget_plus_10pct"] = bool(capped) and all(
         s["within_budget_plus_10pct"] for s in capped)
+    checked = ("verify-packed",) if result.get("reused") else ("verify-dataset", "verify-samples", "verify-packed")
     out["verify_passed"] = all(_step(result, n) is not None and _step(result, n)["returncode"] == 0
-                               for n in ("verify-dataset", "verify-samples", "verify-packed"))
+                               for n in checked)
     sample, ram = _step(result, "sample"), _step(result, "sample-in-memory")
     out["sample_mmap_vs_in_memory"] = round(sample["wall_s"] / ram["wall_s"], 3) if sample and ram else None
     out["sample_within_3x"] = None if out["sample_mmap_vs_in_memory"] is None \
@@ -602,6 +637,11 @@ def parse_args(argv=None) -> tuple[ScaleConfig, argparse.Namespace]:
     p.add_argument("--pack-stream-block", default=None,
                    help="pack with --write-mode stream --order-block SIZE (small runs: more journals)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--from-samples", default=None,
+                   help="start at pack from this samples directory (and its dataset), kept from an earlier run: "
+                        "synth and sampling are not run again, and neither directory is removed")
+    p.add_argument("--from-dataset", default=None,
+                   help="with --from-samples: the dataset (default: the directory the samples name)")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per step")
     p.add_argument(STEP_WRAP, nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -614,7 +654,7 @@ def parse_args(argv=None) -> tuple[ScaleConfig, argparse.Namespace]:
                       threads=args.threads, kill=args.kill, in_memory_reference=not args.no_in_memory,
                       disk_probe=args.disk_probe, timeout_s=args.timeout, keep=args.keep,
                       chunk_nodes=args.chunk_nodes, pack_stream_block=args.pack_stream_block,
-                      command="python -m diskgnn.bench.scale " + " ".join(sys.argv[1:] if argv is None else argv))
+                      from_samples=args.from_samples, from_dataset=args.from_dataset, command="python -m diskgnn.bench.scale " + " ".join(sys.argv[1:] if argv is None else argv))
     return cfg, args
 
 

@@ -88,3 +88,24 @@ def test_readme_rows_accumulate_between_the_markers(tmp_path):
     assert text.startswith("intro") and text.count(README_BEGIN) == 1 and text.count(README_END) == 1
     assert "scale-l-a.json" in text and "scale-l-b.json" in text
     assert "64M nodes, 2.3B edges, 64-d fp16" in text
+
+
+@pytest.mark.slow
+def test_a_run_can_start_at_pack_from_kept_samples(tmp_path):
+    small = ["--scale", "s", "--nodes", "3001", "--avg-degree", "6", "--dim", "8", "--classes", "3",
+             "--train-fraction", "0.3", "--val-fraction", "0.1", "--test-fraction", "0.1", "--cap", "1G",
+             "--readme", "", "--batch-size", "301", "--fanouts", "4,3", "--epochs", "1", "--disk-probe", "0",
+             "--threads", "1", "--no-in-memory"]
+    assert main([*small, "--workdir", str(tmp_path / "a"), "--results", str(tmp_path / "ra"), "--keep"]) == 0
+    kept = tmp_path / "kept"
+    (tmp_path / "a").rename(kept)
+    rc = main([*small, "--workdir", str(tmp_path / "b"), "--results", str(tmp_path / "rb"),
+               "--from-samples", str(kept / "samples"), "--from-dataset", str(kept / "dataset"), "--kill"])
+    assert rc == 0
+    [path] = (tmp_path / "rb").glob("scale-s-*.json")
+    result = json.loads(path.read_text())
+    assert [s["step"] for s in result["steps"]] == ["pack", "verify-packed", "train"]
+    assert result["reused"]["dataset"] == str(kept / "dataset") and result["checks"]["verify_passed"]
+    assert result["kills"] and result["checks"]["kills_identical"]
+    assert (kept / "samples" / "manifest.json").exists() and (kept / "dataset" / "manifest.json").exists()
+    assert not (tmp_path / "b").exists()
