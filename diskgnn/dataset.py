@@ -406,6 +406,10 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Dataset":
+        from diskgnn.hetero import is_hetero
+        if is_hetero(path):
+            raise ConfigError(f"{path} is a heterogeneous dataset (typed nodes and relations); sample, pack and "
+                              f"train take homogeneous ones. Train it with diskgnn train-hetero (docs/HETERO.md)")
         manifest = read_manifest(path, FORMAT, VERSION)
         return cls(path, manifest)
 

@@ -27,6 +27,10 @@ def _kind(directory) -> str:
 def describe(directory) -> dict:
     """A summary dict of a dataset, samples or packed directory."""
     kind = _kind(directory)
+    from diskgnn.hetero import is_hetero
+    if kind == "diskgnn.dataset" and is_hetero(directory):
+        from diskgnn.hetero import HeteroDataset, hetero_summary
+        return {"kind": "heterogeneous dataset", **hetero_summary(HeteroDataset.open(directory))}
     if kind == "diskgnn.dataset":
         from diskgnn.dataset import Dataset, summary
         return {"kind": "dataset", **summary(Dataset.open(directory))}
@@ -45,6 +49,11 @@ def describe(directory) -> dict:
 def verify(directory, *, check_crc: bool = True, progress: ProgressFn = no_progress) -> str:
     """Check every invariant of the directory; raise the first problem. Returns the kind."""
     kind = _kind(directory)
+    from diskgnn.hetero import is_hetero
+    if kind == "diskgnn.dataset" and is_hetero(directory):
+        from diskgnn.hetero import HeteroDataset, verify_hetero
+        verify_hetero(HeteroDataset.open(directory), check_crc=check_crc)
+        return "heterogeneous dataset"
     if kind == "diskgnn.dataset":
         from diskgnn.dataset import Dataset, verify_dataset
         ds = Dataset.open(directory)

@@ -213,6 +213,9 @@ def _add_commands(sub) -> None:
     p.add_argument("--chunk-nodes", type=int, default=1 << 18,
                    help="nodes generated per chunk (default 262144); a killed run resumes after its last chunk. "
                         "Feature noise is drawn per chunk, so another value gives other features")
+    p.add_argument("--hetero", action="store_true",
+                   help="a MAG-like heterogeneous graph instead (paper, author, institution, field; scales tiny, "
+                        "s, m; see docs/HETERO.md); --seed, --classes, --dtype and the split fractions apply")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     _common(p)
     p.set_defaults(func=cmd_synth)
@@ -221,7 +224,11 @@ def _add_commands(sub) -> None:
                        description="Import a graph (npz / directory of .npy, text edge list, OGB raw "
                                    "directory, DGL .bin) into a dataset directory, streaming with bounded memory.")
     p.add_argument("input", help="input file or directory")
-    p.add_argument("--format", required=True, choices=["npz", "edgelist", "ogb", "dgl"])
+    p.add_argument("--format", required=True, choices=["npz", "edgelist", "ogb", "dgl", "hetero-dir"],
+                   help="hetero-dir: a heterogeneous graph (meta.json, feat/<type>.npy, "
+                        "edges/<src>__<relation>__<dst>.npy, label.npy, *_idx.npy; docs/HETERO.md)")
+    p.add_argument("--add-reverse", action="store_true",
+                   help="hetero-dir: add <dst>__rev_<relation>__<src> for every relation")
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--undirected", action="store_true", help="add the reverse of every edge")
     p.add_argument("--keep-self-loops", action="store_true", help="keep self-loops (dropped by default)")
@@ -298,6 +305,31 @@ def _add_commands(sub) -> None:
     _train_task_arg(p)
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-hetero", help="train rsage or rgcn on a heterogeneous dataset (first path: online "
+                                             "sampling)",
+                       description="Train relation-wise GraphSAGE (rsage) or RGCN on the target type of a "
+                                   "heterogeneous dataset. Batches are sampled online per relation and their "
+                                   "rows read from the per-type feature files; presampling and the packed "
+                                   "per-type store are still to come (docs/HETERO.md).")
+    p.add_argument("dataset", help="heterogeneous dataset directory")
+    p.add_argument("--model", choices=["rsage", "rgcn"], default="rsage")
+    p.add_argument("--fanouts", default="10,15",
+                   help="per layer, outermost first: one count for every relation, or 'rel=count|...|*=count' "
+                        "(default 10,15)")
+    p.add_argument("--eval-fanouts", default=None, help="fanouts of validation and test (default: --fanouts)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--embed-lr", type=float, default=1e-2, help="learning rate of featureless types' embeddings")
+    p.add_argument("--num-bases", type=int, default=None, help="rgcn: basis decomposition with this many bases")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--metrics", default=None, help="append per-epoch metrics as JSON lines to this file")
+    _common(p)
+    p.set_defaults(func=cmd_train_hetero)
 
     p = sub.add_parser("embed", help="every node's embeddings from a trained model, layer by layer out of core",
                        description="Run a trained sage/gcn/gat checkpoint over every node with all its "
@@ -461,6 +493,8 @@ def _print_json(obj) -> None:
 # --- subcommands -------------------------------------------------------------------------------
 
 def cmd_synth(args, progress) -> int:
+    if args.hetero:
+        return _synth_hetero(args, progress)
     from diskgnn.synth import scale_config, synthesize
     from diskgnn.dataset import summary
     cfg = scale_config(args.scale, task=args.task, seed=args.seed, nodes=args.nodes, avg_degree=args.avg_degree,
@@ -476,7 +510,62 @@ def cmd_synth(args, progress) -> int:
     return 0
 
 
+def _synth_hetero(args, progress) -> int:
+    from diskgnn.hetero import hetero_scale_config, hetero_summary, synthesize_hetero
+    from diskgnn.errors import ConfigError
+    unused = [f for f, v in (("--nodes", args.nodes), ("--avg-degree", args.avg_degree), ("--dim", args.dim),
+                             ("--homophily", args.homophily), ("--separation", args.separation),
+                             ("--degree-exponent", args.degree_exponent),
+                             ("--popularity-exponent", args.popularity_exponent),
+                             ("--communities-per-class", args.communities_per_class),
+                             ("--edge-split", args.edge_split)) if v is not None]
+    if unused or args.task != "node" or args.scale == "l":
+        raise ConfigError(f"synth --hetero takes --scale tiny, s or m, --seed, --classes, --dtype and the split "
+                          f"fractions; not {', '.join(unused) or ('--task link' if args.task != 'node' else '--scale l')}")
+    overrides = {k: v for k, v in (("seed", args.seed), ("classes", args.classes), ("dtype", args.dtype),
+                                   ("train_fraction", args.train_fraction), ("val_fraction", args.val_fraction),
+                                   ("test_fraction", args.test_fraction)) if v is not None}
+    ds = synthesize_hetero(hetero_scale_config(args.scale, **overrides), args.out, overwrite=args.overwrite,
+                           progress=progress)
+    if not args.quiet:
+        _print_summary(hetero_summary(ds))
+    return 0
+
+
+def cmd_train_hetero(args, progress) -> int:
+    from diskgnn.hetero_train import HeteroTrainConfig, train_hetero
+    cfg = HeteroTrainConfig(model=args.model, fanouts=args.fanouts, eval_fanouts=args.eval_fanouts,
+                            batch_size=args.batch_size, epochs=args.epochs, hidden=args.hidden, lr=args.lr,
+                            embed_lr=args.embed_lr, num_bases=args.num_bases, dropout=args.dropout,
+                            seed=args.train_seed, threads=args.threads)
+
+    def on_epoch(rec):
+        if args.metrics:
+            with open(args.metrics, "a") as f:
+                f.write(json.dumps({"event": "epoch", **rec}) + "\n")
+        if not args.quiet:
+            print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}, val {rec['val_acc']:.4f}, "
+                  f"test {rec['test_acc']:.4f} ({rec['epoch_time_s']:.1f} s)")
+
+    result = train_hetero(args.dataset, cfg, on_epoch=on_epoch)
+    if not args.quiet:
+        print(f"best epoch {result['best_epoch']}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
+    return 0
+
+
 def cmd_prepare(args, progress) -> int:
+    if args.format == "hetero-dir":
+        from diskgnn.hetero import hetero_summary, import_hetero_dir
+        from diskgnn.memory import resolve_memory_budget
+        ds = import_hetero_dir(args.input, args.out, add_reverse=args.add_reverse, dtype=args.dtype,
+                               memory_budget=resolve_memory_budget(args.memory_budget, fraction=0.5),
+                               overwrite=args.overwrite, progress=progress)
+        if not args.quiet:
+            _print_summary(hetero_summary(ds))
+        return 0
+    if args.add_reverse:
+        from diskgnn.errors import ConfigError
+        raise ConfigError("--add-reverse applies to --format hetero-dir; for a homogeneous graph use --undirected")
     from diskgnn.ingest import PrepareConfig, prepare
     from diskgnn.dataset import summary
     cfg = PrepareConfig(format=args.format, input=args.input, undirected=args.undirected,
