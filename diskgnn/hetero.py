@@ -664,9 +664,12 @@ class HeteroSynthConfig:
 
 HETERO_SCALES = {
     "tiny": dict(papers=3001, authors=2003, institutions=53, fields=101, paper_dim=16, field_dim=8, classes=4),
-    "s": dict(papers=100_000, authors=80_000, institutions=2_000, fields=4_000, paper_dim=64, field_dim=32),
+    # s and m: weaker homophily and features, so that accuracy stays well below 100 % and differences show
+    "s": dict(papers=100_000, authors=80_000, institutions=2_000, fields=4_000, paper_dim=64, field_dim=32,
+              homophily=0.4, paper_separation=0.25, field_separation=1.0),
     "m": dict(papers=5_000_000, authors=3_000_000, institutions=20_000, fields=60_000, paper_dim=256,
-              field_dim=64, train_fraction=0.02, val_fraction=0.005, test_fraction=0.005),
+              field_dim=64, homophily=0.4, paper_separation=0.25, field_separation=1.0,
+              train_fraction=0.02, val_fraction=0.005, test_fraction=0.005),
 }
 
 
