@@ -140,8 +140,9 @@ def rates_from_result(result: dict, source: str = "") -> Rates:
         host_tier_fraction=_fraction(cfg.get("host_cache", "10%")),
         seq_read_bps=disk["seq_read_GBps"] * 1e9, seq_write_bps=disk["seq_write_GBps"] * 1e9,
         pack_floor_ratio=pack["wall_s"] / (read_s + write_s),
-        train_read_bps=last["bytes_read"] / stages["read"]["busy_s"] if stages.get("read", {}).get("busy_s")
-        else disk["seq_read_GBps"] * 1e9,
+        # the read stage's busy time leaves out waits on the disk: never above the probed sequential rate
+        train_read_bps=min(last["bytes_read"] / stages["read"]["busy_s"], disk["seq_read_GBps"] * 1e9)
+        if stages.get("read", {}).get("busy_s") else disk["seq_read_GBps"] * 1e9,
         rows_assembled_per_s=last["bytes_useful"] / row / stages["assemble"]["busy_s"],
         step_s_per_row_dim=step_s / (rows_per_batch * d["feat_dim"]),
         batch_size=cfg_batch(cfg), feat_dim=d["feat_dim"])
