@@ -109,14 +109,16 @@ def rates_from_result(result: dict, source: str = "") -> Rates:
     """The model's inputs from a ``bench/results/scale-*.json`` of a complete run."""
     d, cfg, disk, r = result["dataset"], result["config"], result.get("disk") or {}, result.get("rates") or {}
     nodes = d["nodes"]
-    seeds = sum(round(nodes * cfg[k]) for k in ("train_fraction", "val_fraction", "test_fraction")
-                if cfg.get(k) is not None) or None
+    from diskgnn.synth import scale_config
+    synth = scale_config(result["scale"], **(cfg.get("overrides") or {}))
+    fractions = {k: getattr(synth, k) for k in ("train_fraction", "val_fraction", "test_fraction")}
+    seeds = sum(round(nodes * f) for f in fractions.values()) or None
     sample = _step(result, "sample")
     sstats = sample.get("manifest_stats") or {}
     pack = _step(result, "pack")
     pstats = pack.get("manifest_stats") or {}
     if not seeds:
-        raise ValueError("the scale result does not record the split fractions")
+        raise ValueError("the scale result's graph has no seeds in its splits")
     edges = sstats["sampled_edges"]
     row = d["feat_dim"] * (2 if d["feat_dtype"] in ("fp16", "bf16") else 4)
     read_s = pstats["bytes_read"] / disk["seq_read_GBps"] / 1e9
@@ -130,7 +132,7 @@ def rates_from_result(result: dict, source: str = "") -> Rates:
     rows_per_batch = pstats["accesses"] / seeds * cfg_batch(cfg)
     step_s = stages["compute"]["busy_s"] / last["batches"]
     return Rates(
-        source=source, seeds=seeds, train_seeds=round(nodes * cfg["train_fraction"]),
+        source=source, seeds=seeds, train_seeds=round(nodes * fractions["train_fraction"]),
         sampled_edges_per_seed=edges / seeds, input_rows_per_seed=pstats["accesses"] / seeds,
         sample_cpu_edges_per_s=cpu_rate, sample_disk_edges_per_s=edges / sample["wall_s"],
         topology_passes=max(r.get("sample_disk_topology_passes") or 1.0, 1.0),
@@ -163,6 +165,7 @@ class Machine:
     memory_bytes: int = 64 * GiB
     disk_bytes: int = 4 << 40
     step_memory_share: float = 0.5  # a step's default memory budget
+    host_tier_share: float = 0.5  # the most of its memory a machine gives the host tier
 
 
 def project(graph: Graph, rates: Rates, machine: Machine = Machine(), machines: int = 1) -> dict:
@@ -192,9 +195,14 @@ def project(graph: Graph, rates: Rates, machine: Machine = Machine(), machines: 
 
     # pack: the uncached input rows are written in batch order (plain) unless the disk cannot hold them
     rows = seeds * rates.input_rows_per_seed
-    host_tier = graph.feature_bytes * rates.host_tier_fraction
-    plain = rows * (1 - rates.host_hit_rate) * row
-    free = machine.disk_bytes * machines - graph.feature_bytes - graph.topology_bytes - samples_bytes
+    # every machine holds a host tier of the hottest rows, at most host_tier_share of its memory; a smaller tier
+    # than measured is assumed to hit in proportion to its size (a lower bound: the hottest rows come first)
+    wanted = graph.feature_bytes * rates.host_tier_fraction
+    host_tier = min(wanted, machine.memory_bytes * machine.host_tier_share)
+    hit = rates.host_hit_rate * (host_tier / wanted if wanted else 0.0)
+    plain = rows * (1 - hit) * row
+    # each machine keeps features.bin and the topology, and its share of the samples and packed rows
+    free = (machine.disk_bytes - graph.feature_bytes - graph.topology_bytes) * machines - samples_bytes
     layout, packed = ("plain", plain) if plain <= free * 0.95 else ("segments", max(free * 0.95, 0.0))
     feasible = packed >= min(graph.feature_bytes, plain) * 0.5  # a segment layout needs about the rows it holds
     read_s = graph.feature_bytes / rates.seq_read_bps
@@ -202,7 +210,8 @@ def project(graph: Graph, rates: Rates, machine: Machine = Machine(), machines: 
     plan_mem = rows / machines * 4 * 2 + graph.nodes * 10  # the plan's maps (in place) and per-node arrays
     out["pack"] = {"seconds": (read_s + write_s) * rates.pack_floor_ratio, "read_s": read_s, "write_s": write_s,
                    "layout": layout, "packed_bytes": packed, "plain_bytes": plain, "fits": feasible,
-                   "input_rows": rows, "host_tier_bytes": host_tier, "plan_memory_bytes": plan_mem,
+                   "input_rows": rows, "host_tier_bytes": host_tier, "host_tier_wanted_bytes": wanted,
+                   "host_hit_rate": hit, "plan_memory_bytes": plan_mem,
                    "memory_bytes": min(budget, plan_mem + 512 * 2**20),
                    "bound": "features.bin read" if read_s >= write_s else "packed writes"}
 
@@ -216,10 +225,10 @@ def project(graph: Graph, rates: Rates, machine: Machine = Machine(), machines: 
               "compute": train_rows / machines * graph.feat_dim * rates.step_s_per_row_dim}
     slowest = max(stages, key=stages.get)
     out["train"] = {"epoch_s": stages[slowest], "stages_s": stages, "bound": slowest, "batches": batches,
-                    "read_bytes": train_bytes, "memory_bytes": host_tier / machines + 2 * GiB,
-                    "host_tier_fits": host_tier / machines + 2 * GiB <= machine.memory_bytes}
-    out["disk_bytes"] = graph.feature_bytes + graph.topology_bytes + samples_bytes + packed
-    out["disk_fits"] = out["disk_bytes"] <= machine.disk_bytes * machines
+                    "read_bytes": train_bytes, "memory_bytes": host_tier + 2 * GiB,
+                    "host_tier_capped": host_tier < wanted}
+    out["disk_bytes_per_machine"] = graph.feature_bytes + graph.topology_bytes + (samples_bytes + packed) / machines
+    out["disk_fits"] = out["disk_bytes_per_machine"] <= machine.disk_bytes
     return out
 
 
@@ -245,8 +254,9 @@ def table(projections: list[dict]) -> str:
         lines.append(
             f"| {p['graph']['name']} | {n} | {_h(s['seconds'])} ({s['bound']}, {s['passes']:.1f} passes) | "
             f"{_h(k['seconds'])} ({k['layout']}, {_gb(k['packed_bytes'])}) | "
-            f"{_h(t['epoch_s'])} ({t['bound']}) | {_gb(p['disk_bytes'] / n)} | {_gb(k['plan_memory_bytes'])} | "
-            f"{_gb(k['host_tier_bytes'] / n)} |")
+            f"{_h(t['epoch_s'])} ({t['bound']}) | {_gb(p['disk_bytes_per_machine'])} | "
+            f"{_gb(k['plan_memory_bytes'])} | {_gb(k['host_tier_bytes'])}"
+            f"{' (capped: hit ' + format(k['host_hit_rate'], '.0%') + ')' if t['host_tier_capped'] else ''} |")
     return "\n".join(lines)
 
 
