@@ -528,12 +528,10 @@ def _npy(path: Path, what: str) -> np.ndarray:
         raise InputFormatError(f"{path} is not a readable .npy array ({exc}); write it with numpy.save") from None
 
 
-def _edge_chunks(arr: np.ndarray, reverse: bool, chunk: int = 1 << 22) -> EdgeChunks:
+def _edge_chunks(arr: np.ndarray, chunk: int = 1 << 22) -> EdgeChunks:
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for lo in range(0, arr.shape[1], chunk):
-            src = np.asarray(arr[0, lo:lo + chunk])
-            dst = np.asarray(arr[1, lo:lo + chunk])
-            yield (dst, src) if reverse else (src, dst)
+            yield np.asarray(arr[0, lo:lo + chunk]), np.asarray(arr[1, lo:lo + chunk])
     return gen
 
 
@@ -576,15 +574,6 @@ def import_hetero_dir(src, out, *, add_reverse: bool = False, dtype: str | None 
             raise InputFormatError(f"{f}: edges must be an integer 2 x E array (source row, destination row), "
                                    f"got {arr.dtype} {list(arr.shape)}")
         relations.append((s, r, d, arr, str(f)))
-    names = {canonical(s, r, d) for s, r, d, _, _ in relations}
-    if add_reverse:
-        for s, r, d, arr, where in list(relations):
-            rev = f"rev_{r}"
-            if canonical(d, rev, s) in names:
-                raise InputFormatError(f"{where}: --add-reverse would add {canonical(d, rev, s)}, which the input "
-                                       f"already has; rename that relation or leave out --add-reverse")
-            names.add(canonical(d, rev, s))
-            relations.append((d, rev, s, arr, f"{where} (reversed)"))
     feats = {}
     feat_dir = src / "feat"
     if feat_dir.is_dir():
@@ -605,22 +594,221 @@ def import_hetero_dir(src, out, *, add_reverse: bool = False, dtype: str | None 
     splits = {s: _npy(src / f"{s}_idx.npy", f"the {s} ids of the target type") for s in SPLITS}
     labels, splits, classes = clean_labels_and_splits(np.asarray(labels), splits, int(num_nodes[target]),
                                                       meta.get("num_classes"), where)
-    expected = sum(a.shape[0] * a.shape[1] * 4 for a in feats.values()) + \
-        sum(a.shape[1] * 8 + (int(num_nodes[d]) + 1) * 8 for _, _, d, a, _ in relations)
-    with HeteroWriter(out, num_nodes, target, classes, source={"format": "hetero-dir", "path": str(src)},
-                      config={"add_reverse": add_reverse, "dtype": dtype}, overwrite=overwrite,
-                      memory_budget=memory_budget, expected_bytes=expected, where=str(meta_path)) as w:
-        for t, arr in feats.items():
-            dt = dtype or ("fp16" if arr.dtype == np.float16 else "fp32")
-            rows = max(1, (64 << 20) // max(arr.shape[1] * 4, 1))
-            w.write_features(t, (arr[lo:lo + rows] for lo in range(0, arr.shape[0], rows)), arr.shape[1], dt,
-                             str(feat_dir / f"{t}.npy"))
-        for s, r, d, arr, wh in relations:
-            w.add_relation(s, r, d, _edge_chunks(arr, reverse=wh.endswith("(reversed)")), wh, progress)
+    features = {t: _array_rows(arr, str(feat_dir / f"{t}.npy")) for t, arr in feats.items()}
+    rels = _with_reverses([(s_, r_, d_, _edge_chunks(arr), wh, arr.shape[1]) for s_, r_, d_, arr, wh in relations],
+                          add_reverse)
+    return _write_hetero(out, num_nodes, target, features, rels, labels, splits, classes,
+                         source={"format": "hetero-dir", "path": str(src)},
+                         config={"add_reverse": add_reverse, "dtype": dtype}, dtype=dtype,
+                         memory_budget=memory_budget, overwrite=overwrite, where=str(meta_path), progress=progress)
+
+
+@dataclass
+class _Rows:
+    """Feature rows of one type: ``chunks()`` yields row blocks in order."""
+    dim: int
+    dtype: str
+    chunks: Callable[[], Iterator[np.ndarray]]
+    where: str
+    num_rows: int
+
+
+def _array_rows(arr: np.ndarray, where: str) -> _Rows:
+    rows = max(1, (64 << 20) // max(arr.shape[1] * 4, 1))
+    return _Rows(int(arr.shape[1]), "fp16" if arr.dtype == np.float16 else "fp32",
+                 lambda: (arr[lo:lo + rows] for lo in range(0, arr.shape[0], rows)), where, int(arr.shape[0]))
+
+
+def _with_reverses(relations: list, add_reverse: bool) -> list:
+    """``relations`` as ``(src, rel, dst, chunks, where, edges)``, plus ``(dst, rev_rel, src, ...)`` for each one
+    with ``add_reverse``; a reverse that collides with a given relation is an error."""
+    names = {canonical(s, r, d): wh for s, r, d, _, wh, _ in relations}
+    if len(names) != len(relations):
+        raise InputFormatError("two inputs name the same relation; rename one of them")
+    out = list(relations)
+    if add_reverse:
+        for s, r, d, chunks, wh, e in relations:
+            rev = canonical(d, f"rev_{r}", s)
+            if rev in names:
+                raise InputFormatError(f"{wh}: --add-reverse would add {rev}, which the input already has "
+                                       f"({names[rev]}); rename that relation or leave out --add-reverse")
+            names[rev] = f"{wh} (reversed)"
+            out.append((d, f"rev_{r}", s, (lambda c=chunks: ((b, a) for a, b in c())), f"{wh} (reversed)", e))
+    return out
+
+
+def _write_hetero(out, num_nodes: dict, target: str, features: dict[str, _Rows], relations: list, labels,
+                  splits: dict, classes: int, *, source: dict, config: dict, dtype: str | None, memory_budget: int,
+                  overwrite: bool, where: str, progress: ProgressFn) -> HeteroDataset:
+    for t, rows in features.items():
+        if t not in num_nodes:
+            raise InputFormatError(f"{rows.where}: {t!r} is not a node type ({', '.join(num_nodes)})")
+        if rows.num_rows >= 0 and rows.num_rows != int(num_nodes[t]):
+            raise InputFormatError(f"{rows.where}: {rows.num_rows} rows for the {num_nodes[t]} nodes of type "
+                                   f"{t!r}; give one row per node or fix the node count")
+    expected = sum(max(r.num_rows, 0) * r.dim * 4 for r in features.values()) + \
+        sum(max(e, 0) * 8 + (int(num_nodes[d]) + 1) * 8 for _, _, d, _, _, e in relations)
+    with HeteroWriter(out, num_nodes, target, classes, source=source, config=config, overwrite=overwrite,
+                      memory_budget=memory_budget, expected_bytes=expected, where=where) as w:
+        for t, rows in features.items():
+            w.write_features(t, rows.chunks(), rows.dim, dtype or rows.dtype, rows.where)
+        for s, r, d, chunks, wh, _ in relations:
+            w.add_relation(s, r, d, chunks, wh, progress)
         w.write_array("labels", labels, np.int64)
-        for s in SPLITS:
-            w.write_array(f"{s}_idx", splits[s], np.int64)
+        for name in SPLITS:
+            w.write_array(f"{name}_idx", splits[name], np.int64)
         return w.finish()
+
+
+# --- import: the OGB heterogeneous raw layout (ogbn-mag) --------------------------------------------
+
+def import_hetero_ogb(root, out, *, split_name: str | None = None, add_reverse: bool = False,
+                      dtype: str | None = None, memory_budget: int = DEFAULT_BUDGET, overwrite: bool = False,
+                      progress: ProgressFn = no_progress) -> HeteroDataset:
+    """Import an OGB heterogeneous node-property dataset directory (ogbn-mag's layout):
+    ``raw/num-node-dict.csv.gz`` (type names, then counts), ``raw/relations/<src>___<rel>___<dst>/edge.csv.gz``,
+    ``raw/node-feat/<type>/node-feat.csv.gz``, ``raw/node-label/<type>/node-label.csv.gz`` (the one labelled type
+    is the target) and ``split/<name>/<type>/{train,valid,test}.csv.gz``."""
+    import gzip
+    from diskgnn.ingest import _TextEdges, _csv_features, _read_csv_column
+    root = Path(root)
+    raw = root / "raw"
+    counts_file = raw / "num-node-dict.csv.gz"
+    if not counts_file.exists():
+        raise InputNotFoundError(f"{counts_file} is missing: give the directory of an OGB heterogeneous dataset "
+                                 f"(raw/ and split/, as ogbn-mag unpacks)")
+    try:
+        with gzip.open(counts_file, "rt") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        names = [x.strip() for x in lines[0].split(",")]
+        num_nodes = {n: int(float(c)) for n, c in zip(names, lines[1].split(","))}
+        if len(num_nodes) != len(names):
+            raise ValueError("names and counts differ in number")
+    except (OSError, IndexError, ValueError) as exc:
+        raise InputFormatError(f"{counts_file}: {exc}; it must hold one line of type names and one of node "
+                               f"counts") from None
+    for t in num_nodes:
+        check_name(t, "node type", str(counts_file))
+    label_dirs = sorted(p for p in (raw / "node-label").iterdir() if p.is_dir()) if (raw / "node-label").is_dir() \
+        else []
+    if len(label_dirs) != 1:
+        raise InputFormatError(f"{raw / 'node-label'}: expected one labelled node type, found "
+                               f"{[p.name for p in label_dirs] or 'none'}; a node-classification dataset labels "
+                               f"its target type")
+    target = label_dirs[0].name
+    if target not in num_nodes:
+        raise InputFormatError(f"{label_dirs[0]}: {target!r} is not in {counts_file} ({', '.join(num_nodes)})")
+    raw_labels = _read_csv_column(label_dirs[0] / "node-label.csv.gz")
+    rel_root = raw / "relations"
+    rel_dirs = sorted(p for p in rel_root.iterdir() if p.is_dir()) if rel_root.is_dir() else []
+    if not rel_dirs:
+        raise InputNotFoundError(f"{rel_root} holds no <src>___<relation>___<dst>/ directories")
+    relations = []
+    for d in rel_dirs:
+        parts = d.name.split("___")
+        if len(parts) != 3:
+            raise InputFormatError(f"{d}: not '<source type>___<relation>___<destination type>'")
+        src_t, rel, dst_t = parts
+        for t, what in ((src_t, "source"), (dst_t, "destination")):
+            if t not in num_nodes:
+                raise InputFormatError(f"{d}: the {what} type {t!r} is not in {counts_file} "
+                                       f"({', '.join(num_nodes)})")
+        check_name(rel, "relation", str(d))
+        edge_file = d / "edge.csv.gz"
+        if not edge_file.exists():
+            raise InputNotFoundError(f"{edge_file} is missing; unpack the dataset again")
+        text = _TextEdges(edge_file, allow_header=False)
+        chunks = (lambda t=text: ((a, b) for a, b, _, _ in t.chunks(1 << 22)))
+        relations.append((src_t, rel, dst_t, chunks, str(edge_file), -1))
+    features = {}
+    if (raw / "node-feat").is_dir():
+        for d in sorted(p for p in (raw / "node-feat").iterdir() if p.is_dir()):
+            f = d / "node-feat.csv.gz"
+            if d.name not in num_nodes:
+                raise InputFormatError(f"{d}: {d.name!r} is not a node type of {counts_file}")
+            feat = _csv_features(f, None)
+            rows = max(1, (16 << 20) // (feat.dim * 4))
+            features[d.name] = _Rows(feat.dim, "fp32", lambda feat=feat, rows=rows: feat.chunks(rows), str(f), -1)
+    split_root = root / "split"
+    names = sorted(p.name for p in split_root.iterdir() if p.is_dir()) if split_root.is_dir() else []
+    if not names:
+        raise InputNotFoundError(f"{split_root} holds no split; unpack the dataset again")
+    name = split_name or (names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        raise ConfigError(f"{split_root} holds the splits {', '.join(names)}; choose one with --dataset-name")
+    raw_splits, where = {}, {"labels": str(label_dirs[0] / "node-label.csv.gz")}
+    for s, fname in zip(SPLITS, ("train", "valid", "test")):
+        f = split_root / name / target / f"{fname}.csv.gz"
+        if not f.exists():
+            raise InputNotFoundError(f"{f} is missing; the split must list {target!r} ids for train, valid and test")
+        ids = _read_csv_column(f)
+        if ids.size and (np.isnan(ids).any() or (ids != np.round(ids)).any()):
+            raise InputFormatError(f"{f} holds non-integer node ids")
+        raw_splits[s], where[s] = ids.astype(np.int64), str(f)
+    labels, splits, classes = clean_labels_and_splits(raw_labels, raw_splits, num_nodes[target], None, where)
+    return _write_hetero(out, num_nodes, target, features, _with_reverses(relations, add_reverse), labels, splits,
+                         classes, source={"format": "hetero-ogb", "path": str(root.resolve()), "split": name},
+                         config={"add_reverse": add_reverse, "dtype": dtype}, dtype=dtype,
+                         memory_budget=memory_budget, overwrite=overwrite, where=str(root), progress=progress)
+
+
+# --- import: a DGL heterograph written by dgl.save_graphs -------------------------------------------
+
+def import_hetero_dgl(path, out, *, target: str | None = None, add_reverse: bool = False, dtype: str | None = None,
+                      memory_budget: int = DEFAULT_BUDGET, overwrite: bool = False,
+                      progress: ProgressFn = no_progress) -> HeteroDataset:
+    """Import a heterograph saved with ``dgl.save_graphs``: ``ndata['feat']`` per type (optional),
+    ``ndata['label']`` and ``train_mask``/``val_mask``/``test_mask`` on the target type (the one labelled type,
+    or ``target``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path} is missing: give a file written by dgl.save_graphs")
+    try:
+        from dgl.data.utils import load_graphs
+    except ImportError:
+        raise ConfigError("--format hetero-dgl needs DGL (the reference stack: pip install 'diskgnn[dgl]')") from None
+    try:
+        graphs, _ = load_graphs(str(path))
+    except Exception as exc:  # DGL raises its own error types for damaged files
+        raise InputFormatError(f"{path} cannot be read by dgl.load_graphs ({exc})") from None
+    if len(graphs) != 1:
+        raise InputFormatError(f"{path} holds {len(graphs)} graphs; save exactly one")
+    g = graphs[0]
+    num_nodes = {t: int(g.num_nodes(t)) for t in g.ntypes}
+    labelled = [t for t in g.ntypes if "label" in g.nodes[t].data]
+    if target is None:
+        if len(labelled) != 1:
+            raise InputFormatError(f"{path}: expected one node type with ndata['label'], found "
+                                   f"{labelled or 'none'}; label the target type (or name it)")
+        target = labelled[0]
+    if target not in labelled:
+        raise InputFormatError(f"{path}: the target type {target!r} has no ndata['label']")
+    data = g.nodes[target].data
+    labels = data["label"].numpy()
+    raw_splits, where = {}, {"labels": f"{path} ({target} ndata['label'])"}
+    for s in SPLITS:
+        if f"{s}_mask" not in data:
+            raise InputFormatError(f"{path}: the target type {target!r} has no ndata['{s}_mask']")
+        raw_splits[s] = np.flatnonzero(data[f"{s}_mask"].numpy())
+        where[s] = f"{path} ({target} ndata['{s}_mask'])"
+    labels, splits, classes = clean_labels_and_splits(labels, raw_splits, num_nodes[target], None, where)
+    features = {}
+    for t in g.ntypes:
+        if "feat" in g.nodes[t].data:
+            arr = g.nodes[t].data["feat"].float().numpy()
+            if arr.ndim != 2:
+                raise InputFormatError(f"{path}: {t} ndata['feat'] must be N x F, got {list(arr.shape)}")
+            features[t] = _array_rows(arr, f"{path} ({t} ndata['feat'])")
+    relations = []
+    for s_t, rel, d_t in g.canonical_etypes:
+        src, dst = g.edges(etype=(s_t, rel, d_t))
+        src, dst = src.numpy().astype(np.int64), dst.numpy().astype(np.int64)
+        relations.append((s_t, rel, d_t, (lambda a=src, b=dst: iter([(a, b)])), f"{path} ({s_t}, {rel}, {d_t})",
+                          src.size))
+    return _write_hetero(out, num_nodes, target, features, _with_reverses(relations, add_reverse), labels, splits,
+                         classes, source={"format": "hetero-dgl", "path": str(path.resolve())},
+                         config={"add_reverse": add_reverse, "dtype": dtype}, dtype=dtype,
+                         memory_budget=memory_budget, overwrite=overwrite, where=str(path), progress=progress)
 
 
 # --- a MAG-like synthetic graph ----------------------------------------------------------------------

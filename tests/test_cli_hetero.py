@@ -48,4 +48,4 @@ def test_prepare_hetero_dir(tmp_path, capsys):
     assert info["relations"]["user__buys__item"] == info["relations"]["item__rev_buys__user"] > 0
     assert info["node_types"]["user"]["feat_dim"] == 0 and info["node_types"]["item"]["feat_dim"] == 4
     assert main(["prepare", "--format", "npz", str(src), "--out", str(tmp_path / "o2"), "--add-reverse"]) == 2
-    assert "--add-reverse applies to --format hetero-dir" in capsys.readouterr().err
+    assert "--add-reverse applies to the hetero-* formats" in capsys.readouterr().err

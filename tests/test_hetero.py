@@ -158,3 +158,75 @@ def test_synth_is_deterministic_and_its_labels_follow_the_typed_neighbourhood(tm
     means = np.stack([x[y == k].mean(0) for k in range(cfg.classes)])
     own = np.mean(np.argmin(((x[:, None, :] - means[None]) ** 2).sum(-1), 1) == y)
     assert own < 0.6, own
+
+
+def _gz(path, lines):
+    import gzip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def _fake_ogb_mag(root, rng):
+    """The ogbn-mag raw layout at tiny size (author, paper, field; writes, cites, has_topic)."""
+    n = {"author": 29, "paper": 41, "field": 7}
+    _gz(root / "raw" / "num-node-dict.csv.gz", [",".join(n), ",".join(str(v) for v in n.values())])
+    edges = {"author___writes___paper": (29, 41, 90), "paper___cites___paper": (41, 41, 120),
+             "paper___has_topic___field": (41, 7, 60)}
+    out = {}
+    for name, (ns, nd, e) in edges.items():
+        pairs = np.stack([rng.integers(0, ns, e), rng.integers(0, nd, e)], 1)
+        _gz(root / "raw" / "relations" / name / "edge.csv.gz", [f"{a},{b}" for a, b in pairs])
+        out[name.replace("___", "__")] = pairs
+    feat = rng.standard_normal((41, 3)).round(4)
+    _gz(root / "raw" / "node-feat" / "paper" / "node-feat.csv.gz", [",".join(map(str, r)) for r in feat])
+    labels = rng.integers(0, 4, 41)
+    _gz(root / "raw" / "node-label" / "paper" / "node-label.csv.gz", [str(v) for v in labels])
+    perm = rng.permutation(41)
+    for name, ids in (("train", perm[:20]), ("valid", perm[20:30]), ("test", perm[30:])):
+        _gz(root / "split" / "time" / "paper" / f"{name}.csv.gz", [str(v) for v in ids])
+    return n, out, feat, labels
+
+
+def test_import_the_ogb_heterogeneous_layout(tmp_path):
+    from diskgnn.hetero import import_hetero_ogb
+    n, edges, feat, labels = _fake_ogb_mag(tmp_path / "mag", np.random.default_rng(5))
+    ds = import_hetero_ogb(tmp_path / "mag", tmp_path / "out", add_reverse=True)
+    assert ds.target == "paper" and {t: x.num_nodes for t, x in ds.node_types.items()} == n
+    assert len(ds.relations) == 6 and verify_hetero(ds)["ok"]
+    for name, pairs in edges.items():
+        assert _csr_pairs(ds, name) == set(map(tuple, pairs.tolist()))
+        s, r, d = name.split("__")
+        assert _csr_pairs(ds, f"{d}__rev_{r}__{s}") == set((b, a) for a, b in pairs.tolist())
+    assert np.allclose(ds.features("paper"), feat) and ds.node_types["author"].features is None
+    assert np.array_equal(ds.labels, labels) and ds.split("train").size == 20
+    _gz(tmp_path / "mag" / "raw" / "relations" / "paper___cites___journal" / "edge.csv.gz", ["0,1"])
+    with pytest.raises(InputFormatError, match=r"paper___cites___journal: the destination type 'journal'"):
+        import_hetero_ogb(tmp_path / "mag", tmp_path / "bad")
+    assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_import_a_dgl_heterograph(tmp_path):
+    dgl = pytest.importorskip("dgl", reason="the DGL import needs the reference stack")
+    import torch
+    from diskgnn.hetero import import_hetero_dgl
+    rng = np.random.default_rng(2)
+    g = dgl.heterograph({("user", "buys", "item"): (torch.tensor(rng.integers(0, 13, 40)),
+                                                    torch.tensor(rng.integers(0, 11, 40))),
+                         ("item", "similar", "item"): (torch.tensor(rng.integers(0, 11, 25)),
+                                                       torch.tensor(rng.integers(0, 11, 25)))},
+                        num_nodes_dict={"user": 13, "item": 11})
+    g.nodes["item"].data["feat"] = torch.randn(11, 5)
+    g.nodes["user"].data["label"] = torch.tensor(rng.integers(0, 3, 13))
+    masks = np.zeros((3, 13), dtype=bool)
+    masks[0, :7], masks[1, 7:10], masks[2, 10:] = True, True, True
+    for name, m in zip(("train", "val", "test"), masks):
+        g.nodes["user"].data[f"{name}_mask"] = torch.from_numpy(m)
+    dgl.save_graphs(str(tmp_path / "g.bin"), [g])
+    ds = import_hetero_dgl(tmp_path / "g.bin", tmp_path / "out", add_reverse=True)
+    assert ds.target == "user" and set(ds.relations) == {"user__buys__item", "item__similar__item",
+                                                         "item__rev_buys__user", "item__rev_similar__item"}
+    src, dst = g.edges(etype="buys")
+    assert _csr_pairs(ds, "user__buys__item") == set(zip(src.tolist(), dst.tolist()))
+    assert np.allclose(ds.features("item"), g.nodes["item"].data["feat"].numpy())
+    assert np.array_equal(ds.split("train"), np.arange(7)) and verify_hetero(ds)["ok"]

@@ -224,9 +224,12 @@ def _add_commands(sub) -> None:
                        description="Import a graph (npz / directory of .npy, text edge list, OGB raw "
                                    "directory, DGL .bin) into a dataset directory, streaming with bounded memory.")
     p.add_argument("input", help="input file or directory")
-    p.add_argument("--format", required=True, choices=["npz", "edgelist", "ogb", "dgl", "hetero-dir"],
-                   help="hetero-dir: a heterogeneous graph (meta.json, feat/<type>.npy, "
-                        "edges/<src>__<relation>__<dst>.npy, label.npy, *_idx.npy; docs/HETERO.md)")
+    p.add_argument("--format", required=True,
+                   choices=["npz", "edgelist", "ogb", "dgl", "hetero-dir", "hetero-ogb", "hetero-dgl"],
+                   help="hetero-*: a heterogeneous graph (docs/HETERO.md): hetero-dir a directory of .npy files "
+                        "(meta.json, feat/<type>.npy, edges/<src>__<relation>__<dst>.npy, label.npy, *_idx.npy), "
+                        "hetero-ogb an OGB heterogeneous dataset directory (ogbn-mag), hetero-dgl a heterograph "
+                        "file from dgl.save_graphs")
     p.add_argument("--add-reverse", action="store_true",
                    help="hetero-dir: add <dst>__rev_<relation>__<src> for every relation")
     p.add_argument("--out", required=True, help="dataset directory to write")
@@ -554,18 +557,24 @@ def cmd_train_hetero(args, progress) -> int:
 
 
 def cmd_prepare(args, progress) -> int:
-    if args.format == "hetero-dir":
-        from diskgnn.hetero import hetero_summary, import_hetero_dir
+    if args.format.startswith("hetero-"):
+        from diskgnn import hetero
         from diskgnn.memory import resolve_memory_budget
-        ds = import_hetero_dir(args.input, args.out, add_reverse=args.add_reverse, dtype=args.dtype,
-                               memory_budget=resolve_memory_budget(args.memory_budget, fraction=0.5),
-                               overwrite=args.overwrite, progress=progress)
+        common = dict(add_reverse=args.add_reverse, dtype=args.dtype, overwrite=args.overwrite, progress=progress,
+                      memory_budget=resolve_memory_budget(args.memory_budget, fraction=0.5))
+        if args.format == "hetero-dir":
+            ds = hetero.import_hetero_dir(args.input, args.out, **common)
+        elif args.format == "hetero-ogb":
+            ds = hetero.import_hetero_ogb(args.input, args.out, split_name=args.dataset_name, **common)
+        else:
+            ds = hetero.import_hetero_dgl(args.input, args.out, **common)
+        hetero_summary = hetero.hetero_summary
         if not args.quiet:
             _print_summary(hetero_summary(ds))
         return 0
     if args.add_reverse:
         from diskgnn.errors import ConfigError
-        raise ConfigError("--add-reverse applies to --format hetero-dir; for a homogeneous graph use --undirected")
+        raise ConfigError("--add-reverse applies to the hetero-* formats; for a homogeneous graph use --undirected")
     from diskgnn.ingest import PrepareConfig, prepare
     from diskgnn.dataset import summary
     cfg = PrepareConfig(format=args.format, input=args.input, undirected=args.undirected,
