@@ -169,6 +169,34 @@ def read_array(directory: Path, spec: ArraySpec, piece_bytes: int = 64 << 20) ->
     return out
 
 
+def read_rows(path, ids, *, num_rows: int, dim: int, dtype, gap_bytes: int = 64 << 10, where=None) -> np.ndarray:
+    """Rows ``ids`` (in their order) of a row-major ``[num_rows, dim]`` file, read with ``pread`` in ascending id
+    order, rows less than ``gap_bytes`` apart in one request. No memory map: scattered rows through a map cost
+    readahead around every row (tens of times the bytes) and stay in the process's RSS."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    dtype = np.dtype(dtype)
+    rb = dim * dtype.itemsize
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
+        raise ConfigError(f"feature rows must lie in 0..{num_rows - 1}")
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    out = np.empty((uniq.size, dim), dtype=dtype)
+    if uniq.size:
+        cut = np.flatnonzero(np.diff(uniq) * rb > gap_bytes) + 1
+        starts = np.concatenate([[0], cut]).tolist()
+        ends = np.concatenate([cut, [uniq.size]]).tolist()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for a, b in zip(starts, ends):
+                lo, hi = int(uniq[a]), int(uniq[b - 1]) + 1
+                raw = os.pread(fd, (hi - lo) * rb, lo * rb)
+                if len(raw) != (hi - lo) * rb:
+                    raise IntegrityError(f"{path} ends early (row {hi - 1}); re-create {where or path}")
+                out[a:b] = np.frombuffer(raw, dtype=dtype).reshape(hi - lo, dim)[uniq[a:b] - lo]
+        finally:
+            os.close(fd)
+    return out[inverse]
+
+
 class ArrayWriter:
     """Streams one raw array to disk in chunks, counting rows and computing crc32.
 
@@ -432,32 +460,9 @@ class Dataset:
         return self.array("features")
 
     def feature_rows(self, ids, gap_bytes: int = 64 << 10) -> np.ndarray:
-        """Stored rows ``ids`` (in their order), read with ``pread`` in ascending id order, nearby rows (less than
-        ``gap_bytes`` apart) in one request. No memory map: scattered rows through a map cost readahead around
-        every row (tens of times the bytes) and stay in the process's RSS."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        dtype = feature_dtype(self.feat_dtype)
-        rb = self.row_bytes
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_nodes):
-            raise ConfigError(f"feature rows must lie in 0..{self.num_nodes - 1}")
-        uniq, inverse = np.unique(ids, return_inverse=True)
-        out = np.empty((uniq.size, self.feat_dim), dtype=dtype)
-        if uniq.size:
-            cut = np.flatnonzero(np.diff(uniq) * rb > gap_bytes) + 1
-            starts = np.concatenate([[0], cut]).tolist()
-            ends = np.concatenate([cut, [uniq.size]]).tolist()
-            fd = os.open(self.features_path, os.O_RDONLY)
-            try:
-                for a, b in zip(starts, ends):
-                    lo, hi = int(uniq[a]), int(uniq[b - 1]) + 1
-                    raw = os.pread(fd, (hi - lo) * rb, lo * rb)
-                    if len(raw) != (hi - lo) * rb:
-                        raise IntegrityError(f"{self.features_path} ends early (row {hi - 1}); re-create {self.path}")
-                    block = np.frombuffer(raw, dtype=dtype).reshape(hi - lo, self.feat_dim)
-                    out[a:b] = block[uniq[a:b] - lo]
-            finally:
-                os.close(fd)
-        return out[inverse]
+        """Stored rows ``ids`` (in their order): :func:`read_rows` of ``features.bin``."""
+        return read_rows(self.features_path, ids, num_rows=self.num_nodes, dim=self.feat_dim,
+                         dtype=feature_dtype(self.feat_dtype), gap_bytes=gap_bytes, where=self.path)
 
     @property
     def labels(self) -> np.ndarray:

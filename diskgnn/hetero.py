@@ -180,6 +180,15 @@ class HeteroDataset:
             raise ConfigError(f"node type {node_type!r} of {self.path} has no features")
         return open_array(self.path, t.features)
 
+    def feature_rows(self, node_type: str, ids) -> np.ndarray:
+        """Rows ``ids`` of a type's features, read with ``pread`` in id order (:func:`diskgnn.dataset.read_rows`)."""
+        from diskgnn.dataset import read_rows
+        t = self.node_types[node_type]
+        if t.features is None:
+            raise ConfigError(f"node type {node_type!r} of {self.path} has no features")
+        return read_rows(self.path / t.features.path, ids, num_rows=t.num_nodes, dim=t.feat_dim,
+                         dtype=feature_dtype(t.feat_dtype), where=self.path)
+
     def indptr(self, relation: str) -> np.ndarray:
         return open_array(self.path, self.relations[relation].indptr)
 

@@ -62,10 +62,11 @@ def _features(ds: HeteroDataset, by_type: dict) -> dict[str, torch.Tensor]:
         t = ds.node_types[name]
         if t.features is None or local.size == 0:
             continue
-        order = np.argsort(local)  # in file order: neighbouring rows share pages
-        rows = np.empty((local.size, t.feat_dim), dtype=np.float32)
-        rows[order] = np.asarray(ds.features(name)[local[order]], dtype=np.float32)
-        out[name] = torch.from_numpy(rows)
+        rows = ds.feature_rows(name, local)
+        if t.feat_dtype == "bf16":
+            from diskgnn.dataset import bf16_bits_to_float32
+            rows = bf16_bits_to_float32(rows)
+        out[name] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
     return out
 
 
