@@ -373,8 +373,23 @@ def _budget_room(memory_budget) -> int:
     from diskgnn.memory import process_anon_bytes, resolve_memory_budget
     budget = resolve_memory_budget(memory_budget)
     if memory_budget is None:
-        return budget  # the available memory: what the process holds is already taken out
+        # the available memory, with what the process holds taken out; in a cgroup its mapped files count
+        # too (the cgroup's page cache looks reclaimable, but pages this process maps are in use)
+        from diskgnn.capabilities import cgroup_memory_limit
+        limit = cgroup_memory_limit()
+        if limit is not None:
+            budget = min(budget, limit - process_rss_bytes())
+        return budget
     return budget - process_anon_bytes()
+
+
+def process_rss_bytes() -> int:
+    """Resident memory of this process (anonymous and file-mapped), or 0 where it cannot be read."""
+    try:
+        import psutil
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # no way to tell: count nothing rather than fail
+        return 0
 
 
 # --- the streaming loop ----------------------------------------------------------------------------
