@@ -197,6 +197,20 @@ def read_rows(path, ids, *, num_rows: int, dim: int, dtype, gap_bytes: int = 64 
     return out[inverse]
 
 
+HETERO_VERSION = 2
+"""Dataset format version of heterogeneous datasets (:mod:`diskgnn.hetero`); version 1 is homogeneous."""
+
+
+def is_hetero(path) -> bool:
+    """Whether ``path`` holds a heterogeneous dataset (a version-2 dataset manifest with a 'hetero' section)."""
+    try:
+        m = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT and m.get("version") == HETERO_VERSION \
+        and isinstance(m.get("hetero"), dict)
+
+
 class ArrayWriter:
     """Streams one raw array to disk in chunks, counting rows and computing crc32.
 
@@ -434,7 +448,6 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Dataset":
-        from diskgnn.hetero import is_hetero
         if is_hetero(path):
             raise ConfigError(f"{path} is a heterogeneous dataset (typed nodes and relations); sample, pack and "
                               f"train take homogeneous ones. Train it with diskgnn train-hetero (docs/HETERO.md)")

@@ -35,8 +35,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from diskgnn.dataset import (ArraySpec, ArrayWriter, FORMAT, SPLITS, array_crc32, convert_features, feature_dtype,
-                             node_id_dtype, open_array, read_array)
+from diskgnn.dataset import (ArraySpec, ArrayWriter, FORMAT, HETERO_VERSION, SPLITS, array_crc32,  # noqa: F401
+                             convert_features, feature_dtype, is_hetero, node_id_dtype, open_array, read_array)
 from diskgnn.errors import ConfigError, InputFormatError, InputNotFoundError, IntegrityError, ManifestError
 from diskgnn.manifest import (abort_output_dir, check_free_space, finish_output_dir, prepare_output_dir,
                               read_manifest, write_manifest)
@@ -44,8 +44,6 @@ from diskgnn.progress import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 
-HETERO_VERSION = 2
-"""Dataset format version of heterogeneous datasets (version 1: homogeneous)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SEP = "__"
 EDGE_BYTES = 32
@@ -226,16 +224,6 @@ class HeteroDataset:
 def zlib_crc(data: bytes) -> int:
     import zlib
     return zlib.crc32(data)
-
-
-def is_hetero(path) -> bool:
-    """Whether ``path`` holds a heterogeneous dataset (a version-2 dataset manifest with a 'hetero' section)."""
-    try:
-        m = json.loads((Path(path) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(m, dict) and m.get("format") == FORMAT and m.get("version") == HETERO_VERSION \
-        and isinstance(m.get("hetero"), dict)
 
 
 def hetero_summary(ds: HeteroDataset) -> dict:
