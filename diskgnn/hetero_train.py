@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from diskgnn.errors import ConfigError
+from diskgnn.errors import ConfigError, MemoryBudgetError
 from diskgnn.hetero import HeteroDataset
 from diskgnn.hetero_models import HeteroGNN, hetero_blocks
 from diskgnn.hetero_sampling import HeteroSampler
@@ -40,6 +40,8 @@ class HeteroTrainConfig:
     num_bases: int | None = None
     seed: int = 0
     threads: int | None = None
+    memory_budget: str | int | None = None
+    """Memory the run may use (default: the available memory); the featureless types' embeddings must fit."""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1 or self.hidden < 1:
@@ -92,6 +94,33 @@ def evaluate(model: HeteroGNN, ds: HeteroDataset, sampler: HeteroSampler, ids: n
     return correct / ids.size
 
 
+EMBEDDING_COPIES = 3
+"""An embedding row is held three times: the weights and SparseAdam's two moment estimates."""
+
+
+def embedding_bytes(ds: HeteroDataset, hidden: int) -> dict[str, int]:
+    """Bytes of the learnable embeddings of every featureless type (weights and optimizer state)."""
+    return {name: t.num_nodes * hidden * 4 * EMBEDDING_COPIES for name, t in ds.node_types.items()
+            if t.features is None}
+
+
+def check_embedding_memory(ds: HeteroDataset, cfg: HeteroTrainConfig) -> None:
+    """Refuse, naming the types and sizes, when the featureless types' embeddings do not fit the budget (half of
+    it: batches, features and the model's activations need the rest)."""
+    from diskgnn.memory import resolve_memory_budget
+    from diskgnn.sizes import format_bytes
+    sizes = embedding_bytes(ds, cfg.hidden)
+    need = sum(sizes.values())
+    budget = resolve_memory_budget(cfg.memory_budget)
+    if need > budget // 2:
+        parts = ", ".join(f"{t} {format_bytes(b)}" for t, b in sizes.items())
+        raise MemoryBudgetError(
+            f"the learnable embeddings of the featureless node types need {format_bytes(need)} ({parts}: "
+            f"{cfg.hidden} values per node, with the optimizer's two moments) but half of the "
+            f"{format_bytes(budget)} memory budget is {format_bytes(budget // 2)}; lower --hidden, raise "
+            f"--memory-budget, or give those types features")
+
+
 def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the target type's training nodes; returns the history and final accuracies."""
     ds = dataset if isinstance(dataset, HeteroDataset) else HeteroDataset.open(dataset)
@@ -103,6 +132,7 @@ def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
     if len(eval_sampler.fanouts) != len(sampler.fanouts):
         raise ConfigError(f"--eval-fanouts has {len(eval_sampler.fanouts)} layers, --fanouts "
                           f"{len(sampler.fanouts)}; give both the same number of layers")
+    check_embedding_memory(ds, cfg)
     model = HeteroGNN(cfg.model, ds.node_types, len(sampler.relations), ds.num_classes, len(sampler.fanouts),
                       hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
     dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)

@@ -79,3 +79,12 @@ def test_the_dgl_baseline_sees_the_same_graph_and_learns(ds):
         assert np.array_equal(np.sort(src.numpy()), np.sort(np.asarray(ds.indices(name))))
     r = train_dgl(ds, fanouts=[5, 5], batch_size=64, epochs=3, hidden=32, lr=1e-3, embed_lr=1e-2, seed=0)
     assert r["test_acc"] > 0.8, r["history"]
+
+
+def test_embeddings_that_do_not_fit_the_budget_are_refused(ds):
+    from diskgnn.errors import MemoryBudgetError
+    from diskgnn.hetero_train import embedding_bytes
+    sizes = embedding_bytes(ds, 32)
+    assert set(sizes) == {"author", "institution"} and sizes["author"] == 2003 * 32 * 4 * 3
+    with pytest.raises(MemoryBudgetError, match=r"featureless node types need .*author .*--hidden"):
+        train_hetero(ds, HeteroTrainConfig(fanouts="2,2", hidden=32, epochs=1, memory_budget=sum(sizes.values())))

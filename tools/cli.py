@@ -331,6 +331,9 @@ def _add_commands(sub) -> None:
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--metrics", default=None, help="append per-epoch metrics as JSON lines to this file")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory to use, e.g. 2G (default: available memory); featureless types' embeddings must "
+                        "fit half of it")
     _common(p)
     p.set_defaults(func=cmd_train_hetero)
 
@@ -540,7 +543,7 @@ def cmd_train_hetero(args, progress) -> int:
     cfg = HeteroTrainConfig(model=args.model, fanouts=args.fanouts, eval_fanouts=args.eval_fanouts,
                             batch_size=args.batch_size, epochs=args.epochs, hidden=args.hidden, lr=args.lr,
                             embed_lr=args.embed_lr, num_bases=args.num_bases, dropout=args.dropout,
-                            seed=args.train_seed, threads=args.threads)
+                            seed=args.train_seed, threads=args.threads, memory_budget=args.memory_budget)
 
     def on_epoch(rec):
         if args.metrics:
