@@ -26,6 +26,7 @@ import torch
 
 from diskgnn.errors import ConfigError
 from diskgnn.hetero import HeteroDataset, hetero_scale_config, synthesize_hetero
+from diskgnn.hetero_train import best_epoch, make_optimizers, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,8 @@ def train_dgl(ds: HeteroDataset, *, fanouts: list[int], batch_size: int, epochs:
                 if isinstance(m, dglnn.SAGEConv):
                     m.fc_self.reset_parameters()  # weight and bias (DGL 2.1 keeps the bias in fc_self)
                     m.fc_neigh.reset_parameters()
-    dense = torch.optim.Adam([p for n, p in net.named_parameters() if not n.startswith("embed.")], lr=lr)
-    sparse_params = [p for n, p in net.named_parameters() if n.startswith("embed.")]
-    sparse = torch.optim.SparseAdam(sparse_params, lr=embed_lr) if sparse_params else None
+    optimizers = make_optimizers([p for n, p in net.named_parameters() if not n.startswith("embed.")],
+                                 [p for n, p in net.named_parameters() if n.startswith("embed.")], lr, embed_lr)
     sampler = dgl.dataloading.NeighborSampler(fanouts)
 
     def loader(ids, shuffle):
@@ -118,17 +118,11 @@ def train_dgl(ds: HeteroDataset, *, fanouts: list[int], batch_size: int, epochs:
         net.train()
         t0 = time.perf_counter()
         for input_nodes, output_nodes, blocks in loader(train, True):
-            loss = torch.nn.functional.cross_entropy(net(blocks, input_nodes), labels[output_nodes[target]])
-            dense.zero_grad()
-            if sparse:
-                sparse.zero_grad()
-            loss.backward()
-            dense.step()
-            if sparse:
-                sparse.step()
+            optimizer_step(torch.nn.functional.cross_entropy(net(blocks, input_nodes), labels[output_nodes[target]]),
+                           optimizers)
         history.append({"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0, "val_acc": accuracy(val),
                         "test_acc": accuracy(test)})
-    best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+    best = best_epoch(history)
     return {"history": history, "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
 
 

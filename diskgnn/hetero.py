@@ -29,14 +29,15 @@ import json
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from diskgnn.dataset import (ArraySpec, ArrayWriter, FORMAT, HETERO_VERSION, SPLITS, array_crc32,  # noqa: F401
-                             convert_features, feature_dtype, is_hetero, node_id_dtype, open_array, read_array)
+                             convert_features, feature_dtype, is_hetero, node_id_dtype, open_array)
 from diskgnn.errors import ConfigError, InputFormatError, InputNotFoundError, IntegrityError, ManifestError
 from diskgnn.manifest import (abort_output_dir, check_free_space, finish_output_dir, prepare_output_dir,
                               read_manifest, write_manifest)
@@ -205,10 +206,10 @@ class HeteroDataset:
 
     def fingerprint(self) -> str:
         crcs = [s.crc32 for s in self._all_specs()]
-        return f"{zlib_crc(json.dumps(crcs).encode()):08x}"
+        return f"{zlib.crc32(json.dumps(crcs).encode()):08x}"
 
-    def _all_specs(self) -> list[tuple[str, ArraySpec]]:
-        out = [spec for spec in self.specs.values()]
+    def _all_specs(self) -> list[ArraySpec]:
+        out = list(self.specs.values())
         for t in self.node_types.values():
             if t.features is not None:
                 out.append(t.features)
@@ -219,11 +220,6 @@ class HeteroDataset:
     def __repr__(self) -> str:
         return (f"HeteroDataset({self.path}, {len(self.node_types)} node types, {len(self.relations)} relations, "
                 f"{self.num_nodes} nodes, {self.num_edges} edges, target {self.target!r})")
-
-
-def zlib_crc(data: bytes) -> int:
-    import zlib
-    return zlib.crc32(data)
 
 
 def hetero_summary(ds: HeteroDataset) -> dict:

@@ -121,6 +121,27 @@ def check_embedding_memory(ds: HeteroDataset, cfg: HeteroTrainConfig) -> None:
             f"--memory-budget, or give those types features")
 
 
+def make_optimizers(dense_params, sparse_params, lr: float, embed_lr: float) -> list:
+    """Adam over the dense parameters, SparseAdam over the embeddings (when there are any)."""
+    opts = [torch.optim.Adam(dense_params, lr=lr)]
+    if sparse_params:
+        opts.append(torch.optim.SparseAdam(sparse_params, lr=embed_lr))
+    return opts
+
+
+def optimizer_step(loss: torch.Tensor, optimizers: list) -> None:
+    for opt in optimizers:
+        opt.zero_grad()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch with the best validation accuracy (the earliest on a tie)."""
+    return max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+
+
 def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the target type's training nodes; returns the history and final accuracies."""
     ds = dataset if isinstance(dataset, HeteroDataset) else HeteroDataset.open(dataset)
@@ -135,9 +156,7 @@ def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
     check_embedding_memory(ds, cfg)
     model = HeteroGNN(cfg.model, ds.node_types, len(sampler.relations), ds.num_classes, len(sampler.fanouts),
                       hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
-    dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
-    sparse_params = model.sparse_parameters()
-    sparse = torch.optim.SparseAdam(sparse_params, lr=cfg.embed_lr) if sparse_params else None
+    optimizers = make_optimizers(model.dense_parameters(), model.sparse_parameters(), cfg.lr, cfg.embed_lr)
     labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
     train, val, test = (np.asarray(ds.split(s)) for s in ("train", "val", "test"))
     rng = np.random.default_rng(cfg.seed)
@@ -153,13 +172,7 @@ def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
             tens, by_type = _batch_inputs(sampler, mb)
             logits = model(hetero_blocks(mb, len(sampler.relations)), tens, _features(ds, by_type))
             loss = torch.nn.functional.cross_entropy(logits[:seeds.size], labels[torch.from_numpy(seeds)])
-            dense.zero_grad()
-            if sparse:
-                sparse.zero_grad()
-            loss.backward()
-            dense.step()
-            if sparse:
-                sparse.step()
+            optimizer_step(loss, optimizers)
             total_loss += float(loss) * seeds.size
             n += seeds.size
         train_s = time.perf_counter() - t0
@@ -172,6 +185,6 @@ def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
                  train_s)
         if on_epoch:
             on_epoch(rec)
-    best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+    best = best_epoch(history)
     return {"config": asdict(cfg), "history": history, "best_epoch": best["epoch"], "val_acc": best["val_acc"],
             "test_acc": best["test_acc"], "model": model}

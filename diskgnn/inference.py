@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from diskgnn.errors import ConfigError, MemoryBudgetError, MismatchError
+from diskgnn.memory import process_rss_bytes
 from diskgnn.progress import ProgressFn, no_progress
 from diskgnn.sizes import format_bytes
 
@@ -382,14 +383,6 @@ def _budget_room(memory_budget) -> int:
         return budget
     return budget - process_anon_bytes()
 
-
-def process_rss_bytes() -> int:
-    """Resident memory of this process (anonymous and file-mapped), or 0 where it cannot be read."""
-    try:
-        import psutil
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # no way to tell: count nothing rather than fail
-        return 0
 
 
 # --- the streaming loop ----------------------------------------------------------------------------

@@ -105,6 +105,15 @@ class HostMemoryPlan:
         return self.tiers + self.read_buffers + self.segment_buffers + self.in_flight + self.model + self.process
 
 
+def process_rss_bytes() -> int:
+    """Resident memory of this process (anonymous and file-mapped), or 0 where it cannot be read."""
+    try:
+        import psutil
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # no way to tell: count nothing rather than fail
+        return 0
+
+
 def process_anon_bytes() -> int:
     """Anonymous memory this process holds now (RssAnon; the whole RSS where /proc is missing)."""
     try:
