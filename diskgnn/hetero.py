@@ -204,7 +204,9 @@ class HeteroDataset:
     def relations_into(self, node_type: str) -> list[str]:
         return [n for n, r in self.relations.items() if r.dst == node_type]
 
+    @property
     def fingerprint(self) -> str:
+        """A short id of the data (every file's checksum), stored by later steps to detect mix-ups."""
         crcs = [s.crc32 for s in self._all_specs()]
         return f"{zlib.crc32(json.dumps(crcs).encode()):08x}"
 
@@ -809,7 +811,7 @@ def import_hetero_dgl(path, out, *, target: str | None = None, add_reverse: bool
 @dataclass(frozen=True, kw_only=True)
 class HeteroSynthConfig:
     """A MAG-like typed graph: papers (target, weak features), authors and institutions (featureless) and
-    fields of study (features that carry the class). A paper's own features are a weak signal of its class;
+    fields of study (features that carry the class; authors get weak features with ``author_dim`` > 0). A paper's own features are a weak signal of its class;
     its fields, its authors' other papers and the papers it cites are a strong one, so a model that uses the
     typed neighbourhood learns the labels and one that does not cannot."""
     papers: int
@@ -819,6 +821,8 @@ class HeteroSynthConfig:
     classes: int = 8
     paper_dim: int = 64
     field_dim: int = 32
+    author_dim: int = 0
+    """Width of the authors' features; 0 leaves authors featureless (a learnable embedding each)."""
     dtype: str = "fp32"
     cites_per_paper: float = 8.0
     authors_per_paper: float = 3.0
@@ -826,6 +830,7 @@ class HeteroSynthConfig:
     homophily: float = 0.8
     paper_separation: float = 0.35
     field_separation: float = 2.0
+    author_separation: float = 0.25
     train_fraction: float = 0.10
     val_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -835,6 +840,8 @@ class HeteroSynthConfig:
         for k in ("papers", "authors", "institutions", "fields"):
             if getattr(self, k) < self.classes:
                 raise ConfigError(f"{k} must be at least the number of classes ({self.classes})")
+        if self.author_dim < 0:
+            raise ConfigError(f"author_dim must be 0 (featureless authors) or positive, got {self.author_dim}")
         if self.classes < 2:
             raise ConfigError("classes must be at least 2")
         if not 0 <= self.homophily <= 1:
@@ -848,8 +855,10 @@ HETERO_SCALES = {
     # s and m: weaker homophily and features, so that accuracy stays well below 100 % and differences show
     "s": dict(papers=100_000, authors=80_000, institutions=2_000, fields=4_000, paper_dim=64, field_dim=32,
               homophily=0.4, paper_separation=0.25, field_separation=1.0),
+    # m: authors get weak features too, so that 3M learnable author embeddings (4.6 GB with their optimizer
+    # state at width 128) do not have to fit a 2 GiB run; institutions stay featureless
     "m": dict(papers=5_000_000, authors=3_000_000, institutions=20_000, fields=60_000, paper_dim=256,
-              field_dim=64, homophily=0.4, paper_separation=0.25, field_separation=1.0,
+              field_dim=64, author_dim=32, homophily=0.4, paper_separation=0.25, field_separation=1.0,
               train_fraction=0.02, val_fraction=0.005, test_fraction=0.005),
 }
 
@@ -924,7 +933,8 @@ def synthesize_hetero(cfg: HeteroSynthConfig, out, *, add_reverse: bool = True, 
     splits = {"train": np.sort(perm[:ntr]), "val": np.sort(perm[ntr:ntr + nva]),
               "test": np.sort(perm[ntr + nva:ntr + nva + nte])}
     item = feature_dtype(cfg.dtype).itemsize
-    expected = (cfg.papers * cfg.paper_dim + cfg.fields * cfg.field_dim) * item + 8 * sum(n.values()) * 4 + \
+    feat_values = cfg.papers * cfg.paper_dim + cfg.fields * cfg.field_dim + cfg.authors * cfg.author_dim
+    expected = feat_values * item + 8 * sum(n.values()) * 4 + \
         8 * cfg.papers * int(cfg.cites_per_paper + cfg.authors_per_paper + cfg.fields_per_paper) * 2
     with HeteroWriter(out, n, "paper", C, source={"generator": "synthesize_hetero"},
                       config={**asdict(cfg), "add_reverse": add_reverse}, overwrite=overwrite,
@@ -933,6 +943,9 @@ def synthesize_hetero(cfg: HeteroSynthConfig, out, *, add_reverse: bool = True, 
                          cfg.dtype, "synth")
         w.write_features("field", features(11, "field", cfg.field_dim, cfg.field_separation), cfg.field_dim,
                          cfg.dtype, "synth")
+        if cfg.author_dim:
+            w.write_features("author", features(12, "author", cfg.author_dim, cfg.author_separation),
+                             cfg.author_dim, cfg.dtype, "synth")
         for s, r, d, g in rels:
             w.add_relation(s, r, d, g, f"synth relation {canonical(s, r, d)}", progress)
         w.write_array("labels", labels, np.int64)

@@ -45,6 +45,15 @@ class HeteroMiniBatch:
         return sum(int(b.shape[0]) for b in self.block_indices)
 
 
+def batch_key(*parts: int) -> np.uint64:
+    """A uint64 key mixed from ``parts`` (the samplers' counter-based RNG)."""
+    from diskgnn.kernels.rng import mix_key
+    key = np.uint64(parts[0])
+    for p in parts[1:]:
+        key = np.uint64(mix_key(key, np.uint64(p)))
+    return key
+
+
 def parse_hetero_fanouts(text: str, relations: list[str]) -> list[dict[str, int]]:
     """Per layer (outermost first), the fanout of every relation.
 

@@ -1,12 +1,18 @@
-"""Training on a heterogeneous dataset (first path: online per-relation sampling, features gathered from the
-per-type feature files).
+"""Training on a heterogeneous dataset: relation-wise SAGE or RGCN on the target type.
 
-This is the heterogeneous counterpart of the homogeneous pipeline's training
-loop *without* presampling and packing yet: every batch is sampled with
-:class:`~diskgnn.hetero_sampling.HeteroSampler` and its input rows are read
-from ``features/<type>.bin`` through a memory map. It fixes the model, the
-sampling and the accuracy a heterogeneous run must reach; the packed per-type
-store replaces the gather (same rows, bit for bit) once it exists.
+Two paths feed the same loop (the same model, batches and order):
+
+* **packed** (``train-hetero PACKED``): batches presampled by ``diskgnn sample``
+  (:mod:`diskgnn.hetero_samples`), every featured type's rows assembled from its
+  packed store (:mod:`diskgnn.hetero_packing`: memory tiers plus contiguous
+  O_DIRECT extents). A background thread reads and assembles the next batches
+  while the current one is computed.
+* **online** (``train-hetero DATASET``): every batch is sampled with
+  :class:`~diskgnn.hetero_sampling.HeteroSampler` and its rows read from
+  ``features/<type>.bin`` with ``pread``.
+
+With the same seed both see the same batches and the same rows bit for bit, so
+they train the same model (tested).
 """
 from __future__ import annotations
 
@@ -20,8 +26,7 @@ import torch
 from diskgnn.errors import ConfigError, MemoryBudgetError
 from diskgnn.hetero import HeteroDataset
 from diskgnn.hetero_models import HeteroGNN, hetero_blocks
-from diskgnn.hetero_sampling import HeteroSampler
-from diskgnn.kernels.rng import mix_key
+from diskgnn.hetero_sampling import HeteroSampler, batch_key
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +55,6 @@ class HeteroTrainConfig:
             raise ConfigError("learning rates must be positive")
 
 
-def batch_key(*parts: int) -> np.uint64:
-    """A uint64 key mixed from ``parts`` (the samplers' counter-based RNG)."""
-    key = np.uint64(parts[0])
-    for p in parts[1:]:
-        key = np.uint64(mix_key(key, np.uint64(p)))
-    return key
-
-
 def _features(ds: HeteroDataset, by_type: dict) -> dict[str, torch.Tensor]:
     out = {}
     for name, (_, local) in by_type.items():
@@ -70,28 +67,6 @@ def _features(ds: HeteroDataset, by_type: dict) -> dict[str, torch.Tensor]:
             rows = bf16_bits_to_float32(rows)
         out[name] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
     return out
-
-
-def _batch_inputs(sampler: HeteroSampler, mb):
-    by_type = sampler.inputs_by_type(mb)
-    return {t: (torch.from_numpy(p), torch.from_numpy(l)) for t, (p, l) in by_type.items()}, by_type
-
-
-def evaluate(model: HeteroGNN, ds: HeteroDataset, sampler: HeteroSampler, ids: np.ndarray, batch_size: int,
-             key: int) -> float:
-    if ids.size == 0:
-        return float("nan")
-    labels = np.asarray(ds.labels)
-    correct = 0
-    model.eval()
-    with torch.inference_mode():
-        for i, lo in enumerate(range(0, ids.size, batch_size)):
-            seeds = ids[lo:lo + batch_size]
-            mb = sampler.sample(seeds, batch_key(key, i))
-            tens, by_type = _batch_inputs(sampler, mb)
-            logits = model(hetero_blocks(mb, len(sampler.relations)), tens, _features(ds, by_type))
-            correct += int((logits[:seeds.size].argmax(1).numpy() == labels[seeds]).sum())
-    return correct / ids.size
 
 
 EMBEDDING_COPIES = 3
@@ -142,49 +117,193 @@ def best_epoch(history: list[dict]) -> dict:
     return max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
 
 
-def train_hetero(dataset, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
-    """Train ``cfg.model`` on the target type's training nodes; returns the history and final accuracies."""
-    ds = dataset if isinstance(dataset, HeteroDataset) else HeteroDataset.open(dataset)
+class _OnlineBatches:
+    """Batches sampled as they are needed; rows read from the feature files."""
+
+    def __init__(self, ds: HeteroDataset, cfg: HeteroTrainConfig):
+        self.ds = ds
+        self.sampler = HeteroSampler(ds, cfg.fanouts)
+        self.eval_sampler = HeteroSampler(ds, cfg.eval_fanouts) if cfg.eval_fanouts else self.sampler
+        if len(self.eval_sampler.fanouts) != len(self.sampler.fanouts):
+            raise ConfigError(f"--eval-fanouts has {len(self.eval_sampler.fanouts)} layers, --fanouts "
+                              f"{len(self.sampler.fanouts)}; give both the same number of layers")
+        from diskgnn.hetero_samples import HeteroSampleConfig, part_seeds
+        self._cfg = cfg
+        self._scfg = lambda epochs: HeteroSampleConfig(fanouts=cfg.fanouts, batch_size=cfg.batch_size,
+                                                       epochs=epochs, seed=cfg.seed)
+        self._eval = part_seeds(ds, self._scfg(1))
+        self._rng = np.random.default_rng(cfg.seed)
+        self._train = np.asarray(ds.split("train"))
+        self.num_layers = len(self.sampler.fanouts)
+        self.stats: dict = {}
+
+    def part(self, part: str, epoch: int = 0):
+        if part.startswith("train/"):
+            perm = self._rng.permutation(self._train)  # the presampler's order and keys (part_seeds)
+            jobs = [(np.sort(perm[lo:lo + self._cfg.batch_size]), batch_key(self._cfg.seed, epoch + 1, i))
+                    for i, lo in enumerate(range(0, perm.size, self._cfg.batch_size))]
+            smp = self.sampler
+        else:
+            jobs, smp = self._eval[part], self.eval_sampler
+        for seeds, key in jobs:
+            mb = smp.sample(seeds, key)
+            by_type = smp.inputs_by_type(mb)
+            yield seeds, mb, by_type, _features(self.ds, by_type)
+
+    def close(self) -> None:
+        pass
+
+
+class _PackedBatches:
+    """Presampled batches; each featured type's rows from its feature store, read and assembled ahead on a
+    background thread (``lookahead`` batches)."""
+
+    def __init__(self, packed, cfg: HeteroTrainConfig, budget: int, lookahead: int = 2):
+        from diskgnn.hetero_packing import HeteroPacked
+        from diskgnn.store import FeatureStore
+        self.packed = packed if isinstance(packed, HeteroPacked) else HeteroPacked.open(packed)
+        self.ds = self.packed.dataset
+        self.samples = self.packed.samples
+        self.num_layers = self.samples.num_layers
+        self.lookahead = lookahead
+        self.target_offset = self.samples.type_offsets[self.ds.target]
+        self.stores = {t: FeatureStore(p, memory_budget=budget) for t, p in self.packed.types.items()}
+        self.train_parts = [p for p in self.samples.parts if p.startswith("train/")]
+        if cfg.epochs > len(self.train_parts):
+            log.warning("%s holds %d sampled epochs; epochs beyond them reuse them in turn (sample more epochs "
+                        "for fresh batches)", self.samples.path, len(self.train_parts))
+        self._pool = None
+        self.stats = {"wait_s": 0.0}
+
+    def memory_bytes(self, in_flight: int) -> int:
+        """Host bytes of the stores (tiers, read buffers) and ``in_flight`` assembled batches of every type."""
+        total = 0
+        for st in self.stores.values():
+            plan = st.memory_plan()
+            total += plan.total + in_flight * plan.batch_bytes
+        return total
+
+    def _load(self, part: str, i: int):
+        mb = self.samples.batch(part, i)
+        by_type = {}
+        offs = self.samples.type_offsets
+        for t, nt in self.ds.node_types.items():
+            off = offs[t]
+            pos = np.flatnonzero((mb.input_nodes >= off) & (mb.input_nodes < off + nt.num_nodes))
+            by_type[t] = (pos, mb.input_nodes[pos] - off)
+        feats = {}
+        for t, st in self.stores.items():
+            if by_type[t][0].size:
+                feats[t] = st.assemble(part, i)
+        seeds = mb.input_nodes[:int(mb.layer_sizes[-1])] - self.target_offset
+        return seeds, mb, by_type, feats
+
+    def part(self, part: str, epoch: int = 0):
+        import concurrent.futures as cf
+        if part.startswith("train/"):
+            part = self.train_parts[epoch % len(self.train_parts)]
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-hetero-load")
+        nb = self.samples.num_batches(part)
+        futures = {}
+        for i in range(min(self.lookahead, nb)):
+            futures[i] = self._pool.submit(self._load, part, i)
+        for i in range(nb):
+            t0 = time.perf_counter()
+            item = futures.pop(i).result()
+            self.stats["wait_s"] += time.perf_counter() - t0
+            if i + self.lookahead < nb:
+                futures[i + self.lookahead] = self._pool.submit(self._load, part, i + self.lookahead)
+            yield item
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for st in self.stores.values():
+            st.close()
+
+
+def _evaluate(model: HeteroGNN, source, part: str, labels: torch.Tensor, num_relations: int) -> float:
+    correct = total = 0
+    model.eval()
+    with torch.inference_mode():
+        for seeds, mb, by_type, feats in source.part(part):
+            tens = {t: (torch.from_numpy(p), torch.from_numpy(lo)) for t, (p, lo) in by_type.items()}
+            logits = model(hetero_blocks(mb, num_relations), tens, feats)
+            correct += int((logits[:seeds.size].argmax(1) == labels[torch.from_numpy(np.array(seeds, dtype=np.int64))]).sum())
+            total += seeds.size
+    return correct / total if total else float("nan")
+
+
+def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
+    """Train ``cfg.model`` on the target type's training nodes; returns the history and final accuracies.
+
+    ``source`` is a heterogeneous packed directory (presampled batches, packed per-type stores: the
+    out-of-core path) or a heterogeneous dataset (online sampling; ``cfg.fanouts`` and ``batch_size`` apply).
+    """
+    from diskgnn.dataset import is_hetero
+    from diskgnn.memory import process_anon_bytes, resolve_memory_budget
+    from diskgnn.sizes import format_bytes
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    sampler = HeteroSampler(ds, cfg.fanouts)
-    eval_sampler = HeteroSampler(ds, cfg.eval_fanouts) if cfg.eval_fanouts else sampler
-    if len(eval_sampler.fanouts) != len(sampler.fanouts):
-        raise ConfigError(f"--eval-fanouts has {len(eval_sampler.fanouts)} layers, --fanouts "
-                          f"{len(sampler.fanouts)}; give both the same number of layers")
-    check_embedding_memory(ds, cfg)
-    model = HeteroGNN(cfg.model, ds.node_types, len(sampler.relations), ds.num_classes, len(sampler.fanouts),
-                      hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
-    optimizers = make_optimizers(model.dense_parameters(), model.sparse_parameters(), cfg.lr, cfg.embed_lr)
-    labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
-    train, val, test = (np.asarray(ds.split(s)) for s in ("train", "val", "test"))
-    rng = np.random.default_rng(cfg.seed)
-    history = []
-    for epoch in range(cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        perm = rng.permutation(train)
-        total_loss, n = 0.0, 0
-        for i, lo in enumerate(range(0, perm.size, cfg.batch_size)):
-            seeds = np.sort(perm[lo:lo + cfg.batch_size])
-            mb = sampler.sample(seeds, batch_key(cfg.seed, epoch + 1, i))
-            tens, by_type = _batch_inputs(sampler, mb)
-            logits = model(hetero_blocks(mb, len(sampler.relations)), tens, _features(ds, by_type))
-            loss = torch.nn.functional.cross_entropy(logits[:seeds.size], labels[torch.from_numpy(seeds)])
-            optimizer_step(loss, optimizers)
-            total_loss += float(loss) * seeds.size
-            n += seeds.size
-        train_s = time.perf_counter() - t0
-        val_acc = evaluate(model, ds, eval_sampler, val, cfg.batch_size, key=1 << 40)
-        test_acc = evaluate(model, ds, eval_sampler, test, cfg.batch_size, key=1 << 41)
-        rec = {"epoch": epoch + 1, "loss": total_loss / max(n, 1), "epoch_time_s": train_s, "val_acc": val_acc,
-               "test_acc": test_acc}
-        history.append(rec)
-        log.info("epoch %d: loss %.4f, val %.4f, test %.4f, %.1f s", epoch + 1, rec["loss"], val_acc, test_acc,
-                 train_s)
-        if on_epoch:
-            on_epoch(rec)
+    budget = resolve_memory_budget(cfg.memory_budget)
+    if isinstance(source, HeteroDataset) or is_hetero(source):
+        batches = _OnlineBatches(source if isinstance(source, HeteroDataset) else HeteroDataset.open(source), cfg)
+    else:
+        batches = _PackedBatches(source, cfg, budget)
+    try:
+        ds = batches.ds
+        check_embedding_memory(ds, cfg)
+        num_relations = len(ds.relations)
+        model = HeteroGNN(cfg.model, ds.node_types, num_relations, ds.num_classes, batches.num_layers,
+                          hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
+        if isinstance(batches, _PackedBatches):
+            model_bytes = 4 * sum(p.numel() for p in model.parameters()) * (EMBEDDING_COPIES + 1)  # + gradients
+            # the assembled batches alive at once: the lookahead, the one computed and its temporaries (x4)
+            need = batches.memory_bytes(batches.lookahead + 5) + model_bytes + process_anon_bytes()
+            log.info("memory plan: %s of the %s budget (feature stores and batches in flight %s, model with "
+                     "optimizer state %s, runtimes %s)", format_bytes(need), format_bytes(budget),
+                     format_bytes(batches.memory_bytes(batches.lookahead + 5)), format_bytes(model_bytes),
+                     format_bytes(process_anon_bytes()))
+            if need > budget:
+                raise MemoryBudgetError(
+                    f"training {batches.packed.path} needs {format_bytes(need)} of memory: the feature stores with "
+                    f"their batches in flight {format_bytes(batches.memory_bytes(batches.lookahead + 5))}, the "
+                    f"model with its optimizer state (embeddings included) {format_bytes(model_bytes)} and the "
+                    f"runtimes {format_bytes(process_anon_bytes())}, more than the {format_bytes(budget)} budget; "
+                    f"re-pack with a smaller --host-cache, sample smaller batches, lower --hidden, or raise "
+                    f"--memory-budget")
+        optimizers = make_optimizers(model.dense_parameters(), model.sparse_parameters(), cfg.lr, cfg.embed_lr)
+        labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
+        history = []
+        for epoch in range(cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            total_loss, n = 0.0, 0
+            for seeds, mb, by_type, feats in batches.part(f"train/{epoch}", epoch):
+                tens = {t: (torch.from_numpy(p), torch.from_numpy(lo)) for t, (p, lo) in by_type.items()}
+                logits = model(hetero_blocks(mb, num_relations), tens, feats)
+                loss = torch.nn.functional.cross_entropy(logits[:seeds.size], labels[torch.from_numpy(seeds)])
+                optimizer_step(loss, optimizers)
+                total_loss += float(loss) * seeds.size
+                n += seeds.size
+            train_s = time.perf_counter() - t0
+            val_acc = _evaluate(model, batches, "val", labels, num_relations)
+            test_acc = _evaluate(model, batches, "test", labels, num_relations)
+            rec = {"epoch": epoch + 1, "loss": total_loss / max(n, 1), "epoch_time_s": train_s, "val_acc": val_acc,
+                   "test_acc": test_acc}
+            if isinstance(batches, _PackedBatches):
+                rec["load_wait_s"] = round(batches.stats["wait_s"], 3)
+                batches.stats["wait_s"] = 0.0
+            history.append(rec)
+            log.info("epoch %d: loss %.4f, val %.4f, test %.4f, %.1f s", epoch + 1, rec["loss"], val_acc, test_acc,
+                     train_s)
+            if on_epoch:
+                on_epoch(rec)
+    finally:
+        batches.close()
     best = best_epoch(history)
-    return {"config": asdict(cfg), "history": history, "best_epoch": best["epoch"], "val_acc": best["val_acc"],
+    return {"config": asdict(cfg), "path": "packed" if isinstance(batches, _PackedBatches) else "online",
+            "history": history, "best_epoch": best["epoch"], "val_acc": best["val_acc"],
             "test_acc": best["test_acc"], "model": model}

@@ -195,7 +195,7 @@ def _open_samples(samples):
 
 
 def _open_dataset(samples, dataset) -> Dataset:
-    if isinstance(dataset, Dataset):
+    if isinstance(dataset, Dataset) or hasattr(dataset, "features_path"):  # or a view with Dataset's feature API
         ds = dataset
     elif dataset is not None:
         ds = Dataset.open(dataset)

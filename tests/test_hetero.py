@@ -143,7 +143,7 @@ def test_synth_is_deterministic_and_its_labels_follow_the_typed_neighbourhood(tm
     b = synthesize_hetero(cfg, tmp_path / "b", chunk=97)  # chunking changes the draws, not the format
     assert verify_hetero(a)["ok"] and verify_hetero(b)["ok"]
     c = synthesize_hetero(cfg, tmp_path / "c")
-    assert a.fingerprint() == c.fingerprint()
+    assert a.fingerprint == c.fingerprint
     assert {t: x.feat_dim for t, x in a.node_types.items()} == {"paper": 16, "author": 0, "institution": 0,
                                                                    "field": 8}
     assert len(a.relations) == 8
