@@ -382,7 +382,7 @@ class HeteroSamples:
         return {"kind": "heterogeneous samples", "path": str(self.path), "dataset": str(self.dataset_path),
                 "config": self.config.to_json(), "relations": len(self.relations), "target": self.target,
                 "featured_types": list(self.featured),
-                "batches": {p: self._num_batches[p] for p in self.parts},
+                "batches_per_part": {p: self._num_batches[p] for p in self.parts},
                 **{k: v for k, v in self.manifest.get("stats", {}).items()}}
 
     def __repr__(self) -> str:
@@ -444,7 +444,7 @@ def check_dataset(samples: HeteroSamples, ds: HeteroDataset) -> None:
                             f"they were sampled from or re-run diskgnn sample on {ds.path}")
 
 
-def verify_hetero_samples(samples: HeteroSamples, ds: HeteroDataset | None = None, *,
+def verify_hetero_samples(samples: HeteroSamples, ds: HeteroDataset | None = None, *, check_crc: bool = True,
                           progress: ProgressFn = no_progress) -> dict:
     """Check every batch: edges are real in-edges of their relation between the right types, every type stream
     is the batch's input nodes of that type, and the access counts add up."""
@@ -453,9 +453,10 @@ def verify_hetero_samples(samples: HeteroSamples, ds: HeteroDataset | None = Non
     ds = ds if ds is not None else samples.open_dataset()
     check_dataset(samples, ds)
     for p in samples.parts:
-        for name, spec in samples._specs[p].items():
+        specs = list(samples._specs[p].values()) + [s for ts in samples._type_specs[p].values() for s in ts.values()]
+        for spec in specs + (list(samples._count_specs.values()) if p == samples.parts[0] else []):
             open_array(samples.path, spec)
-            if spec.crc32 is not None and file_crc32(samples.path / spec.path) != spec.crc32:
+            if check_crc and spec.crc32 is not None and file_crc32(samples.path / spec.path) != spec.crc32:
                 raise IntegrityError(f"{samples.path / spec.path} fails its checksum; run diskgnn sample again")
     offs = samples.type_offsets
     names = list(ds.node_types)

@@ -43,6 +43,12 @@ def describe(directory) -> dict:
     if kind == "diskgnn.embeddings":
         from diskgnn.embed import Embeddings
         return {"kind": "embeddings", **Embeddings.open(directory).summary()}
+    if kind == "diskgnn.hetero-samples":
+        from diskgnn.hetero_samples import HeteroSamples
+        return HeteroSamples.open(directory).summary()
+    if kind == "diskgnn.hetero-packed":
+        from diskgnn.hetero_packing import HeteroPacked
+        return HeteroPacked.open(directory).summary()
     raise ManifestError(f"{directory}: unknown manifest format {kind!r}")
 
 
@@ -72,4 +78,12 @@ def verify(directory, *, check_crc: bool = True, progress: ProgressFn = no_progr
         from diskgnn.embed import Embeddings
         Embeddings.open(directory).verify(check_crc=check_crc)
         return "embeddings"
+    if kind == "diskgnn.hetero-samples":
+        from diskgnn.hetero_samples import HeteroSamples, verify_hetero_samples
+        verify_hetero_samples(HeteroSamples.open(directory), check_crc=check_crc, progress=progress)
+        return "heterogeneous samples"
+    if kind == "diskgnn.hetero-packed":
+        from diskgnn.hetero_packing import HeteroPacked, verify_hetero_packed
+        verify_hetero_packed(HeteroPacked.open(directory), check_crc=check_crc, progress=progress)
+        return "heterogeneous packed"
     raise ManifestError(f"{directory}: unknown manifest format {kind!r}")

@@ -633,6 +633,10 @@ from each block: writes of ~256 KiB run at the sequential speed on the disks mea
 at less than half of it."""
 
 
+STREAM_STAGING_MAX = 256 << 20
+"""Without ``order_block``, the block is also small enough that the rows every extent takes from one block
+(one staging buffer of the stream write mode; two are held) average at most this: where the packed rows
+are many times the feature bytes (deep or typed batches), a 64 MiB block would stage gigabytes."""
 STREAM_WRITE_DEPTH = 16
 """Piece writes in flight when streaming (8 left the writes behind the reads in A/B runs at scale m)."""
 
@@ -647,7 +651,10 @@ def _order_block_bytes(ds: Dataset, cfg: PackConfig, plain_bytes: int, extents: 
         return _chunk_bytes(ds, parse_size(cfg.order_block, name="order_block"))
     avg_extent = plain_bytes / max(extents, 1)
     want = PIECE_TARGET * ds.feature_bytes / max(avg_extent, 1.0)
-    return _chunk_bytes(ds, int(min(max(want, ORDER_BLOCK_MIN), ORDER_BLOCK_MAX)))
+    block = min(max(want, ORDER_BLOCK_MIN), ORDER_BLOCK_MAX)
+    # staging ~ plain_bytes * block / feature_bytes: bounded, still a plan-only choice
+    block = min(block, STREAM_STAGING_MAX * ds.feature_bytes / max(plain_bytes, 1))
+    return _chunk_bytes(ds, int(block))
 
 
 def belady_hit_rate(trace: np.ndarray, num_nodes: int, capacity: int) -> float:

@@ -22,10 +22,29 @@ def test_synth_info_verify_train(tmp_path, capsys):
                  "--metrics", str(metrics)]) == 0
     rec = json.loads(metrics.read_text().splitlines()[-1])
     assert rec["event"] == "epoch" and rec["epoch"] == 1 and 0 <= rec["test_acc"] <= 1
-    # the homogeneous steps refuse it in one paragraph
-    assert main(["sample", str(out), "--out", str(tmp_path / "s"), "-q"]) == 2
+    # presample > verify > pack > verify > train out of core
+    samples, packed = tmp_path / "s", tmp_path / "p"
+    assert main(["sample", str(out), "--out", str(samples), "--fanouts", "cites=2|*=3,4", "--batch-size", "97",
+                 "--epochs", "2", "-q"]) == 0
+    assert main(["verify", str(samples)]) == 0
+    assert "heterogeneous samples OK" in capsys.readouterr().out
+    assert main(["pack", str(samples), "--out", str(packed), "--host-cache", "7%", "-q"]) == 0
+    assert main(["verify", str(packed)]) == 0
+    assert "heterogeneous packed OK" in capsys.readouterr().out
+    assert main(["info", str(packed), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "heterogeneous packed" and set(info["types"]) == {"paper", "field"}
+    assert info["featureless_types"] == ["author", "institution"]
+    metrics2 = tmp_path / "m2.jsonl"
+    assert main(["train-hetero", str(packed), "--epochs", "2", "--hidden", "16", "--threads", "1",
+                 "--metrics", str(metrics2), "-q"]) == 0
+    assert len(metrics2.read_text().splitlines()) == 2
+    # the homogeneous steps refuse heterogeneous inputs in one paragraph
+    assert main(["train", str(packed), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "is a heterogeneous dataset" in err and "train-hetero" in err
+    assert "heterogeneous" in err and "train-hetero" in err
+    assert main(["sample", str(out), "--out", str(tmp_path / "s2"), "--task", "link", "-q"]) == 2
+    assert "not available for heterogeneous" in capsys.readouterr().err
     assert main(["synth", "--hetero", "--scale", "tiny", "--nodes", "5", "--out", str(tmp_path / "x")]) == 2
     assert "--nodes" in capsys.readouterr().err
 

@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 import textwrap
+from pathlib import Path
 
-from diskgnn.errors import DiskGNNError
+from diskgnn.errors import ConfigError, DiskGNNError
 
 log = logging.getLogger("diskgnn")
 
@@ -309,17 +310,20 @@ def _add_commands(sub) -> None:
     _common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-hetero", help="train rsage or rgcn on a heterogeneous dataset (first path: online "
-                                             "sampling)",
+    p = sub.add_parser("train-hetero", help="train rsage or rgcn on a heterogeneous graph (packed or online)",
                        description="Train relation-wise GraphSAGE (rsage) or RGCN on the target type of a "
-                                   "heterogeneous dataset. Batches are sampled online per relation and their "
-                                   "rows read from the per-type feature files; presampling and the packed "
-                                   "per-type store are still to come (docs/HETERO.md).")
-    p.add_argument("dataset", help="heterogeneous dataset directory")
+                                   "heterogeneous graph. Given a packed directory (diskgnn sample, then diskgnn pack "
+                                   "on the heterogeneous dataset), batches are the presampled ones and every "
+                                   "featured type's rows come from its packed store (memory tiers + O_DIRECT "
+                                   "extents), read ahead on a background thread: the out-of-core path. Given the "
+                                   "dataset itself, batches are sampled online and rows read from the feature "
+                                   "files (--fanouts and --batch-size apply only then). docs/HETERO.md.")
+    p.add_argument("source", metavar="PACKED_OR_DATASET",
+                   help="heterogeneous packed directory (out of core) or dataset directory (online sampling)")
     p.add_argument("--model", choices=["rsage", "rgcn"], default="rsage")
     p.add_argument("--fanouts", default="10,15",
-                   help="per layer, outermost first: one count for every relation, or 'rel=count|...|*=count' "
-                        "(default 10,15)")
+                   help="online only: per layer, outermost first, one count for every relation or "
+                        "'rel=count|...|*=count' (default 10,15; a packed directory uses its samples' fanouts)")
     p.add_argument("--eval-fanouts", default=None, help="fanouts of validation and test (default: --fanouts)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=3)
@@ -518,7 +522,6 @@ def cmd_synth(args, progress) -> int:
 
 def _synth_hetero(args, progress) -> int:
     from diskgnn.hetero import hetero_scale_config, hetero_summary, synthesize_hetero
-    from diskgnn.errors import ConfigError
     unused = [f for f, v in (("--nodes", args.nodes), ("--avg-degree", args.avg_degree), ("--dim", args.dim),
                              ("--homophily", args.homophily), ("--separation", args.separation),
                              ("--degree-exponent", args.degree_exponent),
@@ -553,7 +556,7 @@ def cmd_train_hetero(args, progress) -> int:
             print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}, val {rec['val_acc']:.4f}, "
                   f"test {rec['test_acc']:.4f} ({rec['epoch_time_s']:.1f} s)")
 
-    result = train_hetero(args.dataset, cfg, on_epoch=on_epoch)
+    result = train_hetero(args.source, cfg, on_epoch=on_epoch)
     if not args.quiet:
         print(f"best epoch {result['best_epoch']}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
     return 0
@@ -576,7 +579,6 @@ def cmd_prepare(args, progress) -> int:
             _print_summary(hetero_summary(ds))
         return 0
     if args.add_reverse:
-        from diskgnn.errors import ConfigError
         raise ConfigError("--add-reverse applies to the hetero-* formats; for a homogeneous graph use --undirected")
     from diskgnn.ingest import PrepareConfig, prepare
     from diskgnn.dataset import summary
@@ -606,6 +608,13 @@ def _print_summary(s: dict, indent: str = "") -> None:
             print(f"{indent}{key}: {value}")
 
 
+def _manifest_format(directory) -> str | None:
+    try:
+        return json.loads((Path(directory) / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def cmd_info(args, progress) -> int:
     from diskgnn.inspect import describe
     info = describe(args.dir)
@@ -621,7 +630,25 @@ def cmd_verify(args, progress) -> int:
     return 0
 
 
+def _sample_hetero(args, progress) -> int:
+    from diskgnn.hetero_samples import HeteroSampleConfig, presample_hetero
+    if args.task == "link":
+        raise ConfigError("--task link is not available for heterogeneous datasets yet; sample node "
+                          "classification batches of the target type")
+    if args.num_shards != 1:
+        raise ConfigError("--num-shards is not available for heterogeneous datasets yet; sample in one process")
+    cfg = HeteroSampleConfig(fanouts=args.fanouts, eval_fanouts=args.eval_fanouts, batch_size=args.batch_size,
+                             epochs=args.sample_epochs or 1, seed=args.seed)
+    samples = presample_hetero(args.dataset, args.out, cfg, overwrite=args.overwrite, progress=progress)
+    if not args.quiet:
+        _print_summary(samples.summary())
+    return 0
+
+
 def cmd_sample(args, progress) -> int:
+    from diskgnn.dataset import is_hetero
+    if is_hetero(args.dataset):
+        return _sample_hetero(args, progress)
     from diskgnn.sampling import SampleConfig, presample
     cfg = SampleConfig.from_cli(args)
     samples = presample(args.dataset, args.out, cfg, overwrite=args.overwrite, progress=progress,
@@ -635,6 +662,15 @@ def cmd_sample(args, progress) -> int:
 def cmd_pack(args, progress) -> int:
     from diskgnn.packing import PackConfig, pack
     cfg = PackConfig.from_cli(args)
+    if _manifest_format(args.samples) == "diskgnn.hetero-samples":
+        from diskgnn.hetero_packing import pack_hetero
+        if args.num_shards != 1:
+            raise ConfigError("--num-shards is not available for heterogeneous samples yet; pack in one process")
+        packed = pack_hetero(args.samples, args.out, cfg, overwrite=args.overwrite, progress=progress,
+                             memory_budget=args.memory_budget, dataset=args.dataset)
+        if not args.quiet:
+            _print_summary(packed.summary())
+        return 0
     packed = pack(args.samples, args.out, cfg, dataset=args.dataset, overwrite=args.overwrite,
                   progress=progress, memory_budget=args.memory_budget,
                   num_shards=args.num_shards, shard=args.shard, journal_every=args.journal_every)
@@ -644,6 +680,9 @@ def cmd_pack(args, progress) -> int:
 
 
 def cmd_train(args, progress) -> int:
+    if _manifest_format(args.packed) == "diskgnn.hetero-packed":
+        raise ConfigError(f"{args.packed} packs a heterogeneous graph (typed nodes and relations); train it with "
+                          f"diskgnn train-hetero {args.packed} (docs/HETERO.md)")
     from diskgnn.launch import train_cli
     from diskgnn.train import TrainConfig
     cfg = TrainConfig.from_cli(args)
