@@ -31,33 +31,32 @@ from diskgnn.hetero_train import best_epoch, make_optimizers, optimizer_step
 log = logging.getLogger(__name__)
 
 
-def dgl_heterograph(ds: HeteroDataset):
+def dgl_heterograph(ds: HeteroDataset, *, idtype=torch.int64, csc_only: bool = False):
+    """The dataset's relations as a DGL heterograph: from edge lists, or (``csc_only``) straight from each
+    relation's in-edge CSR with only the CSC format allowed (no COO or CSR copy is ever made: what a run under
+    a memory cap can afford)."""
     import dgl
     data = {}
+    np_id = np.int32 if idtype == torch.int32 else np.int64
     for name, r in ds.relations.items():
-        indptr = np.asarray(ds.indptr(name), dtype=np.int64)
+        indptr = np.asarray(ds.indptr(name))
+        if csc_only:
+            data[(r.src, r.rel, r.dst)] = ("csc", (torch.from_numpy(indptr.astype(np_id)),
+                                                   torch.from_numpy(np.asarray(ds.indices(name)).astype(np_id)),
+                                                   torch.zeros(0, dtype=idtype)))
+            continue
         dst = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
         src = np.asarray(ds.indices(name), dtype=np.int64)
-        data[(r.src, r.rel, r.dst)] = (torch.from_numpy(src), torch.from_numpy(dst))
-    return dgl.heterograph(data, num_nodes_dict={t: n.num_nodes for t, n in ds.node_types.items()},
-                           idtype=torch.int64)
+        data[(r.src, r.rel, r.dst)] = (torch.from_numpy(src.astype(np_id)), torch.from_numpy(dst.astype(np_id)))
+    g = dgl.heterograph(data, num_nodes_dict={t: n.num_nodes for t, n in ds.node_types.items()}, idtype=idtype)
+    return g.formats("csc") if csc_only else g
 
 
-def train_dgl(ds: HeteroDataset, *, fanouts: list[int], batch_size: int, epochs: int, hidden: int, lr: float,
-              embed_lr: float, seed: int, init: str = "torch") -> dict:
-    """``init``: ``dgl`` keeps SAGEConv's Xavier (ReLU gain) initialisation; ``torch`` re-draws its linear
-    layers with torch's default, as diskgnn's models (the same recipe on both sides)."""
-    try:
-        import dgl
-        import dgl.nn as dglnn
-    except ImportError:
-        raise ConfigError("the DGL baseline needs DGL (the reference stack)") from None
-    torch.manual_seed(seed)
-    dgl.seed(seed)
-    g = dgl_heterograph(ds)
-    feats = {t: torch.from_numpy(np.array(ds.features(t), dtype=np.float32))
-             for t, x in ds.node_types.items() if x.features is not None}
-    labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
+def dgl_model(ds: HeteroDataset, feats: dict, *, hidden: int, num_layers: int, init: str = "torch"):
+    """Per-type input projections (featureless types: sparse embeddings) and ``num_layers``
+    ``HeteroGraphConv({relation: SAGEConv(mean)}, aggregate='sum')`` layers; ``forward(blocks, input_nodes)``
+    gathers each type's rows from ``feats`` (in-memory tensors or memory maps)."""
+    import dgl.nn as dglnn
     target = ds.target
     rels = [r.rel for r in ds.relations.values()]
     if len(set(rels)) != len(rels):
@@ -71,10 +70,10 @@ def train_dgl(ds: HeteroDataset, *, fanouts: list[int], batch_size: int, epochs:
                                               for t, x in ds.node_types.items() if x.features is None})
             for e in self.embed.values():
                 torch.nn.init.normal_(e.weight, std=1.0 / hidden ** 0.5)
-            dims = [hidden] * len(fanouts) + [ds.num_classes]
+            dims = [hidden] * num_layers + [ds.num_classes]
             self.layers = torch.nn.ModuleList(
                 dglnn.HeteroGraphConv({r: dglnn.SAGEConv(dims[i], dims[i + 1], "mean") for r in rels},
-                                      aggregate="sum") for i in range(len(fanouts)))
+                                      aggregate="sum") for i in range(num_layers))
 
         def forward(self, blocks, input_nodes):
             h = {}
@@ -95,6 +94,25 @@ def train_dgl(ds: HeteroDataset, *, fanouts: list[int], batch_size: int, epochs:
                 if isinstance(m, dglnn.SAGEConv):
                     m.fc_self.reset_parameters()  # weight and bias (DGL 2.1 keeps the bias in fc_self)
                     m.fc_neigh.reset_parameters()
+    return net
+
+
+def train_dgl(ds: HeteroDataset, *, fanouts: list[int], batch_size: int, epochs: int, hidden: int, lr: float,
+              embed_lr: float, seed: int, init: str = "torch") -> dict:
+    """``init``: ``dgl`` keeps SAGEConv's Xavier (ReLU gain) initialisation; ``torch`` re-draws its linear
+    layers with torch's default, as diskgnn's models (the same recipe on both sides)."""
+    try:
+        import dgl
+    except ImportError:
+        raise ConfigError("the DGL baseline needs DGL (the reference stack)") from None
+    torch.manual_seed(seed)
+    dgl.seed(seed)
+    g = dgl_heterograph(ds)
+    feats = {t: torch.from_numpy(np.array(ds.features(t), dtype=np.float32))
+             for t, x in ds.node_types.items() if x.features is not None}
+    labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
+    target = ds.target
+    net = dgl_model(ds, feats, hidden=hidden, num_layers=len(fanouts), init=init)
     optimizers = make_optimizers([p for n, p in net.named_parameters() if not n.startswith("embed.")],
                                  [p for n, p in net.named_parameters() if n.startswith("embed.")], lr, embed_lr)
     sampler = dgl.dataloading.NeighborSampler(fanouts)

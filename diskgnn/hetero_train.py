@@ -154,11 +154,16 @@ class _OnlineBatches:
         pass
 
 
+ACTIVATION_MATRICES = 8
+"""float32 [input nodes, hidden] matrices the model's forward and backward hold at their peak (see
+:meth:`_PackedBatches.activation_bytes`)."""
+
+
 class _PackedBatches:
     """Presampled batches; each featured type's rows from its feature store, read and assembled ahead on a
     background thread (``lookahead`` batches)."""
 
-    def __init__(self, packed, cfg: HeteroTrainConfig, budget: int, lookahead: int = 2):
+    def __init__(self, packed, cfg: HeteroTrainConfig, budget: int, lookahead: int = 1):
         from diskgnn.hetero_packing import HeteroPacked
         from diskgnn.store import FeatureStore
         self.packed = packed if isinstance(packed, HeteroPacked) else HeteroPacked.open(packed)
@@ -167,21 +172,31 @@ class _PackedBatches:
         self.num_layers = self.samples.num_layers
         self.lookahead = lookahead
         self.target_offset = self.samples.type_offsets[self.ds.target]
-        self.stores = {t: FeatureStore(p, memory_budget=budget) for t, p in self.packed.types.items()}
+        # one loader thread reads and assembles batch after batch: one pooled buffer per store, plus the read
+        # of the next batch submitted ahead (plan_reads)
+        self.stores = {t: FeatureStore(p, memory_budget=budget, pool_size=1) for t, p in self.packed.types.items()}
         self.train_parts = [p for p in self.samples.parts if p.startswith("train/")]
         if cfg.epochs > len(self.train_parts):
             log.warning("%s holds %d sampled epochs; epochs beyond them reuse them in turn (sample more epochs "
                         "for fresh batches)", self.samples.path, len(self.train_parts))
         self._pool = None
         self.stats = {"wait_s": 0.0}
+        self.max_inputs = max(int(np.diff(self.samples.index(p)[:, 0]).max(initial=0)) for p in self.samples.parts)
 
-    def memory_bytes(self, in_flight: int) -> int:
-        """Host bytes of the stores (tiers, read buffers) and ``in_flight`` assembled batches of every type."""
+    def memory_bytes(self) -> int:
+        """Host bytes of the stores: tiers, read buffers, and every type's assembled matrices alive at once (the
+        ``lookahead`` batches, the one computed and one kept for reuse)."""
         total = 0
         for st in self.stores.values():
-            plan = st.memory_plan()
-            total += plan.total + in_flight * plan.batch_bytes
+            plan = st.memory_plan(pool_size=1)
+            total += plan.tiers + plan.read_buffers + (self.lookahead + 2) * plan.batch_bytes
         return total
+
+    def activation_bytes(self, hidden: int) -> int:
+        """The model's temporaries on the largest batch, in float32 [inputs, hidden] matrices: the input
+        projections and their scatter, and in the backward pass one gradient of that size per relation's
+        gather and aggregation before they are summed (measured: about eight at scale m, 8 relations)."""
+        return ACTIVATION_MATRICES * self.max_inputs * hidden * 4
 
     def _load(self, part: str, i: int):
         mb = self.samples.batch(part, i)
@@ -205,6 +220,8 @@ class _PackedBatches:
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskgnn-hetero-load")
         nb = self.samples.num_batches(part)
+        for st in self.stores.values():
+            st.plan_reads([(part, i) for i in range(nb)])
         futures = {}
         for i in range(min(self.lookahead, nb)):
             futures[i] = self._pool.submit(self._load, part, i)
@@ -248,6 +265,7 @@ def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     budget = resolve_memory_budget(cfg.memory_budget)
+    runtimes = process_anon_bytes()  # before the stores load their tiers (the plan counts those itself)
     if isinstance(source, HeteroDataset) or is_hetero(source):
         batches = _OnlineBatches(source if isinstance(source, HeteroDataset) else HeteroDataset.open(source), cfg)
     else:
@@ -260,20 +278,17 @@ def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
                           hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
         if isinstance(batches, _PackedBatches):
             model_bytes = 4 * sum(p.numel() for p in model.parameters()) * (EMBEDDING_COPIES + 1)  # + gradients
-            # the assembled batches alive at once: the lookahead, the one computed and its temporaries (x4)
-            need = batches.memory_bytes(batches.lookahead + 5) + model_bytes + process_anon_bytes()
-            log.info("memory plan: %s of the %s budget (feature stores and batches in flight %s, model with "
-                     "optimizer state %s, runtimes %s)", format_bytes(need), format_bytes(budget),
-                     format_bytes(batches.memory_bytes(batches.lookahead + 5)), format_bytes(model_bytes),
-                     format_bytes(process_anon_bytes()))
+            stores, acts = batches.memory_bytes(), batches.activation_bytes(cfg.hidden)
+            need = stores + acts + model_bytes + runtimes
+            parts = (f"feature stores with their reads and batches in flight {format_bytes(stores)}, the model's "
+                     f"temporaries {format_bytes(acts)}, the model with its optimizer state (embeddings included) "
+                     f"{format_bytes(model_bytes)}, the runtimes {format_bytes(runtimes)}")
+            log.info("memory plan: %s of the %s budget (%s)", format_bytes(need), format_bytes(budget), parts)
             if need > budget:
                 raise MemoryBudgetError(
-                    f"training {batches.packed.path} needs {format_bytes(need)} of memory: the feature stores with "
-                    f"their batches in flight {format_bytes(batches.memory_bytes(batches.lookahead + 5))}, the "
-                    f"model with its optimizer state (embeddings included) {format_bytes(model_bytes)} and the "
-                    f"runtimes {format_bytes(process_anon_bytes())}, more than the {format_bytes(budget)} budget; "
-                    f"re-pack with a smaller --host-cache, sample smaller batches, lower --hidden, or raise "
-                    f"--memory-budget")
+                    f"training {batches.packed.path} needs {format_bytes(need)} of memory ({parts}), more than the "
+                    f"{format_bytes(budget)} budget; re-pack with a smaller --host-cache, sample smaller batches "
+                    f"(--batch-size, --fanouts), lower --hidden, or raise --memory-budget")
         optimizers = make_optimizers(model.dense_parameters(), model.sparse_parameters(), cfg.lr, cfg.embed_lr)
         labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
         history = []
