@@ -9,7 +9,7 @@ memory cgroup with the page cache dropped before it (:func:`diskgnn.cgroup.run_c
 4. the DGL baseline (reference stack): ``HeteroGraphConv`` of ``SAGEConv`` with DGL's online
    ``NeighborSampler`` over the same relations (CSC only, int32 ids: the leanest graph DGL can
    hold), every featured type's rows gathered from a *memory map* of ``features/<type>.bin``
-   (the page cache does the I/O), the same fanouts, batch size, hidden width and learning rates.
+   with MADV_RANDOM, rows gathered in id order (the page cache does the I/O), the same fanouts, batch size, hidden width and learning rates.
    It runs ``--dgl-batches`` training batches; its epoch is their mean time times the epoch's batches.
 
 Every step records its time, peak anonymous and file-backed memory, and bytes read and written
@@ -46,6 +46,29 @@ def _peak_watcher(peaks: dict, stop: threading.Event) -> None:
         stop.wait(0.05)
 
 
+class MemmapRows:
+    """A type's ``features/<type>.bin`` as a ``numpy.memmap`` with MADV_RANDOM (as the homogeneous memmap
+    baselines: without it, this disk's 8 MiB readahead makes every row fault read megabytes), indexed like a
+    tensor: rows in ascending id order (as a DGL user's gather would), returned as float32."""
+
+    def __init__(self, ds, node_type: str, *, random_advice: bool = True):
+        import mmap
+        t = ds.node_types[node_type]
+        self.array = np.memmap(ds.path / t.features.path, dtype=t.features.dtype, mode="r",
+                               shape=tuple(t.features.shape))
+        if random_advice and hasattr(mmap, "MADV_RANDOM"):
+            self.array._mmap.madvise(mmap.MADV_RANDOM)
+        self.dtype_name = t.feat_dtype
+        self.shape = self.array.shape
+        self.read_bytes = 0
+
+    def __getitem__(self, ids):
+        from diskgnn.bench.packed_systems import gather_memmap
+        rows, read = gather_memmap(self.array, np.asarray(ids, dtype=np.int64), self.dtype_name)
+        self.read_bytes += read
+        return rows
+
+
 def dgl_memmap_worker(args) -> dict:
     """Train ``--dgl-batches`` batches of DGL's heterogeneous baseline with memory-mapped features."""
     import dgl
@@ -62,13 +85,9 @@ def dgl_memmap_worker(args) -> dict:
     dgl.seed(args.seed)
     ds = HeteroDataset.open(args.dataset)
     g = dgl_heterograph(ds, idtype=torch.int32, csc_only=True)
-    # the features stay on disk: a read-only memory map per type, gathered row by row through the page cache
-    feats = {}
-    for t, x in ds.node_types.items():
-        if x.features is not None:
-            if x.feat_dtype != "fp32":
-                raise SystemExit("the DGL memmap baseline reads fp32 features")
-            feats[t] = torch.from_numpy(np.asarray(ds.features(t)))
+    # the features stay on disk: a memory map per type, gathered through the page cache
+    feats = {t: MemmapRows(ds, t, random_advice=not args.default_readahead) for t, x in ds.node_types.items()
+             if x.features is not None}
     labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
     net = dgl_model(ds, feats, hidden=args.hidden, num_layers=len(args.fanouts.split(",")))
     optimizers = make_optimizers([p for n, p in net.named_parameters() if not n.startswith("embed.")],
@@ -104,7 +123,9 @@ def dgl_memmap_worker(args) -> dict:
             "epoch_s_estimate": float(np.mean(times)) * num_batches if times else None,
             "mean_input_nodes": float(np.mean(inputs)) if inputs else None,
             "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_anon_bytes": peaks.get("RssAnon"),
-            "peak_file_bytes": peaks.get("RssFile"), "read_bytes": io.get("read_bytes")}
+            "peak_file_bytes": peaks.get("RssFile"), "read_bytes": io.get("read_bytes"),
+            "feature_read_bytes": sum(f.read_bytes for f in feats.values()),
+            "madvise": "default readahead" if args.default_readahead else "MADV_RANDOM"}
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -145,6 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dgl-batches", type=int, default=10, help="training batches the DGL baseline runs (default 10)")
     p.add_argument("--systems", default="diskgnn,dgl-memmap")
+    p.add_argument("--default-readahead", action="store_true",
+                   help="DGL baseline: keep the kernel's readahead on the memory maps (default: MADV_RANDOM)")
     p.add_argument("--from-packed", type=Path, default=None,
                    help="train from this packed directory instead of sampling and packing again")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per step")
@@ -200,7 +223,8 @@ def main(argv=None) -> int:
         cmd = python_module_cmd("diskgnn.bench.hetero_speed", WORKER, "dgl", "--dataset", str(args.dataset),
                                 "--fanouts", args.fanouts, "--batch-size", str(args.batch_size), "--hidden",
                                 str(args.hidden), "--lr", str(args.lr), "--embed-lr", str(args.embed_lr), "--seed",
-                                str(args.seed), "--dgl-batches", str(args.dgl_batches))
+                                str(args.seed), "--dgl-batches", str(args.dgl_batches),
+                                *(["--default-readahead"] if args.default_readahead else []))
         log.info("running the DGL memmap baseline under %s", args.cap)
         r = _capped(cmd, cap, args.timeout)
         row = {"step": "dgl-memmap", "returncode": r.returncode, "wall_s": round(r.wall_s, 2), "cap_bytes": cap,

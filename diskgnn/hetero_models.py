@@ -7,11 +7,17 @@ the layer) and whose sources are local ids of the layer's source nodes. The mean
 over a relation's sampled in-neighbours runs through the fused kernels of
 :func:`diskgnn.ops.aggregate`.
 
-* ``rsage`` (relation-wise SAGE, as DGL's ``HeteroGraphConv`` of ``SAGEConv`` with
-  ``aggregate='sum'``): ``h_v' = sum_r (W_self,r h_v + W_neigh,r mean_r(h_u) + b_r)``
-  over the relations into ``v``'s type.
+* ``rsage`` (relation-wise SAGE): ``h_v' = sum_r (W_self,r h_v + W_neigh,r mean_r(h_u) + b_r)`` over
+  the relations ``r`` in which ``v`` has at least one sampled in-neighbour. DGL's ``HeteroGraphConv``
+  of ``SAGEConv`` with ``aggregate='sum'`` sums over every relation into ``v``'s type instead (a
+  relation without neighbours of ``v`` still adds ``W_self,r h_v + b_r``); test accuracy agrees
+  within 0.3 pt (``bench/results/hetero-parity-s.json``).
 * ``rgcn``: ``h_v' = W_0 h_v + sum_r mean_r(h_u) W_r + b`` with, given
   ``num_bases``, ``W_r = sum_b a_rb V_b`` (basis decomposition).
+
+A layer's per-relation means are one aggregation over (relation, destination)
+pairs (:class:`HeteroBlock`), so the backward pass makes one gradient of the
+source rows, not one per relation.
 
 Inputs: each featured type is projected to the hidden width by its own linear
 layer; a featureless type gets a learnable embedding per node (``nn.Embedding``
@@ -34,11 +40,18 @@ HETERO_MODELS = ("rsage", "rgcn")
 
 @dataclass
 class HeteroBlock:
-    """One layer: per relation index, ``(destination positions, block)`` (relations with no destination in the
-    layer are left out)."""
+    """One layer. ``merged`` is one CSR block over (relation, destination) pairs, grouped by relation (pairs
+    ``lo..hi`` of relation ``r``), so the per-relation means of a layer are one aggregation (and one
+    gradient of the source rows in the backward pass, not one per relation); ``relations[r] = (destination
+    positions, lo, hi)`` for the relations that have a destination in the layer."""
     num_src: int
     num_dst: int
-    relations: dict[int, tuple[torch.Tensor, TorchBlock]]
+    merged: TorchBlock
+    relations: dict[int, tuple[torch.Tensor, int, int]]
+
+    @property
+    def pair_sizes(self) -> list[int]:
+        return [hi - lo for _, lo, hi in self.relations.values()]
 
 
 def hetero_blocks(mb, num_relations: int) -> list[HeteroBlock]:
@@ -48,18 +61,20 @@ def hetero_blocks(mb, num_relations: int) -> list[HeteroBlock]:
         ptr, idx, et = mb.block_indptr[layer], mb.block_indices[layer], mb.block_etypes[layer]
         n_dst, n_src = int(mb.layer_sizes[layer + 1]), int(mb.layer_sizes[layer])
         dst = np.repeat(np.arange(n_dst, dtype=np.int64), np.diff(ptr))
-        rels = {}
-        for r in range(num_relations):
-            mask = et == r
-            if not mask.any():
-                continue
-            d = dst[mask]
-            rows, local = np.unique(d, return_inverse=True)
-            counts = np.bincount(local, minlength=rows.size)
-            indptr = np.zeros(rows.size + 1, dtype=np.int64)
-            np.cumsum(counts, out=indptr[1:])
-            rels[r] = (torch.from_numpy(rows), TorchBlock.from_csr(indptr, idx[mask], n_src, rows.size))
-        out.append(HeteroBlock(n_src, n_dst, rels))
+        # edges come by destination, then relation: a stable sort by relation keeps destinations ascending
+        order = np.argsort(et, kind="stable")
+        et_s, dst_s, src_s = et[order].astype(np.int64), dst[order], idx[order]
+        key = et_s * n_dst + dst_s
+        first = np.ones(key.size, dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        starts = np.flatnonzero(first)
+        pair_rel, pair_dst = et_s[starts], dst_s[starts]
+        indptr = np.append(starts, key.size).astype(np.int64)
+        merged = TorchBlock.from_csr(indptr, src_s, n_src, starts.size)
+        bounds = np.searchsorted(pair_rel, np.arange(num_relations + 1))
+        rels = {r: (torch.from_numpy(pair_dst[bounds[r]:bounds[r + 1]]), int(bounds[r]), int(bounds[r + 1]))
+                for r in range(num_relations) if bounds[r + 1] > bounds[r]}
+        out.append(HeteroBlock(n_src, n_dst, merged, rels))
     return out
 
 
@@ -82,14 +97,15 @@ class HeteroInput(nn.Module):
     def forward(self, num_inputs: int, by_type: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """``by_type[t] = (positions, local ids)`` of the batch's inputs of type ``t``; ``feats[t]`` their rows."""
-        h = None
+        positions, rows = [], []
         for name, (pos, local) in by_type.items():
             if pos.numel() == 0:
                 continue
-            rows = self.proj[name](feats[name].float()) if name in self.proj else self.embed[name](local)
-            if h is None:
-                h = rows.new_zeros((num_inputs, self.hidden))
-            h = h.index_copy(0, pos, rows)
+            positions.append(pos)
+            rows.append(self.proj[name](feats[name].float()) if name in self.proj else self.embed[name](local))
+        h = torch.zeros((num_inputs, self.hidden), dtype=rows[0].dtype if rows else torch.float32)
+        if rows:  # one scatter of every type's rows (its backward is one gather, then views per type)
+            h.index_copy_(0, torch.cat(positions), torch.cat(rows) if len(rows) > 1 else rows[0])
         return h
 
 
@@ -102,8 +118,12 @@ class RelSAGELayer(nn.Module):
 
     def forward(self, block: HeteroBlock, h: torch.Tensor) -> torch.Tensor:
         out = h.new_zeros((block.num_dst, self.out_dim))
-        for r, (rows, b) in block.relations.items():
-            part = self.fc_self[r](h.index_select(0, rows)) + self.fc_neigh[r](aggregate(b, h, "mean"))
+        if not block.relations:
+            return out
+        h_dst = h[:block.num_dst]  # destinations are the first source rows (the sampler's prefix)
+        means = aggregate(block.merged, h, "mean").split(block.pair_sizes)
+        for (r, (rows, _, _)), mean in zip(block.relations.items(), means):
+            part = self.fc_self[r](h_dst.index_select(0, rows)) + self.fc_neigh[r](mean)
             out = out.index_add(0, rows, part)
         return out
 
@@ -130,9 +150,12 @@ class RGCNLayer(nn.Module):
 
     def forward(self, block: HeteroBlock, h: torch.Tensor) -> torch.Tensor:
         out = self.self_loop(h[:block.num_dst])
+        if not block.relations:
+            return out
         weights = self.relation_weights()
-        for r, (rows, b) in block.relations.items():
-            out = out.index_add(0, rows, aggregate(b, h, "mean") @ weights[r])
+        means = aggregate(block.merged, h, "mean").split(block.pair_sizes)
+        for (r, (rows, _, _)), mean in zip(block.relations.items(), means):
+            out = out.index_add(0, rows, mean @ weights[r])
         return out
 
 

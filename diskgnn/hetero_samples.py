@@ -200,7 +200,8 @@ def presample_hetero(dataset, out, cfg: HeteroSampleConfig, *, overwrite: bool =
             "fanouts": sampler.fanouts, "eval_fanouts": eval_sampler.fanouts,
             "dataset": {"path": str(ds.path.resolve()), "relpath": os.path.relpath(ds.path.resolve(), out.resolve()),
                         "fingerprint": ds.fingerprint, "num_nodes": ds.num_nodes,
-                        "type_offsets": offs, "relations": list(ds.relations), "target": ds.target},
+                        "type_offsets": offs, "node_types": list(ds.node_types), "relations": list(ds.relations),
+                        "target": ds.target},
             "featured_types": {t: {"offset": off, "num_nodes": n} for t, (off, n) in featured.items()},
             "parts": parts, "files": files,
             "stats": {"batches": total, "sampled_edges": int(edges), "sample_seconds": round(sample_s, 3),
@@ -253,7 +254,8 @@ class HeteroSamples:
             self.dataset_relpath = d.get("relpath")
             self.dataset_fingerprint = str(d["fingerprint"])
             self.num_nodes = int(d["num_nodes"])
-            self.type_offsets = {str(k): int(v) for k, v in d["type_offsets"].items()}
+            # in the dataset's type order (the manifest's JSON keys are sorted by name)
+            self.type_offsets = {str(t): int(d["type_offsets"][t]) for t in d["node_types"]}
             self.relations = [str(r) for r in d["relations"]]
             self.target = str(d["target"])
             self.featured = {str(t): (int(v["offset"]), int(v["num_nodes"]))

@@ -240,23 +240,32 @@ class _PackedBatches:
             st.close()
 
 
-def _evaluate(model: HeteroGNN, source, part: str, labels: torch.Tensor, num_relations: int) -> float:
+def _forward(model, mb, by_type: dict, feats: dict, num_relations: int) -> torch.Tensor:
+    tens = {t: (torch.from_numpy(p), torch.from_numpy(lo)) for t, (p, lo) in by_type.items()}
+    if getattr(model, "takes_minibatch", False):  # e.g. diskgnn.interop.dgl.DGLHeteroModel
+        return model(mb, tens, feats)
+    return model(hetero_blocks(mb, num_relations), tens, feats)
+
+
+def _evaluate(model, source, part: str, labels: torch.Tensor, num_relations: int) -> float:
     correct = total = 0
     model.eval()
     with torch.inference_mode():
         for seeds, mb, by_type, feats in source.part(part):
-            tens = {t: (torch.from_numpy(p), torch.from_numpy(lo)) for t, (p, lo) in by_type.items()}
-            logits = model(hetero_blocks(mb, num_relations), tens, feats)
+            logits = _forward(model, mb, by_type, feats, num_relations)
             correct += int((logits[:seeds.size].argmax(1) == labels[torch.from_numpy(np.array(seeds, dtype=np.int64))]).sum())
             total += seeds.size
     return correct / total if total else float("nan")
 
 
-def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
+def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None, model: torch.nn.Module | None = None) -> dict:
     """Train ``cfg.model`` on the target type's training nodes; returns the history and final accuracies.
 
     ``source`` is a heterogeneous packed directory (presampled batches, packed per-type stores: the
     out-of-core path) or a heterogeneous dataset (online sampling; ``cfg.fanouts`` and ``batch_size`` apply).
+    ``model`` replaces ``cfg.model`` with the caller's module, e.g. a DGL ``HeteroGraphConv`` stack wrapped in
+    :class:`diskgnn.interop.dgl.DGLHeteroModel`; its ``nn.Embedding(sparse=True)`` weights are trained with
+    SparseAdam at ``cfg.embed_lr``, the rest with Adam.
     """
     from diskgnn.dataset import is_hetero
     from diskgnn.memory import process_anon_bytes, resolve_memory_budget
@@ -272,10 +281,16 @@ def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
         batches = _PackedBatches(source, cfg, budget)
     try:
         ds = batches.ds
-        check_embedding_memory(ds, cfg)
         num_relations = len(ds.relations)
-        model = HeteroGNN(cfg.model, ds.node_types, num_relations, ds.num_classes, batches.num_layers,
-                          hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
+        if model is None:
+            check_embedding_memory(ds, cfg)
+            model = HeteroGNN(cfg.model, ds.node_types, num_relations, ds.num_classes, batches.num_layers,
+                              hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
+            dense, sparse = model.dense_parameters(), model.sparse_parameters()
+        else:
+            sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+            dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+            sparse = [p for p in model.parameters() if id(p) in sparse_ids]
         if isinstance(batches, _PackedBatches):
             model_bytes = 4 * sum(p.numel() for p in model.parameters()) * (EMBEDDING_COPIES + 1)  # + gradients
             stores, acts = batches.memory_bytes(), batches.activation_bytes(cfg.hidden)
@@ -289,7 +304,7 @@ def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
                     f"training {batches.packed.path} needs {format_bytes(need)} of memory ({parts}), more than the "
                     f"{format_bytes(budget)} budget; re-pack with a smaller --host-cache, sample smaller batches "
                     f"(--batch-size, --fanouts), lower --hidden, or raise --memory-budget")
-        optimizers = make_optimizers(model.dense_parameters(), model.sparse_parameters(), cfg.lr, cfg.embed_lr)
+        optimizers = make_optimizers(dense, sparse, cfg.lr, cfg.embed_lr)
         labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
         history = []
         for epoch in range(cfg.epochs):
@@ -297,8 +312,7 @@ def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None) -> dict:
             t0 = time.perf_counter()
             total_loss, n = 0.0, 0
             for seeds, mb, by_type, feats in batches.part(f"train/{epoch}", epoch):
-                tens = {t: (torch.from_numpy(p), torch.from_numpy(lo)) for t, (p, lo) in by_type.items()}
-                logits = model(hetero_blocks(mb, num_relations), tens, feats)
+                logits = _forward(model, mb, by_type, feats, num_relations)
                 loss = torch.nn.functional.cross_entropy(logits[:seeds.size], labels[torch.from_numpy(seeds)])
                 optimizer_step(loss, optimizers)
                 total_loss += float(loss) * seeds.size

@@ -633,7 +633,7 @@ from each block: writes of ~256 KiB run at the sequential speed on the disks mea
 at less than half of it."""
 
 
-STREAM_STAGING_MAX = 256 << 20
+STREAM_STAGING_MAX = 128 << 20
 """Without ``order_block``, the block is also small enough that the rows every extent takes from one block
 (one staging buffer of the stream write mode; two are held) average at most this: where the packed rows
 are many times the feature bytes (deep or typed batches), a 64 MiB block would stage gigabytes."""
@@ -652,8 +652,9 @@ def _order_block_bytes(ds: Dataset, cfg: PackConfig, plain_bytes: int, extents: 
     avg_extent = plain_bytes / max(extents, 1)
     want = PIECE_TARGET * ds.feature_bytes / max(avg_extent, 1.0)
     block = min(max(want, ORDER_BLOCK_MIN), ORDER_BLOCK_MAX)
-    # staging ~ plain_bytes * block / feature_bytes: bounded, still a plan-only choice
-    block = min(block, STREAM_STAGING_MAX * ds.feature_bytes / max(plain_bytes, 1))
+    # staging ~ plain_bytes * block / feature_bytes: bounded (a plan-only choice still), unless that would cut
+    # the average write below half the piece target
+    block = min(block, max(STREAM_STAGING_MAX * ds.feature_bytes / max(plain_bytes, 1), want / 2))
     return _chunk_bytes(ds, int(block))
 
 

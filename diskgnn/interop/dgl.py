@@ -70,6 +70,92 @@ def to_dgl_blocks(minibatch, device=None) -> list:
     return [_create_block(dgl, b.indptr, b.src, b.num_src, b.num_dst, device) for b in minibatch]
 
 
+def hetero_positions(minibatch, type_offsets: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For every input node of a heterogeneous minibatch: its type's index (in ``type_offsets`` order) and its
+    rank among the batch's input nodes of that type (its id in a DGL heterogeneous block)."""
+    names = list(type_offsets)
+    starts = np.array([type_offsets[t] for t in names], dtype=np.int64)
+    if np.any(np.diff(starts) < 0):
+        raise ConfigError(f"type_offsets must list the types in id order, got {type_offsets}")
+    nodes = np.asarray(minibatch.input_nodes, dtype=np.int64)
+    tidx = np.searchsorted(starts, nodes, side="right") - 1
+    rank = np.empty(nodes.size, dtype=np.int64)
+    for k in range(len(names)):
+        pos = np.flatnonzero(tidx == k)
+        rank[pos] = np.arange(pos.size)
+    return tidx, rank
+
+
+def to_dgl_hetero_blocks(minibatch, type_offsets: dict[str, int], relations: Sequence[tuple[str, str, str]],
+                         device=None) -> list:
+    """DGL heterogeneous blocks (outermost first) of a heterogeneous minibatch
+    (:class:`~diskgnn.hetero_sampling.HeteroMiniBatch`), for ``HeteroGraphConv`` models.
+
+    ``relations`` are the dataset's ``(src type, relation, dst type)`` in relation-index order (the
+    samples' ``relations``); ``type_offsets`` its global-id offsets. A type's source nodes in a block are
+    the batch's input nodes of that type in batch order, so its destinations come first (DGL's block
+    convention) and layer 0's sources of type ``T`` are the rows of ``T``'s assembled feature matrix.
+    Every relation appears in every block (with no edges where none were sampled), as in DGL's own
+    samplers; ``dgl.NID`` holds each node's local id in its type.
+    """
+    dgl = _import_dgl("the heterogeneous DGL adapter")
+    names = list(type_offsets)
+    tidx, rank = hetero_positions(minibatch, type_offsets)
+    nodes = np.asarray(minibatch.input_nodes, dtype=np.int64)
+    offs = np.array([type_offsets[t] for t in names], dtype=np.int64)
+    blocks = []
+    for layer in range(minibatch.num_layers):
+        n_src, n_dst = int(minibatch.layer_sizes[layer]), int(minibatch.layer_sizes[layer + 1])
+        ptr = np.asarray(minibatch.block_indptr[layer], dtype=np.int64)
+        src = np.asarray(minibatch.block_indices[layer], dtype=np.int64)
+        et = np.asarray(minibatch.block_etypes[layer])
+        dst = np.repeat(np.arange(n_dst, dtype=np.int64), np.diff(ptr))
+        data = {}
+        for r, rel in enumerate(relations):
+            sel = et == r
+            data[tuple(rel)] = (torch.from_numpy(rank[src[sel]]), torch.from_numpy(rank[dst[sel]]))
+        n_src_t = {t: int(np.count_nonzero(tidx[:n_src] == k)) for k, t in enumerate(names)}
+        n_dst_t = {t: int(np.count_nonzero(tidx[:n_dst] == k)) for k, t in enumerate(names)}
+        g = dgl.create_block(data, num_src_nodes=n_src_t, num_dst_nodes=n_dst_t, idtype=torch.int64)
+        for k, t in enumerate(names):
+            src_pos = np.flatnonzero(tidx[:n_src] == k)
+            g.srcnodes[t].data[dgl.NID] = torch.from_numpy(nodes[src_pos] - offs[k])
+            g.dstnodes[t].data[dgl.NID] = torch.from_numpy(nodes[src_pos[:n_dst_t[t]]] - offs[k])
+        blocks.append(g.to(device) if device is not None else g)
+    return blocks
+
+
+class DGLHeteroModel(nn.Module):
+    """A DGL heterogeneous model trained by :func:`diskgnn.hetero_train.train_hetero` (``model=``).
+
+    ``module(blocks, inputs)`` gets the batch's DGL heterogeneous blocks (:func:`to_dgl_hetero_blocks`) and
+    ``inputs[t]``: the float32 rows of the batch's input nodes of featured type ``t`` (from the packed
+    stores), or, for a featureless type, their local ids (int64, for an embedding inside ``module``). It
+    returns ``{type: output}``, a stack of ``dgl.nn.HeteroGraphConv`` as is; the target type's rows are
+    the seeds' logits.
+    """
+    takes_minibatch = True
+
+    def __init__(self, module: nn.Module, type_offsets: dict[str, int], relations: Sequence[tuple[str, str, str]],
+                 target: str):
+        super().__init__()
+        _import_dgl("the heterogeneous DGL adapter")
+        self.module = module
+        self.type_offsets = dict(type_offsets)
+        self.relations = [tuple(r) for r in relations]
+        self.target = target
+
+    def forward(self, minibatch, by_type: dict, feats: dict) -> torch.Tensor:
+        blocks = to_dgl_hetero_blocks(minibatch, self.type_offsets, self.relations)
+        inputs = {t: feats[t] if t in feats else torch.as_tensor(local, dtype=torch.int64)
+                  for t, (pos, local) in by_type.items() if len(pos)}
+        out = self.module(blocks, inputs)
+        if self.target not in out:
+            raise ConfigError(f"the DGL model returned outputs for {sorted(out)}, not for the target type "
+                              f"{self.target!r}; its last layer must produce the target type's logits")
+        return out[self.target]
+
+
 class DGLModel(nn.Module):
     """Wrap a model written for DGL blocks, ``module(blocks, x)``, so diskgnn's trainer can run it.
 
