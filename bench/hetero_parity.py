@@ -49,7 +49,13 @@ def dgl_heterograph(ds: HeteroDataset, *, idtype=torch.int64, csc_only: bool = F
         src = np.asarray(ds.indices(name), dtype=np.int64)
         data[(r.src, r.rel, r.dst)] = (torch.from_numpy(src.astype(np_id)), torch.from_numpy(dst.astype(np_id)))
     g = dgl.heterograph(data, num_nodes_dict={t: n.num_nodes for t, n in ds.node_types.items()}, idtype=idtype)
-    return g.formats("csc") if csc_only else g
+    if not csc_only:
+        return g
+    g = g.formats("csc")
+    # DGL's graph index may share these tensors' memory without holding them: keep them alive with the graph
+    # (without this, a run at scale m corrupted the heap in its second batch)
+    g._diskgnn_csc_tensors = [t for v in data.values() for t in v[1]]
+    return g
 
 
 def dgl_model(ds: HeteroDataset, feats: dict, *, hidden: int, num_layers: int, init: str = "torch"):

@@ -7,8 +7,8 @@ memory cgroup with the page cache dropped before it (:func:`diskgnn.cgroup.run_c
 2. ``diskgnn pack`` (per-type packed stores, tiers across types);
 3. ``diskgnn train-hetero PACKED`` for ``--epochs`` epochs;
 4. the DGL baseline (reference stack): ``HeteroGraphConv`` of ``SAGEConv`` with DGL's online
-   ``NeighborSampler`` over the same relations (CSC only, int32 ids: the leanest graph DGL can
-   hold), every featured type's rows gathered from a *memory map* of ``features/<type>.bin``
+   ``NeighborSampler`` over the same relations (CSC only: the leanest graph DGL can hold; int64 ids,
+   as DGL 2.1's int32 blocks crashed its CPU SpMM), every featured type's rows gathered from a *memory map* of ``features/<type>.bin``
    with MADV_RANDOM, rows gathered in id order (the page cache does the I/O), the same fanouts, batch size, hidden width and learning rates.
    It runs ``--dgl-batches`` training batches; its epoch is their mean time times the epoch's batches.
 
@@ -84,7 +84,9 @@ def dgl_memmap_worker(args) -> dict:
     torch.manual_seed(args.seed)
     dgl.seed(args.seed)
     ds = HeteroDataset.open(args.dataset)
-    g = dgl_heterograph(ds, idtype=torch.int32, csc_only=True)
+    # int64: with int32 ids DGL 2.1 corrupted the heap in gspmm's backward within a few batches (at s and m, with
+    # and without libxsmm, with and without explicit edge ids)
+    g = dgl_heterograph(ds, idtype=torch.int64, csc_only=True)
     # the features stay on disk: a memory map per type, gathered through the page cache
     feats = {t: MemmapRows(ds, t, random_advice=not args.default_readahead) for t, x in ds.node_types.items()
              if x.features is not None}
@@ -95,7 +97,7 @@ def dgl_memmap_worker(args) -> dict:
                                  args.embed_lr)
     fanouts = [int(f) for f in args.fanouts.split(",")]
     sampler = dgl.dataloading.NeighborSampler(fanouts)
-    train = torch.from_numpy(np.asarray(ds.split("train"), dtype=np.int32))
+    train = torch.from_numpy(np.asarray(ds.split("train"), dtype=np.int64))
     loader = dgl.dataloading.DataLoader(g, {ds.target: train}, sampler, batch_size=args.batch_size, shuffle=True,
                                         drop_last=False)
     setup_s = time.perf_counter() - t0
