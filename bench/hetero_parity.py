@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)  # the machine facts measure its filesystem
     if args.dataset is None:
         path = args.workdir / f"hetero-{args.scale}"
         ds = HeteroDataset.open(path) if (path / "manifest.json").exists() else \

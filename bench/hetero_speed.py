@@ -11,6 +11,7 @@ memory cgroup with the page cache dropped before it (:func:`diskgnn.cgroup.run_c
    as DGL 2.1's int32 blocks crashed its CPU SpMM), every featured type's rows gathered from a *memory map* of ``features/<type>.bin``
    with MADV_RANDOM, rows gathered in id order (the page cache does the I/O), the same fanouts, batch size, hidden width and learning rates.
    It runs ``--dgl-batches`` training batches; its epoch is their mean time times the epoch's batches.
+   ``dgl-inmem`` runs the same with every feature file in RAM and no cap: DGL's compute speed.
 
 Every step records its time, peak anonymous and file-backed memory, and bytes read and written
 (:func:`diskgnn.bench.scale.step_command`); the disk is probed before the training steps and after
@@ -87,9 +88,12 @@ def dgl_memmap_worker(args) -> dict:
     # int64: with int32 ids DGL 2.1 corrupted the heap in gspmm's backward within a few batches (at s and m, with
     # and without libxsmm, with and without explicit edge ids)
     g = dgl_heterograph(ds, idtype=torch.int64, csc_only=True)
-    # the features stay on disk: a memory map per type, gathered through the page cache
-    feats = {t: MemmapRows(ds, t, random_advice=not args.default_readahead) for t, x in ds.node_types.items()
-             if x.features is not None}
+    if args.worker == "dgl-inmem":  # the features in RAM (uncapped): DGL's compute speed
+        feats = {t: torch.from_numpy(np.array(ds.features(t), dtype=np.float32)) for t, x in ds.node_types.items()
+                 if x.features is not None}
+    else:  # the features stay on disk: a memory map per type, gathered through the page cache
+        feats = {t: MemmapRows(ds, t, random_advice=not args.default_readahead) for t, x in ds.node_types.items()
+                 if x.features is not None}
     labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64))
     net = dgl_model(ds, feats, hidden=args.hidden, num_layers=len(args.fanouts.split(",")))
     optimizers = make_optimizers([p for n, p in net.named_parameters() if not n.startswith("embed.")],
@@ -120,13 +124,13 @@ def dgl_memmap_worker(args) -> dict:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     from diskgnn.bench.scale import _proc_fields
     io = _proc_fields("/proc/self/io", ("read_bytes", "rchar"))
-    return {"system": "dgl-memmap", "setup_s": round(setup_s, 2), "batch_s": [round(t, 3) for t in times],
+    return {"system": "dgl-inmem" if args.worker == "dgl-inmem" else "dgl-memmap", "setup_s": round(setup_s, 2), "batch_s": [round(t, 3) for t in times],
             "batches_measured": len(times), "epoch_batches": num_batches,
             "epoch_s_estimate": float(np.mean(times)) * num_batches if times else None,
             "mean_input_nodes": float(np.mean(inputs)) if inputs else None,
             "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_anon_bytes": peaks.get("RssAnon"),
             "peak_file_bytes": peaks.get("RssFile"), "read_bytes": io.get("read_bytes"),
-            "feature_read_bytes": sum(f.read_bytes for f in feats.values()),
+            "feature_read_bytes": sum(getattr(f, "read_bytes", 0) for f in feats.values()),
             "madvise": "default readahead" if args.default_readahead else "MADV_RANDOM"}
 
 
@@ -167,7 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--embed-lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dgl-batches", type=int, default=10, help="training batches the DGL baseline runs (default 10)")
-    p.add_argument("--systems", default="diskgnn,dgl-memmap")
+    p.add_argument("--systems", default="diskgnn,dgl-memmap",
+                   help="diskgnn, dgl-memmap (under --cap), dgl-inmem (features in RAM, no cap: DGL's compute speed)")
     p.add_argument("--default-readahead", action="store_true",
                    help="DGL baseline: keep the kernel's readahead on the memory maps (default: MADV_RANDOM)")
     p.add_argument("--from-packed", type=Path, default=None,
@@ -221,15 +226,16 @@ def main(argv=None) -> int:
             row["epochs"] = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         result["steps"].append(row)
         save()
-    if "dgl-memmap" in systems:
-        cmd = python_module_cmd("diskgnn.bench.hetero_speed", WORKER, "dgl", "--dataset", str(args.dataset),
+    for system in [s for s in systems if s in ("dgl-memmap", "dgl-inmem")]:
+        cmd = python_module_cmd("diskgnn.bench.hetero_speed", WORKER, system, "--dataset", str(args.dataset),
                                 "--fanouts", args.fanouts, "--batch-size", str(args.batch_size), "--hidden",
                                 str(args.hidden), "--lr", str(args.lr), "--embed-lr", str(args.embed_lr), "--seed",
                                 str(args.seed), "--dgl-batches", str(args.dgl_batches),
                                 *(["--default-readahead"] if args.default_readahead else []))
-        log.info("running the DGL memmap baseline under %s", args.cap)
-        r = _capped(cmd, cap, args.timeout)
-        row = {"step": "dgl-memmap", "returncode": r.returncode, "wall_s": round(r.wall_s, 2), "cap_bytes": cap,
+        system_cap = cap if system == "dgl-memmap" else None  # in RAM: uncapped, the compute reference
+        log.info("running %s under %s", system, args.cap if system_cap else "no cap")
+        r = _capped(cmd, system_cap, args.timeout)
+        row = {"step": system, "returncode": r.returncode, "wall_s": round(r.wall_s, 2), "cap_bytes": system_cap,
                "oom_killed": r.oom_killed, "cgroup_peak_bytes": r.peak_bytes}
         for line in r.stdout.splitlines():
             if line.startswith(RESULT_PREFIX):
@@ -245,6 +251,9 @@ def main(argv=None) -> int:
     if train and train.get("epochs"):
         summary["diskgnn_epoch_s"] = [e["epoch_time_s"] for e in train["epochs"]]
         summary["diskgnn_test_acc"] = train["epochs"][-1]["test_acc"]
+    inmem = next((s for s in result["steps"] if s["step"] == "dgl-inmem"), None)
+    if inmem and inmem.get("epoch_s_estimate"):
+        summary["dgl_inmem_epoch_s_estimate"] = inmem["epoch_s_estimate"]
     if dglr and dglr.get("epoch_s_estimate"):
         summary["dgl_memmap_epoch_s_estimate"] = dglr["epoch_s_estimate"]
         if summary.get("diskgnn_epoch_s"):
