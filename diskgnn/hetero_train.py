@@ -283,6 +283,12 @@ def train_hetero(source, cfg: HeteroTrainConfig, *, on_epoch=None, model: torch.
         ds = batches.ds
         num_relations = len(ds.relations)
         if model is None:
+            if cfg.model == "rsage" and not any(r.dst == ds.target for r in ds.relations.values()):
+                raise ConfigError(
+                    f"no relation of {ds.path} leads into the target type {ds.target!r}, so rsage (which sums "
+                    f"messages over the relations into a node) cannot compute anything for its nodes; import the "
+                    f"graph with --add-reverse (a reverse relation for every relation), or use --model rgcn (its "
+                    f"self-loop sees the target's own features)")
             check_embedding_memory(ds, cfg)
             model = HeteroGNN(cfg.model, ds.node_types, num_relations, ds.num_classes, batches.num_layers,
                               hidden=cfg.hidden, num_bases=cfg.num_bases, dropout=cfg.dropout)
