@@ -112,6 +112,10 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--order-block", default=None,
                    help="bytes of features.bin per block of the row order and of streaming (default: sized so "
                         "each batch gets ~256 KiB per block, 64M-1G)")
+    g.add_argument("--belady", action="store_true",
+                   help="also compute the Belady (optimal offline) hit rate of the same cache size, a bound for "
+                        "the report, on the other core beside the writes; the pack waits for it (at scale m with "
+                        "3 layers it took 35 s, three times the writes), so it is off unless asked for")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
