@@ -8,8 +8,9 @@ memory cgroup with the page cache dropped before it (:func:`diskgnn.cgroup.run_c
 3. ``diskgnn train-hetero PACKED`` for ``--epochs`` epochs;
 4. the DGL baseline (reference stack): ``HeteroGraphConv`` of ``SAGEConv`` with DGL's online
    ``NeighborSampler`` over the same relations (CSC only: the leanest graph DGL can hold; int64 ids,
-   as DGL 2.1's int32 blocks crashed its CPU SpMM), every featured type's rows gathered from a *memory map* of ``features/<type>.bin``
-   with MADV_RANDOM, rows gathered in id order (the page cache does the I/O), the same fanouts, batch size, hidden width and learning rates.
+   as DGL 2.1's int32 blocks crashed its CPU SpMM), every featured type's rows gathered from a
+   *memory map* of ``features/<type>.bin`` with MADV_RANDOM, in id order (the page cache does the
+   I/O), with the same fanouts, batch size, hidden width and learning rates.
    It runs ``--dgl-batches`` training batches; its epoch is their mean time times the epoch's batches.
    ``dgl-inmem`` runs the same with every feature file in RAM and no cap: DGL's compute speed.
 
@@ -71,7 +72,8 @@ class MemmapRows:
 
 
 def dgl_memmap_worker(args) -> dict:
-    """Train ``--dgl-batches`` batches of DGL's heterogeneous baseline with memory-mapped features."""
+    """Train ``--dgl-batches`` batches of DGL's heterogeneous baseline with memory-mapped features (or, for
+    ``dgl-inmem``, features in RAM)."""
     import dgl
     import torch
 
@@ -124,7 +126,8 @@ def dgl_memmap_worker(args) -> dict:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     from diskgnn.bench.scale import _proc_fields
     io = _proc_fields("/proc/self/io", ("read_bytes", "rchar"))
-    return {"system": "dgl-inmem" if args.worker == "dgl-inmem" else "dgl-memmap", "setup_s": round(setup_s, 2), "batch_s": [round(t, 3) for t in times],
+    return {"system": "dgl-inmem" if args.worker == "dgl-inmem" else "dgl-memmap", "setup_s": round(setup_s, 2),
+            "batch_s": [round(t, 3) for t in times],
             "batches_measured": len(times), "epoch_batches": num_batches,
             "epoch_s_estimate": float(np.mean(times)) * num_batches if times else None,
             "mean_input_nodes": float(np.mean(inputs)) if inputs else None,
@@ -178,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--from-packed", type=Path, default=None,
                    help="train from this packed directory instead of sampling and packing again")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per step")
+    p.add_argument("--disk-probe", default="1G", help="bytes of each O_DIRECT disk probe (default 1G)")
     p.add_argument("--name", default=None, help="result name (default: the dataset directory's name)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(WORKER, default=None, help=argparse.SUPPRESS)
@@ -192,6 +196,7 @@ def main(argv=None) -> int:
     from diskgnn.cgroup import python_module_cmd
     from diskgnn.sizes import parse_size
     cap = parse_size(args.cap, name="--cap")
+    probe = parse_size(args.disk_probe, name="--disk-probe")
     args.workdir.mkdir(parents=True, exist_ok=True)
     systems = args.systems.split(",")
     name = args.name or args.dataset.name
@@ -215,7 +220,7 @@ def main(argv=None) -> int:
         result["steps"].append(_step("pack", ["pack", samples, "--out", packed, "--host-cache", args.host_cache,
                                               "--overwrite"], cap, args.timeout))
         save()
-    result["disk"].append(disk_limits(args.workdir, size=1 << 30))
+    result["disk"].append(disk_limits(args.workdir, size=probe))
     if "diskgnn" in systems:
         metrics = args.workdir / "train-metrics.jsonl"
         metrics.unlink(missing_ok=True)
@@ -244,7 +249,7 @@ def main(argv=None) -> int:
             row["error"] = "out of memory (killed by the cgroup)" if r.oom_killed else r.stderr[-3000:]
         result["steps"].append(row)
         save()
-    result["disk"].append(disk_limits(args.workdir, size=1 << 30))
+    result["disk"].append(disk_limits(args.workdir, size=probe))
     train = next((s for s in result["steps"] if s["step"] == "train"), None)
     dglr = next((s for s in result["steps"] if s["step"] == "dgl-memmap"), None)
     summary = {}

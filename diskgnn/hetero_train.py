@@ -253,7 +253,8 @@ def _evaluate(model, source, part: str, labels: torch.Tensor, num_relations: int
     with torch.inference_mode():
         for seeds, mb, by_type, feats in source.part(part):
             logits = _forward(model, mb, by_type, feats, num_relations)
-            correct += int((logits[:seeds.size].argmax(1) == labels[torch.from_numpy(np.array(seeds, dtype=np.int64))]).sum())
+            want = labels[torch.from_numpy(np.array(seeds, dtype=np.int64))]
+            correct += int((logits[:seeds.size].argmax(1) == want).sum())
             total += seeds.size
     return correct / total if total else float("nan")
 
