@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diskgnn.dataset import feature_dtype, read_rows
+from diskgnn.dataset import feature_dtype
 from diskgnn.errors import ConfigError, IntegrityError, ManifestNotFoundError, MismatchError
 from diskgnn.hetero import HeteroDataset
 from diskgnn.hetero_samples import HeteroSamples, TypeSamples, check_dataset
@@ -66,8 +66,7 @@ class TypeFeatures:
         self.fingerprint = f"{ds.fingerprint}:{node_type}"
 
     def feature_rows(self, ids) -> np.ndarray:
-        return read_rows(self.features_path, ids, num_rows=self.num_nodes, dim=self.feat_dim,
-                         dtype=feature_dtype(self.feat_dtype), where=self.path)
+        return self.hetero.feature_rows(self.node_type, ids)
 
     def __repr__(self) -> str:
         return f"TypeFeatures({str(self.path)!r}, type={self.node_type!r}, {self.num_nodes}x{self.feat_dim})"

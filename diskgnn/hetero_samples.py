@@ -37,7 +37,7 @@ from diskgnn.hetero_sampling import HeteroMiniBatch, HeteroSampler, batch_key
 from diskgnn.manifest import (Crc32Writer, abort_output_dir, check_free_space, finish_output_dir, prepare_output_dir,
                               read_manifest, write_manifest)
 from diskgnn.progress import ProgressFn, no_progress
-from diskgnn.sampling import _INDEX_FIXED, _PartWriter, _part_file_prefix, part_names
+from diskgnn.sampling import _INDEX_FIXED, _PartWriter, _part_file_prefix, part_names, pread_elements
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,29 @@ class HeteroSampleConfig:
         return cls(**{k: obj[k] for k in ("fanouts", "eval_fanouts", "batch_size", "epochs", "seed")})
 
 
-def part_seeds(ds: HeteroDataset, cfg: HeteroSampleConfig) -> dict[str, list[tuple[np.ndarray, np.uint64]]]:
-    """Every part's batches as ``(sorted seeds, key)``: the online trainer's order and keys."""
-    train, val, test = (np.asarray(ds.split(s), dtype=np.int64) for s in ("train", "val", "test"))
-    rng = np.random.default_rng(cfg.seed)
+def train_jobs(perm: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[tuple[np.ndarray, np.uint64]]:
+    """Training epoch ``epoch``'s batches of the permuted training nodes ``perm``: ``(sorted seeds, key)``."""
+    return [(np.sort(perm[lo:lo + batch_size]), batch_key(seed, epoch + 1, i))
+            for i, lo in enumerate(range(0, perm.size, batch_size))]
+
+
+def eval_jobs(ds: HeteroDataset, batch_size: int) -> dict[str, list[tuple[np.ndarray, np.uint64]]]:
+    """The val and test batches, in id order: ``(seeds, key)``."""
     out = {}
-    bs = cfg.batch_size
-    for e in range(cfg.epochs):
-        perm = rng.permutation(train)
-        out[f"train/{e}"] = [(np.sort(perm[lo:lo + bs]), batch_key(cfg.seed, e + 1, i))
-                             for i, lo in enumerate(range(0, perm.size, bs))]
-    for part, ids, key in (("val", val, VAL_KEY), ("test", test, TEST_KEY)):
-        out[part] = [(ids[lo:lo + bs], batch_key(key, i)) for i, lo in enumerate(range(0, ids.size, bs))]
+    for part, key in (("val", VAL_KEY), ("test", TEST_KEY)):
+        ids = np.asarray(ds.split(part), dtype=np.int64)
+        out[part] = [(ids[lo:lo + batch_size], batch_key(key, i))
+                     for i, lo in enumerate(range(0, ids.size, batch_size))]
+    return out
+
+
+def part_seeds(ds: HeteroDataset, cfg: HeteroSampleConfig) -> dict[str, list[tuple[np.ndarray, np.uint64]]]:
+    """Every part's batches as ``(sorted seeds, key)``: the online trainer's order and keys (the epochs'
+    permutations are successive draws of one generator seeded with ``cfg.seed``)."""
+    train = np.asarray(ds.split("train"), dtype=np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    out = {f"train/{e}": train_jobs(rng.permutation(train), cfg.batch_size, cfg.seed, e) for e in range(cfg.epochs)}
+    out.update(eval_jobs(ds, cfg.batch_size))
     return out
 
 
@@ -222,24 +233,6 @@ def presample_hetero(dataset, out, cfg: HeteroSampleConfig, *, overwrite: bool =
     return samples
 
 
-def _pread(path: Path, dtype: str, lo: int, hi: int) -> np.ndarray:
-    """Elements lo..hi-1 of a raw array file, read (not mapped) into a new array."""
-    out = np.empty(max(int(hi) - int(lo), 0), dtype=dtype)
-    if out.size == 0:
-        return out
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
-        while done < out.nbytes:
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; run diskgnn sample again")
-            done += got
-    finally:
-        os.close(fd)
-    return out
-
-
 class HeteroSamples:
     """A read-only view of a heterogeneous samples directory."""
 
@@ -330,14 +323,14 @@ class HeteroSamples:
         if part not in self._index:
             self._check_part(part)
             spec = self._specs[part]["index"]
-            self._index[part] = _pread(self.path / spec.path, spec.dtype, 0, int(np.prod(spec.shape))) \
-                .reshape(spec.shape)
             open_array(self.path, spec)  # the file has exactly its promised size
+            self._index[part] = pread_elements(self.path / spec.path, spec.dtype, 0, int(np.prod(spec.shape))) \
+                .reshape(spec.shape)
         return self._index[part]
 
     def _read(self, part: str, name: str, lo: int, hi: int) -> np.ndarray:
         spec = self._specs[part][name]
-        return _pread(self.path / spec.path, spec.dtype, lo, hi)
+        return pread_elements(self.path / spec.path, spec.dtype, lo, hi)
 
     def batch(self, part: str, i: int) -> HeteroMiniBatch:
         nb = self.num_batches(part)
@@ -416,7 +409,7 @@ class TypeSamples:
     def input_offsets(self, part: str) -> np.ndarray:
         if part not in self._offsets:
             spec = self._spec(part, "input_offsets")
-            offs = _pread(self.hetero.path / spec.path, spec.dtype, 0, spec.shape[0])
+            offs = pread_elements(self.hetero.path / spec.path, spec.dtype, 0, spec.shape[0])
             if offs.size and (offs[0] != 0 or np.any(np.diff(offs) < 0)
                               or offs[-1] != self._spec(part, "input_nodes").shape[0]):
                 raise IntegrityError(f"{self.hetero.path / spec.path}: malformed offsets; run diskgnn sample again")
@@ -425,7 +418,7 @@ class TypeSamples:
 
     def read_input_nodes(self, part: str, lo: int, hi: int) -> np.ndarray:
         spec = self._spec(part, "input_nodes")
-        return _pread(self.hetero.path / spec.path, spec.dtype, lo, hi)
+        return pread_elements(self.hetero.path / spec.path, spec.dtype, lo, hi)
 
     def input_nodes(self, part: str, i: int) -> np.ndarray:
         offs = self.input_offsets(part)

@@ -192,9 +192,16 @@ class HeteroSampler:
 
     def inputs_by_type(self, mb: HeteroMiniBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """For every node type, ``(positions in input_nodes, local ids)`` of the batch's input nodes of that type."""
-        out = {}
-        for name, t in self.ds.node_types.items():
-            off = self.type_offsets[name]
-            pos = np.flatnonzero((mb.input_nodes >= off) & (mb.input_nodes < off + t.num_nodes))
-            out[name] = (pos, mb.input_nodes[pos] - off)
-        return out
+        counts = {t: n.num_nodes for t, n in self.ds.node_types.items()}
+        return inputs_by_type(mb.input_nodes, self.type_offsets, counts)
+
+
+def inputs_by_type(input_nodes: np.ndarray, type_offsets: dict[str, int], counts: dict[str, int]) \
+        -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For every type of ``counts``, ``(positions in input_nodes, local ids)`` of the global ids of that type."""
+    out = {}
+    for name, n in counts.items():
+        off = type_offsets[name]
+        pos = np.flatnonzero((input_nodes >= off) & (input_nodes < off + n))
+        out[name] = (pos, input_nodes[pos] - off)
+    return out

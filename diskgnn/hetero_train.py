@@ -26,7 +26,7 @@ import torch
 from diskgnn.errors import ConfigError, MemoryBudgetError
 from diskgnn.hetero import HeteroDataset
 from diskgnn.hetero_models import HeteroGNN, hetero_blocks
-from diskgnn.hetero_sampling import HeteroSampler, batch_key
+from diskgnn.hetero_sampling import HeteroSampler, inputs_by_type
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,17 @@ class _OnlineBatches:
         if len(self.eval_sampler.fanouts) != len(self.sampler.fanouts):
             raise ConfigError(f"--eval-fanouts has {len(self.eval_sampler.fanouts)} layers, --fanouts "
                               f"{len(self.sampler.fanouts)}; give both the same number of layers")
-        from diskgnn.hetero_samples import HeteroSampleConfig, part_seeds
+        from diskgnn.hetero_samples import eval_jobs
         self._cfg = cfg
-        self._scfg = lambda epochs: HeteroSampleConfig(fanouts=cfg.fanouts, batch_size=cfg.batch_size,
-                                                       epochs=epochs, seed=cfg.seed)
-        self._eval = part_seeds(ds, self._scfg(1))
+        self._eval = eval_jobs(ds, cfg.batch_size)
         self._rng = np.random.default_rng(cfg.seed)
         self._train = np.asarray(ds.split("train"))
         self.num_layers = len(self.sampler.fanouts)
-        self.stats: dict = {}
 
     def part(self, part: str, epoch: int = 0):
-        if part.startswith("train/"):
-            perm = self._rng.permutation(self._train)  # the presampler's order and keys (part_seeds)
-            jobs = [(np.sort(perm[lo:lo + self._cfg.batch_size]), batch_key(self._cfg.seed, epoch + 1, i))
-                    for i, lo in enumerate(range(0, perm.size, self._cfg.batch_size))]
+        from diskgnn.hetero_samples import train_jobs
+        if part.startswith("train/"):  # the presampler's order and keys (part_seeds)
+            jobs = train_jobs(self._rng.permutation(self._train), self._cfg.batch_size, self._cfg.seed, epoch)
             smp = self.sampler
         else:
             jobs, smp = self._eval[part], self.eval_sampler
@@ -200,12 +196,8 @@ class _PackedBatches:
 
     def _load(self, part: str, i: int):
         mb = self.samples.batch(part, i)
-        by_type = {}
-        offs = self.samples.type_offsets
-        for t, nt in self.ds.node_types.items():
-            off = offs[t]
-            pos = np.flatnonzero((mb.input_nodes >= off) & (mb.input_nodes < off + nt.num_nodes))
-            by_type[t] = (pos, mb.input_nodes[pos] - off)
+        by_type = inputs_by_type(mb.input_nodes, self.samples.type_offsets,
+                                 {t: nt.num_nodes for t, nt in self.ds.node_types.items()})
         feats = {}
         for t, st in self.stores.items():
             if by_type[t][0].size:

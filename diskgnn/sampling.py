@@ -867,6 +867,24 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
 
 # --- reading ------------------------------------------------------------------------------------
 
+def pread_elements(path: Path, dtype, lo: int, hi: int) -> np.ndarray:
+    """Elements lo..hi-1 of a raw array file, read with ``pread`` into a new array (not mapped)."""
+    out = np.empty(max(int(hi) - int(lo), 0), dtype=dtype)
+    if out.size == 0:
+        return out
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
+        while done < out.nbytes:
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; run diskgnn sample again")
+            done += got
+    finally:
+        os.close(fd)
+    return out
+
+
 class Samples:
     """A read-only view of a samples directory; part files are memory-mapped lazily."""
 
@@ -1034,21 +1052,7 @@ class Samples:
         """
         self._array(part, name)  # the file was checked to have exactly its promised size
         spec = self._specs[part][name]
-        out = np.empty(max(int(hi) - int(lo), 0), dtype=spec.dtype)
-        if out.size == 0:
-            return out
-        path = self.path / spec.path
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
-            while done < out.nbytes:
-                got = os.preadv(fd, [view[done:]], offset + done)
-                if got <= 0:
-                    raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; run diskgnn sample again")
-                done += got
-        finally:
-            os.close(fd)
-        return out
+        return pread_elements(self.path / spec.path, spec.dtype, lo, hi)
 
     def batch(self, part: str, i: int) -> MiniBatch:
         i = self._check_batch(part, i)
