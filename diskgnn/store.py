@@ -53,8 +53,9 @@ from diskgnn.dataset import ArraySpec, Dataset, array_crc32, feature_dtype, open
 from diskgnn.dtypes import convert_rows, to_float32, upcast_table  # noqa: F401 (to_float32 re-exported)
 from diskgnn.errors import ConfigError, IntegrityError, ManifestError, MemoryBudgetError, MismatchError
 from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_empty
-from diskgnn.kernels.gather import (extent_row_starts, gather_flat, gather_flat_lut, gather_rows,
-                                    gather_rows_lut, split_map)
+from diskgnn.kernels.gather import (assemble_map, assemble_map_lut, extent_row_starts, gather_flat,
+                                    gather_flat_lut, gather_rows, gather_rows_lut, split_map)
+from diskgnn.kernels.packing import tier_hits
 from diskgnn.manifest import file_crc32, read_manifest
 from diskgnn.memory import (HostMemoryPlan, TrainingMemory, describe_budget, process_anon_bytes,
                             resolve_memory_budget)
@@ -624,7 +625,7 @@ class FeatureStore:
         if mmap:
             return p.array(f"tier_{tier}")
         with AlignedReader(p.path / spec.path) as r:
-            data = r.read_file(spec.nbytes)
+            data = r.read_file(spec.nbytes, huge_pages=True)  # read at random rows for the store's life
         if self.check_crc:
             self._check_crc(f"tier_{tier}", data[:spec.nbytes])
         return data.view(self._dtype).reshape(shape)
@@ -819,7 +820,7 @@ class FeatureStore:
         buffer = getattr(self, "_spare_segment", None)
         self._spare_segment = None
         if buffer is None or len(buffer) < self.max_segment_bytes:
-            buffer = aligned_empty(max(self.max_segment_bytes, ALIGN))
+            buffer = aligned_empty(max(self.max_segment_bytes, ALIGN), huge_pages=True)  # reused, read at random
         read = self._submit(part, index, key, buffer=buffer)
         read._pooled = buffer
         seg = _HeldSegment(read)
@@ -920,6 +921,10 @@ class FeatureStore:
         # per thread leaves the kernel waiting for its slowest thread
         prev = numba.set_parallel_chunksize(GATHER_CHUNK_ROWS)
         try:
+            if not self.cuda:
+                result = self._assemble_host(part, index, extent_read)
+                if result is not None:
+                    return result
             n, counts, rows, positions = self._split(part, index)
             ext = ExtentTier(extent_read, self.row_bytes, self.feat_dim, self.store_dtype)
             host_side = [(t, self.tiers[t] if t < len(self.tiers) else ext) for t in range(len(self.tiers) + 1)
@@ -941,6 +946,33 @@ class FeatureStore:
             self._bytes_useful += int(counts[len(TIER_NAMES)]) * self.row_bytes
             self._batches += 1
         return result
+
+    def _assemble_host(self, part: str, index: int, extent_read: ExtentRead):
+        """The CPU store's assembly in one pass over the batch's map (:func:`assemble_map`): rows come
+        from whichever tier or read buffer holds them, written in batch order. None when the map names a
+        row nowhere (the split path then says what is wrong)."""
+        import torch
+        g = self.packed.batch_id(part, index)
+        lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
+        batch_map = np.asarray(self.maps[lo:hi])
+        n = batch_map.size
+        out = self._take_output(n)
+        r = extent_read
+        lut = upcast_table(self.store_dtype)
+        flat = r.buffer.view(np.float32 if lut is None else np.uint16)
+        t0, t1, t2 = (t.rows if lut is None else t.rows.view(np.uint16) for t in self.tiers)
+        args = (batch_map, self.bounds, t0, t1, t2, flat, self.row_bytes, r.run_pages, r.run_npages,
+                r.run_buf_pages, ALIGN)
+        bad = assemble_map(*args, out) if lut is None else assemble_map_lut(*args, lut, out)
+        if bad:
+            return None
+        counts = tier_hits(batch_map, self.bounds)
+        with self._lock:
+            self._hits += counts
+            self._bytes_useful += int(counts[len(TIER_NAMES)]) * self.row_bytes
+            self._batches += 1
+        self.release(extent_read)
+        return torch.from_numpy(out)
 
     def _assemble_cuda(self, n, counts, rows, positions, host_side):
         # Host-side rows go compacted into a pinned staging buffer, one non_blocking H2D copy, then an

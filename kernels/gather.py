@@ -10,7 +10,7 @@ float32, or as uint16 bit patterns (fp16 / bf16) that are widened through a
 import numba
 import numpy as np
 
-from diskgnn.kernels.prefetch import LOOKAHEAD, prefetch_row
+from diskgnn.kernels.prefetch import LOOKAHEAD, prefetch_row, prefetch_span
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -161,3 +161,124 @@ def extent_row_starts(rows, row_bytes, itemsize, run_pages, run_npages, run_buf_
         else:
             out[i] = ((run_buf_pages[k] - run_pages[k]) * page + b) // itemsize
     return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _locate(v, bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages, page):
+    """Where map entry ``v`` lives: ``(t, r)`` with t < T a tier and r its row there, ``(T, s)`` the
+    extent/segment with s the row's element offset in the read buffer, or ``(-1, 0)`` for an entry that
+    names no tier row and no row of the pages read (a corrupt map). See :func:`split_map` and
+    :func:`extent_row_starts` for the encodings."""
+    ntiers = bounds.shape[0] - 1
+    if v < 0:
+        return -1, 0
+    if v < bounds[ntiers]:
+        t = 0
+        while v >= bounds[t + 1]:
+            t += 1
+        return t, v - bounds[t]
+    b = (v - bounds[ntiers]) * row_bytes
+    pg = b // page
+    lo = 0
+    hi = run_pages.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if run_pages[mid] <= pg:
+            lo = mid + 1
+        else:
+            hi = mid
+    k = lo - 1
+    if k < 0 or (b + row_bytes - 1) // page >= run_pages[k] + run_npages[k]:
+        return -1, 0
+    return ntiers, ((run_buf_pages[k] - run_pages[k]) * page + b) // itemsize
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def assemble_map(batch_map, bounds, tier0, tier1, tier2, ext, row_bytes, run_pages, run_npages, run_buf_pages,
+                 page, out):
+    """One batch's float32 input matrix straight from its map: ``out[i]`` = the row entry ``i`` names.
+
+    The fused form of :func:`split_map` + :func:`gather_rows` per tier + :func:`gather_flat` for the
+    CPU store: one pass in batch order, so ``out`` is written sequentially and the source rows a few
+    entries ahead are prefetched from whichever tier or read buffer holds them. ``tier0..2``: float32
+    [R_t, F] rows of the three cache tiers (bounds: int64 [4], slots of tier t are bounds[t] ..
+    bounds[t+1]-1); ``ext``: the float32 flat read buffer of the batch's extent or segment, its runs as in
+    :func:`extent_row_starts`. Returns the number of entries that name no row (their output rows are
+    zero; the caller treats any as a corrupt index).
+    """
+    n = batch_map.shape[0]
+    f = out.shape[1]
+    itemsize = 4
+    bad = 0
+    for i in numba.prange(n):
+        if i + LOOKAHEAD < n:
+            u, w = _locate(np.int64(batch_map[i + LOOKAHEAD]), bounds, row_bytes, itemsize, run_pages, run_npages,
+                           run_buf_pages, page)
+            if u == 0:
+                prefetch_row(tier0, w)
+            elif u == 1:
+                prefetch_row(tier1, w)
+            elif u == 2:
+                prefetch_row(tier2, w)
+            elif u == 3:
+                prefetch_span(ext, w, f)
+        t, s = _locate(np.int64(batch_map[i]), bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages,
+                       page)
+        if t == 0:
+            for j in range(f):
+                out[i, j] = tier0[s, j]
+        elif t == 1:
+            for j in range(f):
+                out[i, j] = tier1[s, j]
+        elif t == 2:
+            for j in range(f):
+                out[i, j] = tier2[s, j]
+        elif t == 3:
+            for j in range(f):
+                out[i, j] = ext[s + j]
+        else:
+            bad += 1
+            for j in range(f):
+                out[i, j] = 0.0
+    return bad
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def assemble_map_lut(batch_map, bounds, tier0, tier1, tier2, ext, row_bytes, run_pages, run_npages, run_buf_pages,
+                     page, lut, out):
+    """As :func:`assemble_map` for uint16 rows (fp16 / bf16 bit patterns) widened through ``lut``."""
+    n = batch_map.shape[0]
+    f = out.shape[1]
+    itemsize = 2
+    bad = 0
+    for i in numba.prange(n):
+        if i + LOOKAHEAD < n:
+            u, w = _locate(np.int64(batch_map[i + LOOKAHEAD]), bounds, row_bytes, itemsize, run_pages, run_npages,
+                           run_buf_pages, page)
+            if u == 0:
+                prefetch_row(tier0, w)
+            elif u == 1:
+                prefetch_row(tier1, w)
+            elif u == 2:
+                prefetch_row(tier2, w)
+            elif u == 3:
+                prefetch_span(ext, w, f)
+        t, s = _locate(np.int64(batch_map[i]), bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages,
+                       page)
+        if t == 0:
+            for j in range(f):
+                out[i, j] = lut[tier0[s, j]]
+        elif t == 1:
+            for j in range(f):
+                out[i, j] = lut[tier1[s, j]]
+        elif t == 2:
+            for j in range(f):
+                out[i, j] = lut[tier2[s, j]]
+        elif t == 3:
+            for j in range(f):
+                out[i, j] = lut[ext[s + j]]
+        else:
+            bad += 1
+            for j in range(f):
+                out[i, j] = 0.0
+    return bad

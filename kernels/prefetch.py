@@ -51,3 +51,23 @@ def prefetch_row(arr, i):
     for j in range(0, arr.shape[1], step):
         _prefetch_item(arr, i, j)
 
+
+
+@intrinsic
+def _prefetch_flat_item(typingctx, arr, i):
+    """Prefetch the cache line holding ``arr[i]`` of a 1-D array."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _emit_prefetch(context, builder, signature.args[0], args[0], args[1:], signature.args[1:])
+
+    return types.void(arr, i), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def prefetch_span(arr, start, n):
+    """Prefetch every cache line of ``arr[start : start + n]`` of a 1-D array."""
+    step = max(1, LINE_BYTES // arr.itemsize)
+    for j in range(start, start + n, step):
+        _prefetch_flat_item(arr, j)
