@@ -52,8 +52,8 @@ from diskgnn.io import (ALIGN, HUGE_BUFFER, AlignedReader, AlignedWriter, Positi
                         prefault)
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, disk_bitmap, extent_dests, next_use,
-                                     plain_maps, segment_block_maps, segment_row_counts, stage_block,
-                                     tier_hits)
+                                     plain_maps, reuse_histogram, segment_block_maps, segment_row_counts,
+                                     segment_rows_from_histogram, stage_block, tier_hits)
 from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, prepare_resumable_output_dir,
                               write_manifest, write_resume_journal)
@@ -558,6 +558,25 @@ def _segment_bounds(part_bounds: np.ndarray, g: int) -> np.ndarray:
     return np.unique(np.concatenate(starts + [part_bounds[-1:]])).astype(np.int64)
 
 
+HISTOGRAM_MAX = 64 << 20
+"""The largest reuse histogram the segment search builds (batches x lengths x 8 B)."""
+
+
+def _reuse_histogram(inputs, offsets, on_disk, part_bounds, num_nodes: int, longest: int) -> np.ndarray | None:
+    """:func:`reuse_histogram` of the batches, or None where it would not fit in the memory that the
+    plan's maps and packed-row nodes take later (the plan's bound) or exceed :data:`HISTOGRAM_MAX`: one
+    pass over the inputs, after which every segment length the search tries costs no pass."""
+    nb = len(offsets) - 1
+    width = max(min(longest, HISTOGRAM_MAX // max(8 * nb, 1)), 1)
+    last_dtype = np.int32 if nb < 2**31 - 1 else np.int64
+    if num_nodes * np.dtype(last_dtype).itemsize + nb * width * 8 > inputs.nbytes or width < 2:
+        return None
+    last = np.full(num_nodes, -1, dtype=last_dtype)
+    hist = np.zeros((nb, width), dtype=np.int64)
+    reuse_histogram(inputs, offsets, on_disk, part_bounds, last, hist)
+    return hist
+
+
 def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, max_segment_bytes: int | None,
               ds: Dataset, cfg: PackConfig, plain_bytes: int) -> tuple[int, np.ndarray, np.ndarray]:
     """The segment layout for a disk budget: ``(batches per segment, segment bounds, rows per segment)``.
@@ -568,19 +587,25 @@ def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, 
     memory: the shortest length whose file fits ``budget`` is taken.
     """
     on_disk = disk_bitmap(slot_of_node)
+    longest = max(int(np.diff(part_bounds).max(initial=1)), 1)
+    hist = _reuse_histogram(inputs, offsets, on_disk, part_bounds, len(slot_of_node), longest)
 
     seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def rows_of(g: int) -> tuple[np.ndarray, np.ndarray]:  # a pass over every input: computed once per length
+    def rows_of(g: int) -> tuple[np.ndarray, np.ndarray]:
         if g not in seen:
             bounds = _segment_bounds(part_bounds, g)
-            seen[g] = bounds, segment_row_counts(inputs, offsets, on_disk, bounds)
+            if hist is not None and g <= hist.shape[1]:  # from the histogram: no pass over the inputs
+                rows = np.zeros(len(bounds) - 1, dtype=np.int64)
+                segment_rows_from_histogram(hist, part_bounds, bounds, rows)
+            else:  # a pass over every input
+                rows = segment_row_counts(inputs, offsets, on_disk, bounds)
+            seen[g] = bounds, rows
         return seen[g]
 
     def file_bytes(rows: np.ndarray) -> int:
         return int(((rows * rb + ALIGN - 1) // ALIGN * ALIGN).sum())
 
-    longest = max(int(np.diff(part_bounds).max(initial=1)), 1)
     bounds, rows = rows_of(longest)
     minimum = file_bytes(rows)
     if minimum > budget:

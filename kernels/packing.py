@@ -392,3 +392,55 @@ def _sift_down(heap_node, heap_key, pos, i, size):
             return i
         _swap(heap_node, heap_key, pos, i, big)
         i = big
+
+
+@numba.njit(cache=True, nogil=True)
+def reuse_histogram(inputs, offsets, on_disk, part_bounds, last, hist):
+    """How long ago each batch's uncached nodes were last read, for sizing segments without a pass per length.
+
+    For the uncached inputs of batch b (``on_disk`` bitmap as in :func:`segment_row_counts`;
+    a batch's inputs are distinct), ``hist[b, d]`` counts those whose node was last read
+    d batches earlier in the same part (1 <= d < D, D = hist.shape[1]); ``hist[b, 0]``
+    counts the rest: first reads in the part and reuses D or more batches apart.
+    part_bounds: int64 [P + 1] first batch of each part. last: int32/int64 [n] scratch
+    (the last batch that read each node), filled with -1 by the caller.
+    A node of batch b is new in its segment of length g (segments aligned on the part's
+    first batch) iff d > (b - part start) mod g, counted by :func:`segment_rows_from_histogram`.
+    """
+    width = hist.shape[1]
+    for p in range(part_bounds.shape[0] - 1):
+        first = part_bounds[p]
+        for b in range(part_bounds[p], part_bounds[p + 1]):
+            for e in range(offsets[b], offsets[b + 1]):
+                v = inputs[e]
+                if not on_disk[v >> 6] & (np.uint64(1) << np.uint64(v & 63)):
+                    continue
+                prev = np.int64(last[v])
+                d = b - prev
+                if prev < first or d >= width:
+                    hist[b, 0] += 1
+                else:
+                    hist[b, d] += 1
+                last[v] = b
+
+
+@numba.njit(cache=True, nogil=True)
+def segment_rows_from_histogram(hist, part_bounds, seg_bounds, out):
+    """Distinct uncached nodes of each segment (as :func:`segment_row_counts`) from :func:`reuse_histogram`.
+
+    Exact for segments of at most D batches (``hist.shape[1]``); seg_bounds as for
+    :func:`segment_row_counts` (no segment across a part's boundary). out: int64 [S].
+    """
+    width = hist.shape[1]
+    p = 0
+    for s in range(seg_bounds.shape[0] - 1):
+        start = seg_bounds[s]
+        while part_bounds[p + 1] <= start:
+            p += 1
+        c = 0
+        for b in range(start, seg_bounds[s + 1]):
+            r = b - start  # new in the segment: last read before its first batch
+            c += hist[b, 0]
+            for d in range(r + 1, width):
+                c += hist[b, d]
+        out[s] = c

@@ -686,3 +686,69 @@ def test_the_belady_bound_is_left_out_when_it_would_not_fit(samples, tiny_datase
     assert "belady_hit_rate" not in packed.stats and "Belady bound" in caplog.text
     assert packed.stats["passes"] == 1
     _check_all_batches(packed, samples, tiny_dataset)
+
+
+def test_assemble_map_takes_each_entry_from_its_tier_or_read_run():
+    # 3 tiers of 2, 0 and 3 rows (fp32 and fp16), then an extent of 7 rows of 20 B (5 x fp32) of which two
+    # runs were read: pages 0 and 2..3 of 1-page = 64 B toy pages, laid back to back in the buffer
+    from diskgnn.kernels.gather import assemble_map, assemble_map_lut
+    rng = np.random.default_rng(5)
+    f, page = 5, 64
+    tiers = [rng.standard_normal((k, f)).astype(np.float32) for k in (2, 0, 3)]
+    bounds = np.array([0, 2, 2, 5], dtype=np.int64)
+    extent = rng.standard_normal((7, f)).astype(np.float32)  # 140 B: pages 0, 1, 2
+    raw = np.zeros(4 * page, np.uint8)
+    raw[:140] = extent.view(np.uint8).ravel()
+    run_pages, run_npages, run_buf_pages = np.array([0, 2]), np.array([1, 1]), np.array([0, 1])
+    buf = np.concatenate([raw[0:page], raw[2 * page:3 * page]])
+    # map entries 0..4 are tier slots, 5 + r extent row r. Rows 0..2 lie in page 0 (bytes 0..59); row 3 (60..79) crosses into
+    # page 1, which was not read; row 6 (120..139) lies in page 1, not read either
+    entries = [(5 + 0, extent[0]), (0, tiers[0][0]), (2, tiers[2][0]), (5 + 2, extent[2]), (4, tiers[2][2]),
+               (1, tiers[0][1]), (5 + 1, extent[1])]
+    batch_map = np.array([e for e, _ in entries], dtype=np.int32)
+    want = np.stack([row for _, row in entries])
+    out = np.full((len(entries), f), np.nan, np.float32)
+    assert assemble_map(batch_map, bounds, *tiers, buf.view(np.float32), 20, run_pages, run_npages, run_buf_pages,
+                        page, out) == 0
+    assert np.array_equal(out, want)
+    bad = np.array([5 + 3, -1, 0, 5 + 6], dtype=np.int64)  # crossing into an unread page, negative, ok, unread
+    out = np.full((4, f), np.nan, np.float32)
+    assert assemble_map(bad, bounds, *tiers, buf.view(np.float32), 20, run_pages, run_npages, run_buf_pages,
+                        page, out) == 3
+    assert np.array_equal(out[2], tiers[0][0]) and not out[[0, 1, 3]].any()
+    # fp16 rows widened through the look-up table: the same rows, exactly
+    lut = upcast_table("fp16")
+    h_tiers = [t.astype(np.float16).view(np.uint16) for t in tiers]
+    h_extent = extent.astype(np.float16)
+    h_raw = np.zeros(4 * page, np.uint8)
+    h_raw[:70] = h_extent.view(np.uint8).ravel()  # 10 B rows: pages 0 (rows 0..6)
+    h_buf = h_raw[:page].copy()
+    out = np.zeros((len(entries), f), np.float32)
+    assert assemble_map_lut(batch_map, bounds, *h_tiers, h_buf.view(np.uint16), 10, np.array([0]), np.array([1]),
+                            np.array([0]), page, lut, out) == 0
+    h_want = np.stack([row.astype(np.float16).astype(np.float32) for _, row in entries])
+    assert np.array_equal(out, h_want)
+
+
+def test_reuse_histogram_gives_the_segment_row_counts_of_every_length():
+    from diskgnn.kernels.packing import reuse_histogram, segment_row_counts, segment_rows_from_histogram
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        n, nb = int(rng.integers(50, 300)), int(rng.integers(1, 30))
+        lens = rng.integers(0, 25, size=nb)
+        inputs = np.concatenate([rng.choice(n, size=int(k), replace=False) for k in lens] +
+                                [np.zeros(0, np.int64)]).astype(np.int32)
+        offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        on_disk = disk_bitmap(np.where(rng.random(n) < 0.3, 1, -1).astype(np.int32))
+        parts = np.unique(np.concatenate([[0, nb], rng.integers(0, nb + 1, size=3)])).astype(np.int64)
+        longest = int(np.diff(parts).max())
+        width = int(rng.integers(2, max(longest, 2) + 1))  # narrower than the longest part: exact up to width
+        last = np.full(n, -1, np.int32)
+        hist = np.zeros((nb, width), np.int64)
+        reuse_histogram(inputs, offsets, on_disk, parts, last, hist)
+        for g in range(1, width + 1):
+            bounds = np.unique(np.concatenate([np.arange(parts[p], parts[p + 1], g) for p in range(len(parts) - 1)]
+                                              + [parts[-1:]])).astype(np.int64)
+            got = np.zeros(len(bounds) - 1, np.int64)
+            segment_rows_from_histogram(hist, parts, bounds, got)
+            assert np.array_equal(got, segment_row_counts(inputs, offsets, on_disk, bounds))
