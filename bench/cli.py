@@ -30,11 +30,17 @@ def bench_cli(args, progress) -> int:
         task = getattr(args, "task", None) or "node"
         systems = (tuple(s.strip() for s in args.systems.split(",")) if args.systems
                    else default_systems(args.what, task))
+        from diskgnn.bench.harness import WORKLOADS
         from diskgnn.sampling import parse_fanouts
+        workload = WORKLOADS.get(args.workload or "sage-2layer")
+        if workload is None:
+            raise ConfigError(f"--workload must be one of {', '.join(sorted(WORKLOADS))}, got {args.workload!r}")
+        fanouts = parse_fanouts(args.fanouts) if args.fanouts else workload["fanouts"]
+        batch_size = args.batch_size if args.batch_size is not None else workload["batch_size"]
         cfg = BenchConfig(kind=args.what, scale=args.scale, workdir=Path(args.workdir), results=results,
                           memory_cap=cap, systems=systems, epochs=args.epochs, keep=args.keep,
                           slow_max_batches=args.slow_batches or 0, dataset=args.dataset, model=args.model,
-                          fanouts=tuple(parse_fanouts(args.fanouts)), batch_size=args.batch_size,
+                          fanouts=tuple(fanouts), batch_size=batch_size,
                           disk_budget=args.disk_budget, segment_memory=args.segment_memory, task=task,
                           negatives=getattr(args, "negatives", None) or 1,
                           decoder=getattr(args, "decoder", None) or "dot")

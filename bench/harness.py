@@ -30,6 +30,13 @@ DEFAULT_CAPS = {"tiny": 512 << 20, "s": 1 << 30, "m": 2 << 30}
 TIERS = (5, 10, 20)
 SLOW_SYSTEMS = ("pread", "mmap", "mmap-readahead", "dgl-online")
 """Systems orders of magnitude slower: measured on ``--slow-batches`` batches per epoch and scaled."""
+WORKLOADS = {
+    "sage-2layer": {"fanouts": (10, 15), "batch_size": 1024,
+                    "note": "2 layers, fanouts 10,15, batch 1024 (the default)"},
+    "diskgnn-deep": {"fanouts": (5, 10, 15), "batch_size": 1024,
+                     "note": "the DiskGNN paper's deep setting: 3 layers, fanouts 5,10,15, batch 1024 (any --model)"},
+}
+"""Named configurations of ``bench loader|train --workload`` (fanouts in DGL order, outermost layer last)."""
 UNCAPPED_SYSTEMS = ("in-memory", "dgl-inmem")
 """The in-memory ceilings: every feature in RAM, run without the memory cap."""
 
@@ -134,6 +141,7 @@ def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict
             info["preprocessing"]["synth_s"] = time.perf_counter() - t0
     info["dataset"] = str(ds.path)
     info["feature_bytes"] = ds.feature_bytes
+    info["row_bytes"] = ds.feat_dim * 4  # float32 rows as assembled
     samples_dir = cfg.workdir / "samples"
     t0 = time.perf_counter()
     scfg = SampleConfig(fanouts=tuple(cfg.fanouts), batch_size=cfg.batch_size, epochs=1, seed=0,
@@ -197,7 +205,7 @@ def run_system(cfg: BenchConfig, system: str, inputs: dict) -> dict:
 
 
 def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
-    from diskgnn.bench.io import disk_limits
+    from diskgnn.bench.io import disk_limits, gather_limits
     t_start = time.perf_counter()
     usage_before = shutil.disk_usage(cfg.workdir.parent if cfg.workdir.parent.exists() else ".").used
     inputs = prepare_inputs(cfg, progress)
@@ -219,14 +227,23 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
                                                        "rand4k_iops_qd64", "buffered_read_GBps")}
     disk["direct"] = all(r.get("direct") for r in disk_runs)
     disk["runs"] = disk_runs
-    if "diskgnn-10%" in cfg.systems:  # floors for the 10 % configuration
-        d10 = next(s for s in systems if s["name"] == "diskgnn-10%")
-        if not d10.get("failed") and disk.get("seq_read_GBps"):
-            floor = d10["feature_bytes_read"] / (disk["seq_read_GBps"] * 1e9)
-            d10["disk_floor_s"] = floor
-            d10["epoch_over_disk_floor"] = d10["epoch_time_s"] / floor if floor else None
-            # reads are queued ahead of the read stage, so its busy time is not the transfer time: the
-            # reader's bandwidth is measured on its own by `python -m diskgnn.bench.packing --read-epochs`
+    # The floors of every diskgnn configuration: the disk's (its bytes read at the best sequential read seen
+    # in this run) and the memory's (its epoch's input matrices at this machine's gather speed, probed here:
+    # a layout that reads little from disk is bound by assembling the matrices, not by the disk).
+    gather = gather_limits(int(inputs["row_bytes"]), table_bytes=min(1 << 30, psutil.virtual_memory().available // 4)) \
+        if cfg.kind == "loader" else None
+    for s in systems:
+        if not s["name"].startswith("diskgnn-") or s.get("failed") or not disk.get("seq_read_GBps"):
+            continue
+        floor = s["feature_bytes_read"] / (disk["seq_read_GBps"] * 1e9)
+        s["disk_floor_s"] = floor
+        s["epoch_over_disk_floor"] = s["epoch_time_s"] / floor if floor else None
+        if gather and s.get("assembled_bytes"):
+            s["gather_floor_s"] = s["assembled_bytes"] / (gather["gather_GBps"] * 1e9)
+            s["floor_s"] = max(floor, s["gather_floor_s"])
+            s["epoch_over_floor"] = s["epoch_time_s"] / s["floor_s"] if s["floor_s"] else None
+        # reads are queued ahead of the read stage, so its busy time is not the transfer time: the
+        # reader's bandwidth is measured on its own by `python -m diskgnn.bench.packing --read-epochs`
     ratios = {}
     by_name = {s["name"]: s for s in systems if not s.get("failed")}
     if "diskgnn-10%" in by_name:
@@ -241,7 +258,7 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
         "scale": cfg.scale, "kind": cfg.kind, "task": cfg.task, "commit": git_commit(),
         "memory_cap_bytes": cfg.memory_cap,
         "cgroup": all(s.get("cgroup") for s in systems if s["name"] not in UNCAPPED_SYSTEMS),
-        "machine": machine_facts(cfg.workdir), "disk": disk,
+        "machine": machine_facts(cfg.workdir), "disk": disk, "memory": gather,
         "config": {"epochs": cfg.epochs, "warmup": cfg.warmup, "max_batches": cfg.max_batches,
                    "slow_max_batches": cfg.slow_max_batches, "fanouts": list(cfg.fanouts),
                    "batch_size": cfg.batch_size, "model": cfg.model if cfg.kind == "train" else None,

@@ -200,6 +200,8 @@ def main(argv=None) -> int:
         "feature_bytes_read": int(feature_read / epochs * scale),
         "bytes_useful": int(useful / epochs * scale),
         "read_amplification": (feature_read / useful) if useful else None,
+        # the float32 input matrices a full epoch of the presampled batches assembles (the memory side)
+        "assembled_bytes": int(np.asarray(samples.input_offsets(part))[-1]) * int(ds.feat_dim) * 4,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "stages": stages_avg, "hit_rate": hit_rate, "test_acc": None,
     }

@@ -43,6 +43,7 @@ import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, feature_dtype, node_id_dtype
@@ -52,7 +53,7 @@ from diskgnn.io import (ALIGN, HUGE_BUFFER, AlignedReader, AlignedWriter, Positi
                         prefault)
 from diskgnn.kernels.gather import gather_rows, scatter_bytes, scatter_words
 from diskgnn.kernels.packing import (belady_hits, bucket_rows, count_uncached, disk_bitmap, extent_dests, next_use,
-                                     plain_maps, reuse_histogram, segment_block_maps, segment_row_counts,
+                                     plain_maps, reuse_histogram, segment_block_maps, segment_group, segment_row_counts,
                                      segment_rows_from_histogram, stage_block, tier_hits)
 from diskgnn.manifest import (RESUME_JOURNAL, Crc32Writer, abort_output_dir, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir, prepare_resumable_output_dir,
@@ -467,14 +468,21 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     map_dtype = node_id_dtype(n + 1)
 
     nsel = len(offsets) - 1
-    uncached = np.zeros(nsel, dtype=np.int64)
-    count_uncached(inputs, offsets, slot_of_node, uncached)
-    row_starts = np.concatenate([[0], np.cumsum(uncached)]).astype(np.int64)
-    plain_bytes = int(((uncached * rb + (ALIGN - 1)) // ALIGN * ALIGN).sum())
     budget = disk_budget_bytes
     if budget is None and cfg.disk_budget is not None:
         budget = int(parse_factor(cfg.disk_budget, name="--disk-budget") * ds.feature_bytes)
     part_bounds = np.concatenate([[0], np.cumsum([len(x) for x in selected_l])]).astype(np.int64)
+    # under a disk budget the segment search needs the reuse histogram, which also counts each batch's
+    # uncached inputs: one pass over the inputs for both
+    disk_bits = disk_bitmap(slot_of_node)
+    hist = None if budget is None else _reuse_histogram(inputs, offsets, disk_bits, part_bounds, n)
+    if hist is not None:
+        uncached = hist.sum(axis=1)
+    else:
+        uncached = np.zeros(nsel, dtype=np.int64)
+        count_uncached(inputs, offsets, slot_of_node, uncached)
+    row_starts = np.concatenate([[0], np.cumsum(uncached)]).astype(np.int64)
+    plain_bytes = int(((uncached * rb + (ALIGN - 1)) // ALIGN * ALIGN).sum())
     plain = budget is None or plain_bytes <= budget
     if plain:
         layout, seg_batches = "plain", None
@@ -483,7 +491,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
         block_bytes = _order_block_bytes(ds, cfg, plain_bytes, int(np.count_nonzero(uncached)))
     else:
         layout = "segments"
-        seg_batches, bounds, extent_rows = _segments(inputs, offsets, slot_of_node, part_bounds, rb, budget,
+        seg_batches, bounds, extent_rows = _segments(inputs, offsets, disk_bits, hist, part_bounds, rb, budget,
                                                      max_segment_bytes, ds, cfg, plain_bytes)
         extent_of_batch = np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
         block_bytes = _order_block_bytes(ds, cfg, int(sum(align_up(int(r) * rb) for r in extent_rows)),
@@ -506,9 +514,9 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     else:
         row_nodes = np.empty(int(extent_rows.sum()), dtype=id_dtype)
         seg_row_starts = np.concatenate([[0], np.cumsum(extent_rows)]).astype(np.int64)
-        segment_block_maps(inputs, offsets, bounds, slot_of_node, disk_bitmap(slot_of_node), n_cached,
-                           seg_row_starts, maps, row_nodes, block_starts)
-    del slot_of_node
+        segment_block_maps(inputs, offsets, bounds, slot_of_node, disk_bits, n_cached,
+                           seg_row_starts, maps, row_nodes, block_starts, segment_group(n))
+    del slot_of_node, disk_bits, hist
     if maps_in_place:
         inputs = np.zeros(0, dtype=id_dtype)
     # one read run per non-empty extent; a segment's batches share their segment's run (read once, kept)
@@ -562,22 +570,25 @@ HISTOGRAM_MAX = 64 << 20
 """The largest reuse histogram the segment search builds (batches x lengths x 8 B)."""
 
 
-def _reuse_histogram(inputs, offsets, on_disk, part_bounds, num_nodes: int, longest: int) -> np.ndarray | None:
-    """:func:`reuse_histogram` of the batches, or None where it would not fit in the memory that the
-    plan's maps and packed-row nodes take later (the plan's bound) or exceed :data:`HISTOGRAM_MAX`: one
-    pass over the inputs, after which every segment length the search tries costs no pass."""
+def _reuse_histogram(inputs, offsets, on_disk, part_bounds, num_nodes: int) -> np.ndarray | None:
+    """:func:`reuse_histogram` of the batches, int64 [nb, D] (summed over threads), or None where it
+    would not fit in the memory that the plan's maps and packed-row nodes take later (the plan's
+    bound) or exceed :data:`HISTOGRAM_MAX`: one pass over the inputs, after which every segment
+    length up to D that the search tries costs no pass."""
     nb = len(offsets) - 1
-    width = max(min(longest, HISTOGRAM_MAX // max(8 * nb, 1)), 1)
+    threads = numba.get_num_threads()
+    longest = max(int(np.diff(part_bounds).max(initial=1)), 1)
+    width = max(min(longest, HISTOGRAM_MAX // max(8 * nb * threads, 1)), 1)
     last_dtype = np.int32 if nb < 2**31 - 1 else np.int64
-    if num_nodes * np.dtype(last_dtype).itemsize + nb * width * 8 > inputs.nbytes or width < 2:
+    if num_nodes * np.dtype(last_dtype).itemsize + nb * width * 8 * (threads + 1) > inputs.nbytes or width < 2:
         return None
     last = np.full(num_nodes, -1, dtype=last_dtype)
-    hist = np.zeros((nb, width), dtype=np.int64)
+    hist = np.zeros((threads, nb, width), dtype=np.int64)
     reuse_histogram(inputs, offsets, on_disk, part_bounds, last, hist)
-    return hist
+    return hist.sum(axis=0)
 
 
-def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, max_segment_bytes: int | None,
+def _segments(inputs, offsets, on_disk, hist, part_bounds, rb: int, budget: int, max_segment_bytes: int | None,
               ds: Dataset, cfg: PackConfig, plain_bytes: int) -> tuple[int, np.ndarray, np.ndarray]:
     """The segment layout for a disk budget: ``(batches per segment, segment bounds, rows per segment)``.
 
@@ -586,9 +597,7 @@ def _segments(inputs, offsets, slot_of_node, part_bounds, rb: int, budget: int, 
     ``max_segment_bytes``. Longer segments share more rows (a smaller file) but need more
     memory: the shortest length whose file fits ``budget`` is taken.
     """
-    on_disk = disk_bitmap(slot_of_node)
     longest = max(int(np.diff(part_bounds).max(initial=1)), 1)
-    hist = _reuse_histogram(inputs, offsets, on_disk, part_bounds, len(slot_of_node), longest)
 
     seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

@@ -159,10 +159,21 @@ def disk_bitmap(slot_of_node: np.ndarray) -> np.ndarray:
     return words.view("<u8").astype(np.uint64)
 
 
+SEGMENT_GROUP_BYTES = 32 << 20
+"""Bitmap and rank memory of the segments :func:`segment_block_maps` works on at once (at least one per thread)."""
+
+
+def segment_group(num_nodes: int) -> int:
+    """How many segments :func:`segment_block_maps` takes at once for a graph of ``num_nodes``."""
+    words = -(-int(num_nodes) // 64)
+    return max(numba.get_num_threads(), SEGMENT_GROUP_BYTES // max(16 * words, 1))
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def segment_block_maps(inputs, offsets, seg_bounds, slot_of_node, on_disk, n_cached, row_starts, maps, nodes,
-                       block_starts):
-    """Maps of the segment layout: each segment's uncached rows stored once, by node id (segments in parallel).
+                       block_starts, group):
+    """Maps of the segment layout: each segment's uncached rows stored once, by node id (in parallel: the
+    segments' row sets, then their batches' maps).
 
     ``slot_of_node[v]`` is the cache slot of v, or ``-1 - block`` for a row on disk
     (as for :func:`plain_maps`); ``on_disk`` the bitmap of the latter (:func:`disk_bitmap`). Segment s (batches seg_bounds[s] .. seg_bounds[s+1]-1)
@@ -172,42 +183,54 @@ def segment_block_maps(inputs, offsets, seg_bounds, slot_of_node, on_disk, n_cac
     ``maps[e] = n_cached + k`` for the node stored as row k, or the cache slot. A node's
     row is its rank among the segment's set bits, so no sort is needed.
     block_starts: int64 [S, nblocks + 1] output, segment s's rows of block c are
-    ``block_starts[s, c] .. block_starts[s, c + 1] - 1``.
+    ``block_starts[s, c] .. block_starts[s, c + 1] - 1``. Segments go ``group`` at a time
+    (their bitmaps take 16 B per 64 nodes each; see :func:`segment_group`).
     """
     nseg = seg_bounds.shape[0] - 1
     words = on_disk.shape[0]
     nblocks = block_starts.shape[1] - 1
-    for s in numba.prange(nseg):
-        lo, hi = offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]]
-        bitmap = np.zeros(words, dtype=np.uint64)
-        _mark_segment(inputs, lo, hi, on_disk, bitmap)
-        rank = np.empty(words, dtype=np.int64)  # rows before each word
-        starts = block_starts[s]
-        for c in range(nblocks + 1):
-            starts[c] = 0
-        base = row_starts[s]
-        k = 0
-        for w in range(words):
-            rank[w] = k
-            x = bitmap[w]
-            while x:
-                low = x & (~x + np.uint64(1))
-                v = (w << 6) + np.int64(_popcount(low - np.uint64(1)))
-                nodes[base + k] = v
-                starts[-slot_of_node[v]] += 1
-                k += 1
-                x ^= low
-        for c in range(nblocks):
-            starts[c + 1] += starts[c]
-        for e in range(lo, hi):
-            v = inputs[e]
-            slot = slot_of_node[v]
-            if slot >= 0:
-                maps[e] = slot
-            else:
-                w = v >> 6
-                below = bitmap[w] & ((np.uint64(1) << np.uint64(v & 63)) - np.uint64(1))
-                maps[e] = n_cached + rank[w] + np.int64(_popcount(below))
+    for g0 in range(0, nseg, group):
+        g1 = min(nseg, g0 + group)
+        bitmaps = np.zeros((g1 - g0, words), dtype=np.uint64)
+        ranks = np.empty((g1 - g0, words), dtype=np.int64)  # rows before each word
+        for s in numba.prange(g0, g1):  # each segment's set of rows, in node order
+            bitmap = bitmaps[s - g0]
+            rank = ranks[s - g0]
+            _mark_segment(inputs, offsets[seg_bounds[s]], offsets[seg_bounds[s + 1]], on_disk, bitmap)
+            starts = block_starts[s]
+            for c in range(nblocks + 1):
+                starts[c] = 0
+            base = row_starts[s]
+            k = 0
+            for w in range(words):
+                rank[w] = k
+                x = bitmap[w]
+                while x:
+                    low = x & (~x + np.uint64(1))
+                    v = (w << 6) + np.int64(_popcount(low - np.uint64(1)))
+                    nodes[base + k] = v
+                    starts[-slot_of_node[v]] += 1
+                    k += 1
+                    x ^= low
+            for c in range(nblocks):
+                starts[c + 1] += starts[c]
+        b0 = seg_bounds[g0]
+        seg_of = np.empty(seg_bounds[g1] - b0, dtype=np.int64)
+        for s in range(g0, g1):
+            for b in range(seg_bounds[s], seg_bounds[s + 1]):
+                seg_of[b - b0] = s - g0
+        for b in numba.prange(b0, seg_bounds[g1]):  # the batches' maps
+            bitmap = bitmaps[seg_of[b - b0]]
+            rank = ranks[seg_of[b - b0]]
+            for e in range(offsets[b], offsets[b + 1]):
+                v = inputs[e]
+                slot = slot_of_node[v]
+                if slot >= 0:
+                    maps[e] = slot
+                else:
+                    w = v >> 6
+                    below = bitmap[w] & ((np.uint64(1) << np.uint64(v & 63)) - np.uint64(1))
+                    maps[e] = n_cached + rank[w] + np.int64(_popcount(below))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -394,34 +417,41 @@ def _sift_down(heap_node, heap_key, pos, i, size):
         i = big
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def reuse_histogram(inputs, offsets, on_disk, part_bounds, last, hist):
     """How long ago each batch's uncached nodes were last read, for sizing segments without a pass per length.
 
     For the uncached inputs of batch b (``on_disk`` bitmap as in :func:`segment_row_counts`;
-    a batch's inputs are distinct), ``hist[b, d]`` counts those whose node was last read
-    d batches earlier in the same part (1 <= d < D, D = hist.shape[1]); ``hist[b, 0]``
-    counts the rest: first reads in the part and reuses D or more batches apart.
-    part_bounds: int64 [P + 1] first batch of each part. last: int32/int64 [n] scratch
-    (the last batch that read each node), filled with -1 by the caller.
+    a batch's inputs are distinct), ``hist[t, b, d]`` summed over t counts those whose node
+    was last read d batches earlier in the same part (1 <= d < D, D = hist.shape[2]);
+    ``d = 0`` counts the rest: first reads in the part and reuses D or more batches apart.
+    So the sum over d is the batch's uncached inputs. hist: int64 [T, nb, D], zeroed, one
+    slice per thread: thread t takes the t-th of T equal node ranges, so every node's
+    history stays in one thread. part_bounds: int64 [P + 1] first batch of each part.
+    last: int32/int64 [n] scratch (the last batch that read each node), filled with -1.
     A node of batch b is new in its segment of length g (segments aligned on the part's
     first batch) iff d > (b - part start) mod g, counted by :func:`segment_rows_from_histogram`.
     """
-    width = hist.shape[1]
-    for p in range(part_bounds.shape[0] - 1):
-        first = part_bounds[p]
-        for b in range(part_bounds[p], part_bounds[p + 1]):
-            for e in range(offsets[b], offsets[b + 1]):
-                v = inputs[e]
-                if not on_disk[v >> 6] & (np.uint64(1) << np.uint64(v & 63)):
-                    continue
-                prev = np.int64(last[v])
-                d = b - prev
-                if prev < first or d >= width:
-                    hist[b, 0] += 1
-                else:
-                    hist[b, d] += 1
-                last[v] = b
+    nthreads = hist.shape[0]
+    width = hist.shape[2]
+    span = (last.shape[0] + nthreads - 1) // nthreads
+    for t in numba.prange(nthreads):
+        lo_node = t * span
+        hi_node = lo_node + span
+        for p in range(part_bounds.shape[0] - 1):
+            first = part_bounds[p]
+            for b in range(part_bounds[p], part_bounds[p + 1]):
+                for e in range(offsets[b], offsets[b + 1]):
+                    v = inputs[e]
+                    if v < lo_node or v >= hi_node or not on_disk[v >> 6] & (np.uint64(1) << np.uint64(v & 63)):
+                        continue
+                    prev = np.int64(last[v])
+                    d = b - prev
+                    if prev < first or d >= width:
+                        hist[t, b, 0] += 1
+                    else:
+                        hist[t, b, d] += 1
+                    last[v] = b
 
 
 @numba.njit(cache=True, nogil=True)

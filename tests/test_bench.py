@@ -38,6 +38,19 @@ def test_result_has_every_bench_md_key(loader_result):
     assert not (work / "work").exists(), "generated data must be deleted unless --keep"
 
 
+def test_floors_of_the_disk_and_of_assembly(loader_result):
+    result, _ = loader_result
+    assert result["memory"]["gather_GBps"] > 0 and result["memory"]["row_bytes"] == 13 * 4
+    by = {s["name"]: s for s in result["systems"]}
+    d = by["diskgnn-10%"]
+    # the epoch's matrices: every input row of every train batch as float32 (in-memory gathers exactly those)
+    assert d["assembled_bytes"] == by["in-memory"]["bytes_useful"]
+    assert d["gather_floor_s"] == pytest.approx(d["assembled_bytes"] / (result["memory"]["gather_GBps"] * 1e9))
+    assert d["floor_s"] == max(d["disk_floor_s"], d["gather_floor_s"])
+    assert d["epoch_over_floor"] == pytest.approx(d["epoch_time_s"] / d["floor_s"])
+    assert "floor_s" not in by["pread"] and "floor_s" not in by["in-memory"], "floors are the diskgnn systems'"
+
+
 def test_packed_reads_are_not_amplified_and_pread_is(loader_result):
     result, _ = loader_result
     by = {s["name"]: s for s in result["systems"]}

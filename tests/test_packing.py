@@ -155,8 +155,9 @@ def test_plan_kernels_match_numpy():
     assert hits.tolist() == [int((maps < 5).sum()), 0, int(((maps >= 5) & (maps < 12)).sum()), int((maps >= 12).sum())]
 
 
+@pytest.mark.parametrize("group", [1, 2, 8])  # segments one at a time, in groups across a boundary, all at once
 @pytest.mark.parametrize("block_rows", [40, 7])  # one block, several blocks
-def test_segment_block_maps_match_numpy(block_rows):
+def test_segment_block_maps_match_numpy(block_rows, group):
     rng = np.random.default_rng(1)
     n = 130  # more than two bitmap words
     inputs, offsets = _batches(rng, n, nb=5)
@@ -173,7 +174,7 @@ def test_segment_block_maps_match_numpy(block_rows):
     maps = np.full(inputs.size, -99, dtype=np.int64)
     nodes = np.empty(int(row_starts[-1]), dtype=np.int64)
     starts = np.empty((3, nblocks + 1), dtype=np.int64)
-    segment_block_maps(inputs, offsets, bounds, slot, on_disk, 5, row_starts, maps, nodes, starts)
+    segment_block_maps(inputs, offsets, bounds, slot, on_disk, 5, row_starts, maps, nodes, starts, group)
     for s in range(3):
         lo, hi = offsets[bounds[s]], offsets[bounds[s + 1]]
         x = inputs[lo:hi]
@@ -734,7 +735,7 @@ def test_reuse_histogram_gives_the_segment_row_counts_of_every_length():
     from diskgnn.kernels.packing import reuse_histogram, segment_row_counts, segment_rows_from_histogram
     rng = np.random.default_rng(11)
     for _ in range(20):
-        n, nb = int(rng.integers(50, 300)), int(rng.integers(1, 30))
+        n, nb = int(rng.integers(50, 700)), int(rng.integers(1, 30))
         lens = rng.integers(0, 25, size=nb)
         inputs = np.concatenate([rng.choice(n, size=int(k), replace=False) for k in lens] +
                                 [np.zeros(0, np.int64)]).astype(np.int32)
@@ -744,8 +745,14 @@ def test_reuse_histogram_gives_the_segment_row_counts_of_every_length():
         longest = int(np.diff(parts).max())
         width = int(rng.integers(2, max(longest, 2) + 1))  # narrower than the longest part: exact up to width
         last = np.full(n, -1, np.int32)
-        hist = np.zeros((nb, width), np.int64)
+        threads = int(rng.integers(1, 4))  # per-thread slices, each taking one of equal node ranges
+        hist = np.zeros((threads, nb, width), np.int64)
         reuse_histogram(inputs, offsets, on_disk, parts, last, hist)
+        hist = hist.sum(axis=0)
+        uncached = np.zeros(nb, np.int64)
+        count_uncached(inputs, offsets, np.where(np.unpackbits(on_disk.view(np.uint8), bitorder="little")[:n] > 0,
+                                                 -1, 0).astype(np.int32), uncached)
+        assert np.array_equal(hist.sum(axis=1), uncached)
         for g in range(1, width + 1):
             bounds = np.unique(np.concatenate([np.arange(parts[p], parts[p + 1], g) for p in range(len(parts) - 1)]
                                               + [parts[-1:]])).astype(np.int64)

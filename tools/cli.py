@@ -378,6 +378,7 @@ def _add_commands(sub) -> None:
     _common(p)
     p.set_defaults(func=cmd_run)
 
+    from diskgnn.bench.harness import WORKLOADS
     p = sub.add_parser("bench", help="benchmarks: disk limits, loaders, training, cache policies, report",
                        description="Measure diskgnn against baselines, side by side in one run, under a memory "
                                    "cgroup; see bench/README.md.")
@@ -397,9 +398,14 @@ def _add_commands(sub) -> None:
     p.add_argument("--dataset", default=None, help="use this dataset directory instead of generating --scale")
     p.add_argument("--keep", action="store_true", help="keep generated data")
     p.add_argument("--model", default="sage", choices=["sage", "gcn", "gat"], help="train: the model (default sage)")
-    p.add_argument("--fanouts", default="10,15", help="loader, train: sampling fanouts, DGL order (default 10,15; "
-                                                      "the DiskGNN paper's deep setting is 5,10,15)")
-    p.add_argument("--batch-size", type=int, default=1024, help="loader, train: seeds per batch (default 1024)")
+    p.add_argument("--fanouts", default=None, help="loader, train: sampling fanouts, DGL order (default 10,15, "
+                                                   "or the --workload's)")
+    p.add_argument("--batch-size", type=int, default=None, help="loader, train: seeds per batch (default 1024, or "
+                                                                "the --workload's)")
+    p.add_argument("--workload", default=None, choices=sorted(WORKLOADS),
+                   help="loader, train: a named configuration: " + "; ".join(
+                       f"{k}: {v['note']}" for k, v in sorted(WORKLOADS.items()))
+                   + ". --fanouts and --batch-size override it")
     p.add_argument("--disk-budget", default=None, help="loader, train: pack the diskgnn systems with this disk budget "
                                                        "(e.g. 2x: segments, each read once per epoch)")
     p.add_argument("--segment-memory", default=None, help="loader, train: largest segment (default: a quarter of "
