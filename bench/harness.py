@@ -80,6 +80,23 @@ class BenchConfig:
             raise ConfigError(f"--task must be node or link, got {self.task!r}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        system_tiers(self.systems)  # a malformed diskgnn-N% fails here, before any data is made
+
+
+def system_tiers(systems) -> list[int]:
+    """The host-tier percentages to pack for ``systems``: every ``diskgnn-N%`` (any N in 0..100), and 10
+    for ``pread`` (it reads the 10 % pack's rows one by one)."""
+    tiers = set()
+    for s in systems:
+        if s.startswith("diskgnn-"):
+            text = s[len("diskgnn-"):]
+            if not text.endswith("%") or not text[:-1].isdigit() or not 0 <= int(text[:-1]) <= 100:
+                raise ConfigError(f"system {s!r}: a diskgnn system is diskgnn-N% with N the host tier in percent "
+                                  f"(0-100), e.g. diskgnn-10%")
+            tiers.add(int(text[:-1]))
+        elif s == "pread":
+            tiers.add(10)
+    return sorted(tiers)
 
 
 def default_systems(kind: str, task: str = "node") -> tuple[str, ...]:
@@ -151,9 +168,7 @@ def prepare_inputs(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict
     info["preprocessing"]["samples_bytes"] = _dir_bytes(samples_dir)
     info["samples"] = str(samples_dir)
     info["packed"] = {}
-    for tier in TIERS:
-        if not any(s == f"diskgnn-{tier}%" for s in cfg.systems) and not (tier == 10 and "pread" in cfg.systems):
-            continue
+    for tier in system_tiers(cfg.systems):
         out = cfg.workdir / f"packed-{tier}"
         t0 = time.perf_counter()
         pcfg = PackConfig(host_cache=f"{tier}%", disk_budget=cfg.disk_budget, segment_memory=cfg.segment_memory)

@@ -136,10 +136,12 @@ def run(args) -> dict:
     result["disk"] = disk
     log.info("disk: %s", disk)
 
-    # Packing at a 10% host tier (Belady off so the time is the packer's own; computed below), with
+    # Packing at a 10% host tier (or --host-cache; Belady off so the time is the packer's own; computed below), with
     # --disk-budget the segment layout; with --cap each repeat runs as `diskgnn pack` in a memory cgroup.
+    if args.host_cache != "10%" and not args.pack_only:
+        raise SystemExit("--host-cache applies to --pack-only runs (the other tables are at 10%)")
     out10 = Path(args.keep) if args.keep else work / "packed10"
-    pack_cfg = PackConfig(host_cache="10%", belady=False, disk_budget=args.disk_budget,
+    pack_cfg = PackConfig(host_cache=args.host_cache, belady=False, disk_budget=args.disk_budget,
                           segment_memory=args.segment_memory)
     cap = parse_size(args.cap) if args.cap else None
     reps = []
@@ -152,7 +154,7 @@ def run(args) -> dict:
         if cap:
             from diskgnn.cgroup import python_module_cmd, run_capped
             from diskgnn.store import Packed
-            flags = ["--host-cache", "10%", "--memory-budget", str(args.memory_budget)]
+            flags = ["--host-cache", args.host_cache, "--memory-budget", str(args.memory_budget)]
             flags += ["--disk-budget", args.disk_budget] if args.disk_budget else []
             flags += ["--segment-memory", args.segment_memory] if args.segment_memory else []
             run_ = run_capped(python_module_cmd("diskgnn.tools.cli", "pack", str(samples.path), "--out", str(out10),
@@ -296,6 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiers", default="5,10,20", help="host tier %% for the footprint table")
     p.add_argument("--pack-only", action="store_true", help="only the disk limits and the packing repeats")
     p.add_argument("--disk-budget", default=None, help="pack the repeats with this --disk-budget (segment layout)")
+    p.add_argument("--host-cache", default="10%", help="host tier of the pack repeats with --pack-only (default 10%%; "
+                                                      "the other tables use 10%%)")
     p.add_argument("--segment-memory", default=None, help="and this --segment-memory")
     p.add_argument("--cap", default=None, help="run each packing repeat as `diskgnn pack` in a memory cgroup of "
                                                 "this size and record its peak (e.g. 2G)")

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         # matrices (depth + 2), and for training the model (weights, gradients, Adam) and its temporaries
         model_bytes = 0 if model is None else 4 * sum(q.numel() * q.element_size() for q in model.parameters())
         training = TrainingMemory(queue_depth=PIPELINE_DEPTH, model_bytes=int(model_bytes),
-                                  activation_batches=4 if model is not None else 0)
+                                  activation_batches=6 if model is not None else 0)
         features = make_features(args.system, samples, ds, args.packed, training=training)
         stages = BatchStages(samples, ds.labels, features, torch.device("cpu"),
                              assemble_threads=args.assemble_threads)

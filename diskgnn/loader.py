@@ -286,7 +286,7 @@ class PackedData:
         budget = ThreadBudget.of(threads, assemble_threads)
         budget.apply_to_compute_thread()
         training = TrainingMemory(queue_depth=queue_depth, model_bytes=int(model_bytes),
-                                  activation_batches=0 if self.device.type == "cuda" else 4)
+                                  activation_batches=0 if self.device.type == "cuda" else 6)
         self.store = FeatureStore(self.packed, self.device, memory_budget=memory_budget, training=training,
                                   io_depth=io_depth, request_size=io_request)
         self.stages = BatchStages(self.samples, self.dataset.labels, self.store, self.device,

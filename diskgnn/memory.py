@@ -63,10 +63,12 @@ class TrainingMemory:
     """Items buffered between pipeline stages (``TrainConfig.queue_depth``)."""
     model_bytes: int
     """Host bytes of the model's parameters, gradients and optimizer state (0 when they live on a GPU)."""
-    activation_batches: int = 4
+    activation_batches: int = 6
     """Forward/backward temporaries of the batch being computed on the host, in multiples of its feature
-    matrix (0 on a GPU). Measured: GraphSAGE 2x128 at scale m holds about 5 matrices' worth above what the
-    rest of the plan counts at its peak; 4 plus the one being computed in ``in_flight_batches``."""
+    matrix (0 on a GPU). Measured: GraphSAGE 2x128 at scale m holds about 5 matrices' worth above the
+    in-flight and kept matrices at its peak; 6 since the kept matrices are no longer added on top of the
+    in-flight ones (so a training plan's total is what it was), plus the one being computed in
+    ``in_flight_batches``."""
 
     @property
     def in_flight_batches(self) -> int:
@@ -88,7 +90,9 @@ class HostMemoryPlan:
     model: int
     """Parameters, gradients and optimizer state on the host."""
     spare_batches: int = 0
-    """Assembled matrices kept for reuse once their batch is done (fresh pages cost more than copying rows)."""
+    """Assembled matrices kept for reuse once their batch is done (fresh pages cost more than copying rows).
+    They are drawn from the in-flight ones: a matrix is made only when none is kept, so the matrices alive
+    (in use or kept) never outnumber the most in use at once, and the plan counts the larger of the two."""
     process: int = 0
     """What the process already holds (anonymous memory: the Python, torch and numba runtimes, indexes)."""
     activation_batches: int = 0
@@ -98,7 +102,7 @@ class HostMemoryPlan:
 
     @property
     def in_flight(self) -> int:
-        return (self.in_flight_batches + self.spare_batches + self.activation_batches) * self.batch_bytes
+        return (max(self.in_flight_batches, self.spare_batches) + self.activation_batches) * self.batch_bytes
 
     @property
     def total(self) -> int:

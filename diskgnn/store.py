@@ -608,8 +608,9 @@ class FeatureStore:
         raise MemoryBudgetError(
             f"{self.packed.path}: training needs {format_bytes(plan.total)} of host memory, more than {what}: "
             f"memory tiers {format_bytes(plan.tiers)}, read buffers {format_bytes(plan.read_buffers)}, "
-            f"{plan.in_flight_batches} batches in flight (queue depth {training.queue_depth} + 2) and "
-            f"{plan.spare_batches} kept for reuse and {plan.activation_batches} for the model's temporaries, "
+            f"{plan.in_flight_batches} batches in flight (queue depth {training.queue_depth} + 2; the "
+            f"{plan.spare_batches} kept for reuse are among them) and {plan.activation_batches} for the model's "
+            f"temporaries, "
             f"of up to "
             f"{format_bytes(plan.batch_bytes)} each ({self.max_input_nodes} input nodes x {self.feat_dim} "
             f"features x 4 B) = {format_bytes(plan.in_flight)}, model and optimizer state "

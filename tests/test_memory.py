@@ -125,12 +125,13 @@ def test_store_plan_adds_the_in_flight_batches(packed, samples):
     batch = _largest_batch_inputs(samples) * packed.feat_dim * 4
     spare = SPARE_OUTPUTS * batch  # assembled matrices kept for reuse on a CPU store
     assert alone.in_flight == spare and alone.model == 0 and alone.tiers > 0 and alone.read_buffers > 0
-    assert training.batch_bytes == batch and training.in_flight == (6 + 4) * batch + spare
+    # the kept matrices are drawn from the in-flight ones (see the next test), the temporaries count 6
+    assert training.batch_bytes == batch and training.in_flight == (6 + 6) * batch
     from diskgnn.store import READ_AHEAD  # one more read is queued ahead of the read stage
     assert training.tiers == alone.tiers
     assert training.read_buffers == (6 + READ_AHEAD) * alone.read_buffers // (4 + READ_AHEAD)
     assert 0 < training.process < 4 << 30 and alone.process == 0  # the trainer's runtimes count in its budget
-    assert training.total == (alone.tiers + training.read_buffers + (6 + 4) * batch + spare + 12345
+    assert training.total == (alone.tiers + training.read_buffers + (6 + 6) * batch + 12345
                               + training.process)
 
 
@@ -152,6 +153,21 @@ def test_assembled_matrices_are_reused_once_released(packed, samples):
         assert len(store._spare_outputs) <= SPARE_OUTPUTS
 
 
+def test_kept_matrices_never_outnumber_the_most_in_use(packed, samples):
+    """What the plan relies on: matrices alive (in use or kept) <= the most in use at once."""
+    import gc
+    part = samples.train_parts[0]
+    with FeatureStore(packed, "cpu", memory_budget="1G") as store:
+        most = 0
+        for in_use in (1, 3, 1, 2, 4, 2):
+            most = max(most, in_use)
+            live = [store.assemble(part, i % 2) for i in range(in_use)]
+            assert len(store._spare_outputs) + in_use <= most, "a matrix is made only when none is kept"
+            del live
+            gc.collect()
+            assert len(store._spare_outputs) == min(most, SPARE_OUTPUTS)
+
+
 def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples, tmp_path):
     import torch
 
@@ -169,7 +185,7 @@ def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples,
     with pytest.raises(MemoryBudgetError) as info:
         train(packed, cfg, memory_budget=need.total - 1)
     msg = str(info.value)
-    for part in (str(packed.path), "4 batches in flight (queue depth 2 + 2)", "model and optimizer state",
+    for part in (str(packed.path), "4 batches in flight (queue depth 2 + 2;", "model and optimizer state",
                  "--host-cache", "--batch-size", "raise --memory-budget"):
         assert part in msg, part
     assert not (tmp_path / "ck").exists(), "refused before training started"
@@ -177,7 +193,7 @@ def test_train_refuses_when_in_flight_batches_exceed_the_budget(packed, samples,
     report = train(packed, cfg, memory_budget=need.total)
     assert report["epochs"] == 1 and (tmp_path / "ck").exists()
     deeper = TrainConfig(model="sage", epochs=1, hidden=16, device="cpu", threads=1, queue_depth=6)
-    with pytest.raises(MemoryBudgetError, match=r"8 batches in flight \(queue depth 6 \+ 2\)"):
+    with pytest.raises(MemoryBudgetError, match=r"8 batches in flight \(queue depth 6 \+ 2;"):
         train(packed, deeper, memory_budget=need.total)
 
 
