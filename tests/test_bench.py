@@ -46,7 +46,8 @@ def test_floors_of_the_disk_and_of_assembly(loader_result):
     # the epoch's matrices: every input row of every train batch as float32 (in-memory gathers exactly those)
     assert d["assembled_bytes"] == by["in-memory"]["bytes_useful"]
     assert d["gather_floor_s"] == pytest.approx(d["assembled_bytes"] / (result["memory"]["gather_GBps"] * 1e9))
-    assert d["floor_s"] == max(d["disk_floor_s"], d["gather_floor_s"])
+    assert d["disk_floor_all_s"] >= d["disk_floor_s"] > 0  # the blocks and maps read too, at the same speed
+    assert d["floor_s"] == max(d["disk_floor_all_s"], d["gather_floor_s"])
     assert d["epoch_over_floor"] == pytest.approx(d["epoch_time_s"] / d["floor_s"])
     assert "floor_s" not in by["pread"] and "floor_s" not in by["in-memory"], "floors are the diskgnn systems'"
 
