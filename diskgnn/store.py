@@ -972,8 +972,7 @@ class FeatureStore:
             self._hits += counts
             self._bytes_useful += int(counts[len(TIER_NAMES)]) * self.row_bytes
             self._batches += 1
-        self.release(extent_read)
-        return torch.from_numpy(out)
+        return torch.from_numpy(out)  # the caller's finally gives extent_read back
 
     def _assemble_cuda(self, n, counts, rows, positions, host_side):
         # Host-side rows go compacted into a pinned staging buffer, one non_blocking H2D copy, then an
