@@ -55,6 +55,32 @@ def align_down(n: int, alignment: int = ALIGN) -> int:
 HUGE_BUFFER = 32 << 20
 
 
+def pread_elements(path, dtype, lo: int, hi: int, *, fix: str = "run diskgnn sample again") -> np.ndarray:
+    """Elements lo..hi-1 of a raw array file, read with ``pread`` into a new array (not mapped).
+
+    The file is read without readahead (POSIX_FADV_RANDOM): batches are read in a shuffled order,
+    and the kernel's readahead (8 MiB on the disks measured here) would read the neighbouring
+    batches' bytes too, which a tight memory cap evicts before they are used. ``fix`` ends the
+    error for a file shorter than the range.
+    """
+    out = np.empty(max(int(hi) - int(lo), 0), dtype=dtype)
+    if out.size == 0:
+        return out
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
+        while done < out.nbytes:
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; {fix}")
+            done += got
+    finally:
+        os.close(fd)
+    return out
+
+
 def aligned_empty(nbytes: int, alignment: int = ALIGN, *, huge_pages: bool = False) -> np.ndarray:
     """An uninitialised uint8 array of ``nbytes`` whose data starts on an ``alignment`` boundary.
 

@@ -53,6 +53,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
+from diskgnn.io import pread_elements  # noqa: F401 (also imported from here by the heterogeneous reader)
 from diskgnn.keys import EVAL_PARTS, batch_key, part_code
 from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
@@ -866,24 +867,6 @@ def _presample_into(ds: Dataset, out: Path, cfg: SampleConfig, sampler: Sampler,
 
 
 # --- reading ------------------------------------------------------------------------------------
-
-def pread_elements(path: Path, dtype, lo: int, hi: int) -> np.ndarray:
-    """Elements lo..hi-1 of a raw array file, read with ``pread`` into a new array (not mapped)."""
-    out = np.empty(max(int(hi) - int(lo), 0), dtype=dtype)
-    if out.size == 0:
-        return out
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
-        while done < out.nbytes:
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; run diskgnn sample again")
-            done += got
-    finally:
-        os.close(fd)
-    return out
-
 
 class Samples:
     """A read-only view of a samples directory; part files are memory-mapped lazily."""

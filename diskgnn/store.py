@@ -52,7 +52,7 @@ import numpy as np
 from diskgnn.dataset import ArraySpec, Dataset, array_crc32, feature_dtype, open_array
 from diskgnn.dtypes import convert_rows, to_float32, upcast_table  # noqa: F401 (to_float32 re-exported)
 from diskgnn.errors import ConfigError, IntegrityError, ManifestError, MemoryBudgetError, MismatchError
-from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_empty
+from diskgnn.io import ALIGN, IO_DEPTH, REQUEST_SIZE, AlignedReader, aligned_empty, pread_elements
 from diskgnn.kernels.gather import (assemble_map, assemble_map_lut, extent_row_starts, gather_flat,
                                     gather_flat_lut, gather_rows, gather_rows_lut, split_map)
 from diskgnn.kernels.packing import tier_hits
@@ -895,7 +895,7 @@ class FeatureStore:
     def _split(self, part: str, index: int):
         g = self.packed.batch_id(part, index)
         lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
-        batch_map = np.asarray(self.maps[lo:hi])
+        batch_map = self._batch_map(lo, hi)
         if batch_map.size and int(batch_map.min()) < 0:
             raise IntegrityError(f"{self.packed.path}/maps.bin: batch {part}/{index} has a negative entry; "
                                  f"the file is corrupt, re-run pack")
@@ -948,6 +948,12 @@ class FeatureStore:
             self._batches += 1
         return result
 
+    def _batch_map(self, lo: int, hi: int) -> np.ndarray:
+        """Map entries lo..hi-1, read with pread (no readahead: see :func:`~diskgnn.io.pread_elements`)."""
+        spec = self.packed.specs["maps"]  # a raw array: the file holds the entries from byte 0
+        return pread_elements(self.packed.path / spec.path, self.maps.dtype, lo, hi,
+                              fix="the file is truncated; re-run diskgnn pack")
+
     def _assemble_host(self, part: str, index: int, extent_read: ExtentRead):
         """The CPU store's assembly in one pass over the batch's map (:func:`assemble_map`): rows come
         from whichever tier or read buffer holds them, written in batch order. None when the map names a
@@ -955,7 +961,7 @@ class FeatureStore:
         import torch
         g = self.packed.batch_id(part, index)
         lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
-        batch_map = np.asarray(self.maps[lo:hi])
+        batch_map = self._batch_map(lo, hi)
         n = batch_map.size
         out = self._take_output(n)
         r = extent_read
