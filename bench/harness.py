@@ -230,7 +230,7 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn = no_progress) -> dict:
     systems = []
     for i, system in enumerate(cfg.systems):
         progress(f"bench {cfg.kind}", 0, len(cfg.systems))
-        floor_system = system == "diskgnn-10%"
+        floor_system = system.startswith("diskgnn-")  # every diskgnn system gets floors: probe beside it
         if floor_system and i > 0:  # the disk's speed drifts within a run: probe right next to the floor's system
             disk_runs.append(disk_limits(cfg.workdir, size=probe_size))
         systems.append(run_system(cfg, system, inputs))
