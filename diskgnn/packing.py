@@ -474,7 +474,7 @@ def _plan(samples, ds: Dataset, cfg: PackConfig, *, num_shards: int, shard: int,
     part_bounds = np.concatenate([[0], np.cumsum([len(x) for x in selected_l])]).astype(np.int64)
     # under a disk budget the segment search needs the reuse histogram, which also counts each batch's
     # uncached inputs: one pass over the inputs for both
-    disk_bits = disk_bitmap(slot_of_node)
+    disk_bits = None if budget is None else disk_bitmap(slot_of_node)  # only segments need it
     hist = None if budget is None else _reuse_histogram(inputs, offsets, disk_bits, part_bounds, n)
     if hist is not None:
         uncached = hist.sum(axis=1)

@@ -965,7 +965,7 @@ class FeatureStore:
         n = batch_map.size
         out = self._take_output(n)
         r = extent_read
-        lut = upcast_table(self.store_dtype)
+        lut = self.tiers[-1]._lut  # the store dtype's widening table, built once with the tiers
         flat = r.buffer.view(np.float32 if lut is None else np.uint16)
         t0, t1, t2 = (t.rows if lut is None else t.rows.view(np.uint16) for t in self.tiers)
         args = (batch_map, self.bounds, t0, t1, t2, flat, self.row_bytes, r.run_pages, r.run_npages,

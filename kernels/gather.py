@@ -193,6 +193,21 @@ def _locate(v, bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages
     return ntiers, ((run_buf_pages[k] - run_pages[k]) * page + b) // itemsize
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_entry(v, bounds, tier0, tier1, tier2, ext, row_bytes, itemsize, run_pages, run_npages, run_buf_pages,
+                    page, f):
+    """Prefetch the row map entry ``v`` names (see :func:`_locate`), wherever it lives."""
+    u, w = _locate(v, bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages, page)
+    if u == 0:
+        prefetch_row(tier0, w)
+    elif u == 1:
+        prefetch_row(tier1, w)
+    elif u == 2:
+        prefetch_row(tier2, w)
+    elif u == 3:
+        prefetch_span(ext, w, f)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def assemble_map(batch_map, bounds, tier0, tier1, tier2, ext, row_bytes, run_pages, run_npages, run_buf_pages,
                  page, out):
@@ -212,16 +227,8 @@ def assemble_map(batch_map, bounds, tier0, tier1, tier2, ext, row_bytes, run_pag
     bad = 0
     for i in numba.prange(n):
         if i + LOOKAHEAD < n:
-            u, w = _locate(np.int64(batch_map[i + LOOKAHEAD]), bounds, row_bytes, itemsize, run_pages, run_npages,
-                           run_buf_pages, page)
-            if u == 0:
-                prefetch_row(tier0, w)
-            elif u == 1:
-                prefetch_row(tier1, w)
-            elif u == 2:
-                prefetch_row(tier2, w)
-            elif u == 3:
-                prefetch_span(ext, w, f)
+            _prefetch_entry(np.int64(batch_map[i + LOOKAHEAD]), bounds, tier0, tier1, tier2, ext, row_bytes, itemsize,
+                            run_pages, run_npages, run_buf_pages, page, f)
         t, s = _locate(np.int64(batch_map[i]), bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages,
                        page)
         if t == 0:
@@ -253,16 +260,8 @@ def assemble_map_lut(batch_map, bounds, tier0, tier1, tier2, ext, row_bytes, run
     bad = 0
     for i in numba.prange(n):
         if i + LOOKAHEAD < n:
-            u, w = _locate(np.int64(batch_map[i + LOOKAHEAD]), bounds, row_bytes, itemsize, run_pages, run_npages,
-                           run_buf_pages, page)
-            if u == 0:
-                prefetch_row(tier0, w)
-            elif u == 1:
-                prefetch_row(tier1, w)
-            elif u == 2:
-                prefetch_row(tier2, w)
-            elif u == 3:
-                prefetch_span(ext, w, f)
+            _prefetch_entry(np.int64(batch_map[i + LOOKAHEAD]), bounds, tier0, tier1, tier2, ext, row_bytes, itemsize,
+                            run_pages, run_npages, run_buf_pages, page, f)
         t, s = _locate(np.int64(batch_map[i]), bounds, row_bytes, itemsize, run_pages, run_npages, run_buf_pages,
                        page)
         if t == 0:
