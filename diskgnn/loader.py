@@ -140,8 +140,6 @@ class Batch:
     """Message-flow graphs, outermost first (on the loader's device)."""
     y: torch.Tensor
     """int64 labels of the seeds (empty for link prediction)."""
-    input_nodes: np.ndarray
-    """int64 global ids of ``x``'s rows (``blocks[0]``'s sources)."""
     seeds: np.ndarray
     """int64 global ids of the output rows (``blocks[-1]``'s destinations)."""
     x: torch.Tensor | None = None
@@ -151,6 +149,21 @@ class Batch:
     extent: Any = None
     ready: Any = None
     """A CUDA event recorded on the side stream after the copies (None on CPU)."""
+    samples: Any = None
+    """The samples the batch came from (:attr:`input_nodes` are read from them on first use)."""
+    nodes: np.ndarray | None = None
+    """:attr:`input_nodes` once read."""
+
+    @property
+    def input_nodes(self) -> np.ndarray:
+        """int64 global ids of ``x``'s rows (``blocks[0]``'s sources).
+
+        Read from the samples on first use: the loader assembles ``x`` from the store's map
+        and never needs them, and they are the largest per-batch file it would read.
+        """
+        if self.nodes is None:
+            self.nodes = self.samples.input_nodes(self.part, self.index)
+        return self.nodes
 
     def wait(self) -> None:
         """Make the current CUDA stream wait for this batch's side-stream copies (a no-op on CPU)."""
@@ -165,7 +178,8 @@ class Batch:
 
     def __repr__(self) -> str:
         shape = tuple(self.x.shape) if self.x is not None else None
-        return (f"Batch({self.part}/{self.index}: {len(self.seeds)} seeds, {len(self.input_nodes)} input nodes, "
+        n = self.blocks[0].num_src if self.blocks else len(self.input_nodes)
+        return (f"Batch({self.part}/{self.index}: {len(self.seeds)} seeds, {n} input nodes, "
                 f"{len(self.blocks)} blocks, x={shape})")
 
 
@@ -183,7 +197,7 @@ class BatchStages:
 
     def load(self, key: tuple[str, int]) -> Batch:
         part, i = key
-        mb = self.samples.batch(part, i)
+        mb = self.samples.batch(part, i, input_nodes=False)
         blocks = [TorchBlock.from_block(b) for b in mb.blocks]
         pairs = None
         if mb.pairs is not None:  # link prediction: no labels, the pairs say what to score
@@ -195,8 +209,8 @@ class BatchStages:
             blocks = [b.pin_memory() for b in blocks]
             y = y.pin_memory()
             pairs = pairs.pin_memory() if pairs is not None else None
-        return Batch(part=part, index=i, blocks=blocks, y=y, input_nodes=np.asarray(mb.input_nodes),
-                     seeds=np.asarray(mb.seeds), pairs=pairs)
+        return Batch(part=part, index=i, blocks=blocks, y=y, seeds=np.asarray(mb.seeds), pairs=pairs,
+                     samples=self.samples)
 
     def read(self, batch: Batch) -> Batch:
         batch.extent = self.features.read(batch.part, batch.index)

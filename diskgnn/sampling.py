@@ -105,8 +105,9 @@ class MiniBatch:
     """Batch number inside the part as stored (equal to the global number unless sharded)."""
     seeds: np.ndarray
     """int64 [B] global ids of the nodes whose outputs are trained/evaluated."""
-    input_nodes: np.ndarray
-    """int64 [n_in] distinct global ids; ``blocks[0].num_src == n_in``."""
+    input_nodes: np.ndarray | None
+    """int64 [n_in] distinct global ids; ``blocks[0].num_src == n_in`` (None when read without them, see
+    :meth:`Samples.batch`)."""
     blocks: tuple[Block, ...]
     """Outermost (input side) first; ``blocks[-1].num_dst == B``, ``blocks[i].num_dst == blocks[i+1].num_src``."""
     pairs: np.ndarray | None = None
@@ -477,7 +478,9 @@ def _advise_random(array) -> None:
             pass
 
 
-def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices, pairs=None) -> MiniBatch:
+def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indices, pairs=None, *,
+                seeds_only: bool = False) -> MiniBatch:
+    """``seeds_only``: ``input_nodes`` holds only the seeds (the MiniBatch's ``input_nodes`` is None)."""
     num_layers = layer_sizes.shape[0] - 1
     blocks = []
     p = q = 0
@@ -489,8 +492,8 @@ def _make_batch(part, index, input_nodes, layer_sizes, block_indptr, block_indic
         p += num_dst + 1
         q += nnz
     batch = int(layer_sizes[num_layers])
-    return MiniBatch(part=part, index=int(index), seeds=input_nodes[:batch], input_nodes=input_nodes,
-                     blocks=tuple(blocks), pairs=pairs)
+    return MiniBatch(part=part, index=int(index), seeds=input_nodes[:batch],
+                     input_nodes=None if seeds_only else input_nodes, blocks=tuple(blocks), pairs=pairs)
 
 
 def iter_batches(dataset, cfg: SampleConfig, part: str, *, sampler: Sampler | None = None,
@@ -1022,9 +1025,10 @@ class Samples:
         return self._read(part, "input_nodes", lo, hi)
 
     def input_nodes(self, part: str, i: int) -> np.ndarray:
+        """Batch i's int64 input nodes, read into a new array (see :meth:`_read`)."""
         i = self._check_batch(part, i)
         idx = self.index(part)
-        return np.array(self.all_input_nodes(part)[idx[i, 0]:idx[i + 1, 0]])
+        return self._read(part, "input_nodes", idx[i, 0], idx[i + 1, 0])
 
     def _read(self, part: str, name: str, lo: int, hi: int) -> np.ndarray:
         """Elements lo..hi-1 of one 1-d array of the part, read with pread into a new array.
@@ -1037,14 +1041,22 @@ class Samples:
         spec = self._specs[part][name]
         return pread_elements(self.path / spec.path, spec.dtype, lo, hi)
 
-    def batch(self, part: str, i: int) -> MiniBatch:
+    def batch(self, part: str, i: int, *, input_nodes: bool = True) -> MiniBatch:
+        """Batch i of ``part``, read from the part's files.
+
+        ``input_nodes=False`` reads only the seeds' prefix of the input nodes and leaves the
+        MiniBatch's ``input_nodes`` None: a loader over a packed store assembles the features
+        from the store's map and needs only the seeds (for the labels), and under a tight memory
+        cap the input nodes are the largest file it would otherwise read again every epoch.
+        """
         i = self._check_batch(part, i)
         idx = self.index(part)
         row, nxt = idx[i], idx[i + 1]
-        input_nodes = self._read(part, "input_nodes", row[0], nxt[0])
+        stop = nxt[0] if input_nodes else row[0] + int(row[-1])
+        nodes = self._read(part, "input_nodes", row[0], stop)
         block_indptr = self._read(part, "block_indptr", row[1], nxt[1])
         block_indices = self._read(part, "block_indices", row[2], nxt[2])
-        self._check_batch_arrays(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
+        self._check_batch_arrays(part, i, nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
         pairs = None
         if self.config.is_link:
             off = self.pair_offsets(part)
@@ -1053,7 +1065,8 @@ class Samples:
             if pairs.size and (int(pairs.min()) < 0 or int(pairs.max()) >= int(row[-1])):
                 raise IntegrityError(f"{self.path}: part {part} batch {i} is corrupt (pairs point outside its "
                                      f"seeds) in {_part_file_prefix(part)}.pairs.bin; run diskgnn sample again")
-        return _make_batch(part, i, input_nodes, row[_INDEX_FIXED:], block_indptr, block_indices, pairs)
+        return _make_batch(part, i, nodes, row[_INDEX_FIXED:], block_indptr, block_indices, pairs,
+                           seeds_only=not input_nodes)
 
     def _check_batch_arrays(self, part, i, input_nodes, sizes, block_indptr, block_indices) -> None:
         """Cheap bounds checks of one stored batch, so a damaged file stops here rather than in a kernel."""

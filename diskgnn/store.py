@@ -453,6 +453,9 @@ class ExtentRead:
     _base: int = 0
     _shared: tuple | None = field(default=None, repr=False)
     """The key of the segment this batch's rows come from (released after assembly)."""
+    batch_map: np.ndarray | None = field(default=None, repr=False)
+    """The batch's map entries, read by the read stage while its pages are in flight (None: the
+    assembly reads them)."""
 
 
 class _HeldSegment:
@@ -758,6 +761,7 @@ class FeatureStore:
             read.part, read.index = part, int(index)
         self._read_ahead(part, int(index))
         try:
+            read.batch_map = self._map_of(part, index)  # from the page cache or the disk, beside the pages
             if read._shared is not None:
                 read.bytes_read = self._finish_segment(read._shared)
             else:
@@ -892,10 +896,9 @@ class FeatureStore:
         read._pooled = None
 
     # -- assembly stage --
-    def _split(self, part: str, index: int):
-        g = self.packed.batch_id(part, index)
-        lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
-        batch_map = self._batch_map(lo, hi)
+    def _split(self, part: str, index: int, batch_map: np.ndarray | None = None):
+        if batch_map is None:
+            batch_map = self._map_of(part, index)
         if batch_map.size and int(batch_map.min()) < 0:
             raise IntegrityError(f"{self.packed.path}/maps.bin: batch {part}/{index} has a negative entry; "
                                  f"the file is corrupt, re-run pack")
@@ -926,7 +929,7 @@ class FeatureStore:
                 result = self._assemble_host(part, index, extent_read)
                 if result is not None:
                     return result
-            n, counts, rows, positions = self._split(part, index)
+            n, counts, rows, positions = self._split(part, index, extent_read.batch_map)
             ext = ExtentTier(extent_read, self.row_bytes, self.feat_dim, self.store_dtype)
             host_side = [(t, self.tiers[t] if t < len(self.tiers) else ext) for t in range(len(self.tiers) + 1)
                          if not (self.cuda and t == 0)]
@@ -948,8 +951,10 @@ class FeatureStore:
             self._batches += 1
         return result
 
-    def _batch_map(self, lo: int, hi: int) -> np.ndarray:
-        """Map entries lo..hi-1, read with pread (no readahead: see :func:`~diskgnn.io.pread_elements`)."""
+    def _map_of(self, part: str, index: int) -> np.ndarray:
+        """The batch's map entries, read with pread (no readahead: see :func:`~diskgnn.io.pread_elements`)."""
+        g = self.packed.batch_id(part, index)
+        lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
         spec = self.packed.specs["maps"]  # a raw array: the file holds the entries from byte 0
         return pread_elements(self.packed.path / spec.path, self.maps.dtype, lo, hi,
                               fix="the file is truncated; re-run diskgnn pack")
@@ -959,9 +964,7 @@ class FeatureStore:
         from whichever tier or read buffer holds them, written in batch order. None when the map names a
         row nowhere (the split path then says what is wrong)."""
         import torch
-        g = self.packed.batch_id(part, index)
-        lo, hi = int(self.batches[g, 0]), int(self.batches[g, 1])
-        batch_map = self._batch_map(lo, hi)
+        batch_map = extent_read.batch_map if extent_read.batch_map is not None else self._map_of(part, index)
         n = batch_map.size
         out = self._take_output(n)
         r = extent_read

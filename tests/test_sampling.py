@@ -102,6 +102,30 @@ def test_lazy_api_matches_stored(samples, tiny_dataset):
                 assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
 
 
+def test_batch_without_input_nodes_reads_the_seeds_and_the_same_blocks(samples):
+    for part in ("train/0", "val"):
+        for i in range(samples.num_batches(part)):
+            full, lean = samples.batch(part, i), samples.batch(part, i, input_nodes=False)
+            assert lean.input_nodes is None and np.array_equal(lean.seeds, full.seeds)
+            assert lean.seeds.dtype == np.int64 and lean.seeds.size == full.blocks[-1].num_dst
+            for a, b in zip(full.blocks, lean.blocks):
+                assert (a.num_src, a.num_dst) == (b.num_src, b.num_dst)
+                assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+            assert np.array_equal(samples.input_nodes(part, i), full.input_nodes)
+
+
+def test_batch_without_input_nodes_still_checks_the_seeds(samples, tmp_path):
+    idx = samples.index("train/0")
+    first_seed = int(idx[1, 0])  # batch 1's first input node is its first seed
+
+    def bad_seed(data):
+        data[8 * first_seed:8 * first_seed + 8] = (samples.num_nodes + 3).to_bytes(8, "little")
+    bad = _corrupt_copy(samples, tmp_path, "train-0.input_nodes.bin", bad_seed)
+    with pytest.raises(IntegrityError, match="input node ids outside"):
+        bad.batch("train/0", 1, input_nodes=False)
+    bad.batch("train/0", 0, input_nodes=False)  # the other batches are untouched
+
+
 def test_verify_accepts_good_output(samples):
     verify_samples(samples)
     verify_samples(samples, check_crc=False, check_graph=False)
