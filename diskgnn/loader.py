@@ -25,7 +25,7 @@ presampled message-flow graphs (outermost first; destinations are the first
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
 import numpy as np
@@ -149,9 +149,9 @@ class Batch:
     extent: Any = None
     ready: Any = None
     """A CUDA event recorded on the side stream after the copies (None on CPU)."""
-    samples: Any = None
+    samples: Any = field(default=None, repr=False)
     """The samples the batch came from (:attr:`input_nodes` are read from them on first use)."""
-    nodes: np.ndarray | None = None
+    _input_nodes: np.ndarray | None = field(default=None, repr=False)
     """:attr:`input_nodes` once read."""
 
     @property
@@ -161,9 +161,9 @@ class Batch:
         Read from the samples on first use: the loader assembles ``x`` from the store's map
         and never needs them, and they are the largest per-batch file it would read.
         """
-        if self.nodes is None:
-            self.nodes = self.samples.input_nodes(self.part, self.index)
-        return self.nodes
+        if self._input_nodes is None:
+            self._input_nodes = self.samples.input_nodes(self.part, self.index)
+        return self._input_nodes
 
     def wait(self) -> None:
         """Make the current CUDA stream wait for this batch's side-stream copies (a no-op on CPU)."""

@@ -28,7 +28,7 @@ def test_open_and_iterate_exact_batches(packed_dir, tiny_dataset):
         seen = []
         for batch in loader:
             assert batch.part == "train/1"
-            assert batch.nodes is None, "the loader reads only the seeds; the input nodes on first use"
+            assert batch._input_nodes is None, "the loader reads only the seeds; the input nodes on first use"
             want = np.asarray(tiny_dataset.features[batch.input_nodes])
             assert torch.equal(batch.x, torch.from_numpy(want)), "bit for bit features[input_nodes]"
             assert torch.equal(batch.y, torch.from_numpy(np.asarray(tiny_dataset.labels[batch.seeds]).astype(np.int64)))
