@@ -55,26 +55,44 @@ def align_down(n: int, alignment: int = ALIGN) -> int:
 HUGE_BUFFER = 32 << 20
 
 
-def pread_elements(path, dtype, lo: int, hi: int, *, fix: str = "run diskgnn sample again") -> np.ndarray:
+def pread_elements(path, dtype, lo: int, hi: int, *, fix: str = "run diskgnn sample again",
+                   direct: bool = False) -> np.ndarray:
     """Elements lo..hi-1 of a raw array file, read with ``pread`` into a new array (not mapped).
 
     The file is read without readahead (POSIX_FADV_RANDOM): batches are read in a shuffled order,
     and the kernel's readahead (8 MiB on the disks measured here) would read the neighbouring
-    batches' bytes too, which a tight memory cap evicts before they are used. ``fix`` ends the
-    error for a file shorter than the range.
+    batches' bytes too, which a tight memory cap evicts before they are used. ``direct`` reads
+    the aligned pages around the range with O_DIRECT (buffered where the filesystem refuses
+    it) and returns a view into them: nothing enters the page cache, where under a tight memory
+    cap these bytes would push out the pages of the program's own code, to be read again.
+    ``fix`` ends the error for a file shorter than the range.
     """
-    out = np.empty(max(int(hi) - int(lo), 0), dtype=dtype)
-    if out.size == 0:
-        return out
-    fd = os.open(path, os.O_RDONLY)
-    try:
+    dtype = np.dtype(dtype)
+    lo, hi = int(lo), max(int(hi), int(lo))
+    if hi == lo:
+        return np.empty(0, dtype=dtype)
+    if direct:
+        fd, direct = _open(path, os.O_RDONLY, None)
+        if not direct:
+            os.close(fd)
+    if direct:
+        first, stop = lo * dtype.itemsize, hi * dtype.itemsize
+        start = align_down(first)
+        buf = aligned_empty(align_up(stop) - start)
+        out = buf[first - start:stop - start].view(dtype)
+        view, offset, need = memoryview(buf), start, stop - start  # the last page may end at the file's end
+    else:
+        out = np.empty(hi - lo, dtype=dtype)
+        fd = os.open(path, os.O_RDONLY)
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        view, offset, done = memoryview(out).cast("B"), int(lo) * out.itemsize, 0
-        while done < out.nbytes:
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise IntegrityError(f"{path} ends before byte {offset + out.nbytes}; {fix}")
+        view, offset, need = memoryview(out).cast("B"), lo * dtype.itemsize, out.nbytes
+    try:
+        done = 0
+        while done < need:
+            got = os.preadv(fd, [view[done:]], offset + done) if not (direct and done % ALIGN) else 0
+            if got <= 0:  # (O_DIRECT stops short of a page only at the end of the file)
+                raise IntegrityError(f"{path} ends before byte {hi * dtype.itemsize}; {fix}")
             done += got
     finally:
         os.close(fd)

@@ -191,13 +191,16 @@ class BatchStages:
         self.samples, self.labels, self.features, self.device = samples, labels, features, device
         self.cuda = device.type == "cuda"
         self.side_stream = torch.cuda.Stream(device) if self.cuda else None
+        self.direct = bool(getattr(features, "direct_index_reads", False))
+        """Read the blocks with O_DIRECT (the store found no page cache to keep them in; see
+        :meth:`diskgnn.store.FeatureStore._choose_index_reads`)."""
         self.assemble_threads = assemble_threads
         """numba threads of the assembly stage's gathers (None: numba's default); see
         :class:`diskgnn.train.ThreadBudget`."""
 
     def load(self, key: tuple[str, int]) -> Batch:
         part, i = key
-        mb = self.samples.batch(part, i, input_nodes=False)
+        mb = self.samples.batch(part, i, input_nodes=False, direct=self.direct)
         blocks = [TorchBlock.from_block(b) for b in mb.blocks]
         pairs = None
         if mb.pairs is not None:  # link prediction: no labels, the pairs say what to score

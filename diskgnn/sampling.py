@@ -997,6 +997,14 @@ class Samples:
             self._pair_offsets[part] = off
         return self._pair_offsets[part]
 
+    def lean_read_bytes(self, part: str) -> int:
+        """Bytes that reading every batch of ``part`` with ``batch(..., input_nodes=False)`` takes: its
+        blocks (and link pairs) and the seeds."""
+        self._check_part(part)
+        specs = self._specs[part]
+        names = ["block_indptr", "block_indices"] + (["pairs"] if self.config.is_link else [])
+        return sum(specs[n].nbytes for n in names) + 8 * self._part_stats[part]["num_seeds"]
+
     def num_batches(self, part: str) -> int:
         self._check_part(part)
         return int(self._specs[part]["index"].shape[0] - 1)
@@ -1030,7 +1038,7 @@ class Samples:
         idx = self.index(part)
         return self._read(part, "input_nodes", idx[i, 0], idx[i + 1, 0])
 
-    def _read(self, part: str, name: str, lo: int, hi: int) -> np.ndarray:
+    def _read(self, part: str, name: str, lo: int, hi: int, direct: bool = False) -> np.ndarray:
         """Elements lo..hi-1 of one 1-d array of the part, read with pread into a new array.
 
         Not through the memory map: pages a map has touched stay in the process's resident set
@@ -1039,29 +1047,31 @@ class Samples:
         """
         self._array(part, name)  # the file was checked to have exactly its promised size
         spec = self._specs[part][name]
-        return pread_elements(self.path / spec.path, spec.dtype, lo, hi)
+        return pread_elements(self.path / spec.path, spec.dtype, lo, hi, direct=direct)
 
-    def batch(self, part: str, i: int, *, input_nodes: bool = True) -> MiniBatch:
+    def batch(self, part: str, i: int, *, input_nodes: bool = True, direct: bool = False) -> MiniBatch:
         """Batch i of ``part``, read from the part's files.
 
         ``input_nodes=False`` reads only the seeds' prefix of the input nodes and leaves the
         MiniBatch's ``input_nodes`` None: a loader over a packed store assembles the features
         from the store's map and needs only the seeds (for the labels), and under a tight memory
         cap the input nodes are the largest file it would otherwise read again every epoch.
+        ``direct`` reads with O_DIRECT (see :func:`~diskgnn.io.pread_elements`): for a loader whose
+        memory budget leaves no page cache to keep the part's blocks in anyway.
         """
         i = self._check_batch(part, i)
         idx = self.index(part)
         row, nxt = idx[i], idx[i + 1]
         stop = nxt[0] if input_nodes else row[0] + int(row[-1])
-        nodes = self._read(part, "input_nodes", row[0], stop)
-        block_indptr = self._read(part, "block_indptr", row[1], nxt[1])
-        block_indices = self._read(part, "block_indices", row[2], nxt[2])
+        nodes = self._read(part, "input_nodes", row[0], stop, direct)
+        block_indptr = self._read(part, "block_indptr", row[1], nxt[1], direct)
+        block_indices = self._read(part, "block_indices", row[2], nxt[2], direct)
         self._check_batch_arrays(part, i, nodes, row[_INDEX_FIXED:], block_indptr, block_indices)
         pairs = None
         if self.config.is_link:
             off = self.pair_offsets(part)
             width = self._specs[part]["pairs"].shape[1]
-            pairs = self._read(part, "pairs", off[i] * width, off[i + 1] * width).reshape(-1, width)
+            pairs = self._read(part, "pairs", off[i] * width, off[i + 1] * width, direct).reshape(-1, width)
             if pairs.size and (int(pairs.min()) < 0 or int(pairs.max()) >= int(row[-1])):
                 raise IntegrityError(f"{self.path}: part {part} batch {i} is corrupt (pairs point outside its "
                                      f"seeds) in {_part_file_prefix(part)}.pairs.bin; run diskgnn sample again")

@@ -8,7 +8,7 @@ import pytest
 
 from diskgnn.errors import ConfigError, IntegrityError
 from diskgnn.io import (ALIGN, AlignedReader, AlignedWriter, align_down, align_up, aligned_empty, is_aligned,
-                        measure_disk, measure_random_read, measure_seq_read, measure_seq_write)
+                        measure_disk, measure_random_read, measure_seq_read, measure_seq_write, pread_elements)
 
 SIZES = [1, 4095, 4096, 4097, 3 * 4096 + 5, (1 << 20) + 123]
 
@@ -229,3 +229,31 @@ def test_submitted_read_of_a_truncated_file_fails_on_wait(tmp_path):
         pending = r.submit_runs([(0, 20 * 4096)], aligned_empty(20 * 4096))
         with pytest.raises(IntegrityError, match="truncated"):
             pending.wait()
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_direct"])
+@pytest.mark.parametrize("dtype", ["<i8", "<i4"])
+def test_pread_elements_reads_exact_ranges(tmp_path, direct, dtype):
+    rng = np.random.default_rng(11)
+    n = 3 * ALIGN // np.dtype(dtype).itemsize + 37  # the file ends mid-page
+    data = rng.integers(-2**31, 2**31 - 1, size=n).astype(dtype)
+    path = tmp_path / "a.bin"
+    data.tofile(path)
+    ranges = [(0, n), (0, 1), (n - 1, n), (5, 5), (ALIGN // data.itemsize - 3, ALIGN // data.itemsize + 3)]
+    ranges += [tuple(sorted(rng.integers(0, n + 1, size=2))) for _ in range(20)]
+    for lo, hi in ranges:
+        got = pread_elements(path, dtype, lo, hi, direct=direct)
+        assert got.dtype == np.dtype(dtype) and np.array_equal(got, data[lo:hi]), (lo, hi)
+    got = pread_elements(path, dtype, 0, n, direct=direct)
+    got[:] = 0  # a new array (or a view of its own buffer), never the file's pages
+    assert np.array_equal(pread_elements(path, dtype, 0, n, direct=direct), data)
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_direct"])
+def test_pread_elements_past_the_end_names_the_file_and_the_fix(tmp_path, direct):
+    path = tmp_path / "short.bin"
+    np.arange(ALIGN // 8 + 5, dtype="<i8").tofile(path)
+    with pytest.raises(IntegrityError, match=r"short\.bin ends before byte .*; re-run it"):
+        pread_elements(path, "<i8", 3, ALIGN // 8 + 6, fix="re-run it", direct=direct)
+    with pytest.raises(IntegrityError, match="ends before"):
+        pread_elements(path, "<i8", 2 * ALIGN // 8, 2 * ALIGN // 8 + 1, direct=direct)

@@ -262,3 +262,40 @@ def test_a_budget_without_room_for_a_segment_names_the_sizes(segmented, monkeypa
     with pytest.raises(MemoryBudgetError, match=r"segments take up to .*--segment-memory"):
         FeatureStore(segmented, "cpu", memory_budget=rest + seg // 2, training=TrainingMemory(queue_depth=2,
                                                                                               model_bytes=0))
+
+
+def test_a_tight_budget_reads_maps_and_blocks_with_o_direct_and_stays_exact(segmented, monkeypatch):
+    import torch
+
+    import diskgnn.sampling
+    import diskgnn.store
+    from diskgnn.io import pread_elements
+    from diskgnn.loader import BatchStages
+    from diskgnn.memory import TrainingMemory
+    monkeypatch.setattr(diskgnn.store, "process_anon_bytes", lambda: 100 << 20)  # the same in every plan
+    training = TrainingMemory(queue_depth=2, model_bytes=0)
+    with FeatureStore(segmented, "cpu", memory_budget=1 << 40, training=training) as roomy:
+        assert not roomy.direct_index_reads, "room for the page cache: buffered reads"
+        assert not BatchStages(segmented.samples, segmented.dataset.labels, roomy, torch.device("cpu")).direct
+        total = roomy.memory_plan(training=training).total
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("direct", False))
+        return pread_elements(*args, **kwargs)
+    monkeypatch.setattr(diskgnn.sampling, "pread_elements", counted)
+    monkeypatch.setattr(diskgnn.store, "pread_elements", counted)
+    s, ds = segmented.samples, segmented.dataset
+    with FeatureStore(segmented, "cpu", memory_budget=total + (1 << 20), training=training) as tight:
+        assert tight.direct_index_reads, "no room beside the plan: the maps and blocks bypass the page cache"
+        stages = BatchStages(s, ds.labels, tight, torch.device("cpu"))
+        assert stages.direct
+        for i in range(s.num_batches("train/0")):
+            calls.clear()
+            batch = stages.assemble(stages.read(stages.load(("train/0", i))))
+            assert len(calls) >= 4 and all(calls), "the blocks and the map went around the page cache"
+            want = s.batch("train/0", i)
+            assert np.array_equal(batch.seeds, want.seeds)
+            assert np.array_equal(batch.x.numpy(), np.asarray(ds.features[want.input_nodes]))
+            for got, ref in zip(batch.blocks, want.blocks):
+                assert torch.equal(got.indptr, torch.from_numpy(np.asarray(ref.indptr)))
