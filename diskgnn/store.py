@@ -644,12 +644,12 @@ class FeatureStore:
             samples = p.samples
         except DiskGNNError:
             samples = None
+        lean = getattr(samples, "lean_read_bytes", None)
         per_pass = 0
         for part in p.parts:
             first, nb = p._part(part)
             rows = self.batches[first:first + nb]
             maps = int((rows[:, 1] - rows[:, 0]).sum()) * self.maps.dtype.itemsize
-            lean = getattr(samples, "lean_read_bytes", None)
             per_pass = max(per_pass, maps + (lean(part) if lean is not None else 0))
         self.direct_index_reads = per_pass + RUNTIME_FILE_PAGES > room
         if self.direct_index_reads:
