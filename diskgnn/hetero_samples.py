@@ -34,10 +34,11 @@ from diskgnn.dataset import ArraySpec, open_array
 from diskgnn.errors import ConfigError, DiskGNNError, IntegrityError, MismatchError
 from diskgnn.hetero import HeteroDataset
 from diskgnn.hetero_sampling import HeteroMiniBatch, HeteroSampler, batch_key
+from diskgnn.io import pread_elements
 from diskgnn.manifest import (Crc32Writer, abort_output_dir, check_free_space, finish_output_dir, prepare_output_dir,
                               read_manifest, write_manifest)
 from diskgnn.progress import ProgressFn, no_progress
-from diskgnn.sampling import _INDEX_FIXED, _PartWriter, _part_file_prefix, part_names, pread_elements
+from diskgnn.sampling import _INDEX_FIXED, _PartWriter, _part_file_prefix, part_names
 
 log = logging.getLogger(__name__)
 

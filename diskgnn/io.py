@@ -71,23 +71,22 @@ def pread_elements(path, dtype, lo: int, hi: int, *, fix: str = "run diskgnn sam
     lo, hi = int(lo), max(int(hi), int(lo))
     if hi == lo:
         return np.empty(0, dtype=dtype)
-    if direct:
+    if direct:  # buffered where the filesystem refuses O_DIRECT
         fd, direct = _open(path, os.O_RDONLY, None)
-        if not direct:
-            os.close(fd)
-    if direct:
-        first, stop = lo * dtype.itemsize, hi * dtype.itemsize
-        start = align_down(first)
-        buf = aligned_empty(align_up(stop) - start)
-        out = buf[first - start:stop - start].view(dtype)
-        view, offset, need = memoryview(buf), start, stop - start  # the last page may end at the file's end
     else:
-        out = np.empty(hi - lo, dtype=dtype)
         fd = os.open(path, os.O_RDONLY)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        view, offset, need = memoryview(out).cast("B"), lo * dtype.itemsize, out.nbytes
     try:
+        if direct:
+            first, stop = lo * dtype.itemsize, hi * dtype.itemsize
+            start = align_down(first)
+            buf = aligned_empty(align_up(stop) - start)
+            out = buf[first - start:stop - start].view(dtype)
+            view, offset, need = memoryview(buf), start, stop - start  # the last page may end at the file's end
+        else:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            out = np.empty(hi - lo, dtype=dtype)
+            view, offset, need = memoryview(out).cast("B"), lo * dtype.itemsize, out.nbytes
         done = 0
         while done < need:
             got = os.preadv(fd, [view[done:]], offset + done) if not (direct and done % ALIGN) else 0

@@ -53,7 +53,7 @@ import numpy as np
 
 from diskgnn.dataset import ArraySpec, Dataset, check_topology, open_array
 from diskgnn.errors import (ConfigError, DiskGNNError, IntegrityError, MismatchError)
-from diskgnn.io import pread_elements  # noqa: F401 (also imported from here by the heterogeneous reader)
+from diskgnn.io import pread_elements
 from diskgnn.keys import EVAL_PARTS, batch_key, part_code
 from diskgnn.manifest import (abort_output_dir, Crc32Writer, check_free_space, expect_output_bytes,
                               finish_output_dir, prepare_output_dir,
