@@ -39,7 +39,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
