@@ -499,6 +499,8 @@ def run_rank(path, cfg: TrainConfig, *, progress: ProgressFn = no_progress, memo
     cfg = replace(cfg, threads=threads, device=str(device))
     try:
         import numba
+        from diskgnn.threads import start_numba_threads
+        start_numba_threads()
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     except ImportError:
         pass

@@ -111,6 +111,8 @@ class ThreadBudget:
 def set_numba_threads(n: int) -> None:
     """Use ``n`` numba threads in the calling thread (numba's setting is per thread), capped by its pool."""
     import numba
+    from diskgnn.threads import start_numba_threads
+    start_numba_threads()
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)

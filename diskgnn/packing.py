@@ -974,6 +974,8 @@ def pack(samples_dir, out, cfg: PackConfig, *, dataset=None, overwrite: bool = F
     ``journal_every`` (bytes or text such as ``64M``; default :data:`JOURNAL_BYTES`): in the stream
     write mode, how much of features.bin is read between two resume journals.
     """
+    from diskgnn.threads import start_numba_threads
+    start_numba_threads()  # idle scatter threads sleep while the reader and writer use the cores
     t0 = time.perf_counter()
     journal_bytes = JOURNAL_BYTES if journal_every is None else parse_size(journal_every, name="--journal-every")
     if journal_bytes < 1:

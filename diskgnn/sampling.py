@@ -707,6 +707,8 @@ class _BackgroundWriter:
 
 def _set_threads(threads):
     import numba
+    from diskgnn.threads import start_numba_threads
+    start_numba_threads()
     previous = numba.get_num_threads()
     if threads is None:
         return previous, previous

@@ -455,6 +455,8 @@ class ExtentRead:
     """The reader's :class:`~diskgnn.io.PendingRead` until the bytes are checked (see ``FeatureStore._finish``)."""
     _crcs: list | None = field(default=None, repr=False)
     _runs: np.ndarray | None = field(default=None, repr=False)
+    _run_lo: int = 0
+    """Index of the first of ``_runs`` in runs.bin (marks them checked once their crc32 matched)."""
     _base: int = 0
     _shared: tuple | None = field(default=None, repr=False)
     """The key of the segment this batch's rows come from (released after assembly)."""
@@ -500,18 +502,26 @@ class FeatureStore:
     tiers are loaded at construction and checked against ``memory_budget``
     (default: the available memory), together with the read buffers and, when
     ``training`` says what the trainer holds, its in-flight batches and model.
+
+    ``check_crc`` checks the index files when the store opens, and the crc32 of every run of
+    packed.bin the first time it is read; ``recheck_reads`` checks the runs on every read
+    instead (see :meth:`_must_check`). A mismatch is an :class:`IntegrityError`.
     """
 
     def __init__(self, packed, device="cpu", memory_budget=None, *, io_depth: int = IO_DEPTH,
                  request_size: int = REQUEST_SIZE, direct: bool | None = None, pool_size: int = 4,
-                 mmap_tiers: bool = False, check_crc: bool = True, training: TrainingMemory | None = None):
+                 mmap_tiers: bool = False, check_crc: bool = True, recheck_reads: bool = False,
+                 training: TrainingMemory | None = None):
         import torch
+        from diskgnn.threads import start_numba_threads
+        start_numba_threads()  # idle gather threads sleep: the reader and the trainer share the cores
         self.packed = packed if isinstance(packed, Packed) else Packed.open(packed)
         p = self.packed
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.feat_dim, self.row_bytes, self.store_dtype = p.feat_dim, p.row_bytes, p.store_dtype
         self.check_crc = check_crc
+        self.recheck_reads = bool(recheck_reads)
         self._dtype = feature_dtype(p.store_dtype)
         self.batches = np.array(p.array("batches"))
         self.runs = np.array(p.array("runs"))
@@ -551,6 +561,9 @@ class FeatureStore:
         self.bounds = p.tier_bounds
         self.reader = AlignedReader(p.path / p.specs["packed"].path, direct=direct, request_size=request_size,
                                     depth=io_depth)
+        self._checked = np.zeros(len(self.runs), dtype=bool)  # runs whose crc32 matched on a read
+        self._checked_stamp = self._packed_stamp()
+        self._checked_lock = threading.Lock()  # its own lock: reads are submitted with self._lock held
         self._pool: list[np.ndarray] = []
         self._pool_size = pool_size
         self._spare_outputs: list[np.ndarray] = []
@@ -818,7 +831,8 @@ class FeatureStore:
         read = ExtentRead(part=part, index=int(index), buffer=pooled[:total],
                           run_pages=np.ascontiguousarray(runs[:, 0], dtype=np.int64), run_npages=npages,
                           run_buf_pages=buf_pages, bytes_read=0, _pooled=pooled if buffer is None else None,
-                          _runs=runs, _base=base, _crcs=[] if self.check_crc else None)
+                          _runs=runs, _run_lo=run_lo, _base=base,
+                          _crcs=[] if self._must_check(run_lo, run_hi) else None)
         file_runs = [(base + int(pg) * ALIGN, int(n) * ALIGN) for pg, n, _ in runs]
         try:
             read._pending = self.reader.submit_runs(file_runs, read.buffer, checksums=read._crcs)
@@ -826,6 +840,33 @@ class FeatureStore:
             self._give_buffer(read._pooled)
             raise
         return read
+
+    def _packed_stamp(self) -> tuple[int, int, int]:
+        st = os.fstat(self.reader.fd)
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _must_check(self, run_lo: int, run_hi: int) -> bool:
+        """Whether a read of runs ``run_lo .. run_hi-1`` computes and checks their crc32.
+
+        A run is checked on its first read; later reads skip the check (1 s of CPU per epoch
+        of 5 GiB on 2 cores), unless ``recheck_reads`` asks for every read, or packed.bin has
+        changed since (another size, inode or modification time: every run is checked again).
+        The bytes come from the disk on every read (O_DIRECT), and the drive checks its own
+        sectors; the crc32 guards against a damaged or replaced file, which the first read finds.
+        """
+        if not self.check_crc:
+            return False
+        if self.recheck_reads:
+            return True
+        stamp = self._packed_stamp()
+        with self._checked_lock:
+            if stamp != self._checked_stamp:
+                if self._checked.any():
+                    log.warning("%s changed while it was open (size, inode or time); checking every read again",
+                                self.reader.path)
+                self._checked[:] = False
+                self._checked_stamp = stamp
+            return not bool(self._checked[run_lo:run_hi].all())
 
     def _finish(self, read: ExtentRead) -> None:
         """Wait for ``read``'s requests and check every run's crc32 against the index."""
@@ -840,6 +881,8 @@ class FeatureStore:
                         f"{self.reader.path}: batch {read.part}/{read.index} reads {int(n) * ALIGN} bytes at offset "
                         f"{read._base + int(pg) * ALIGN} whose checksum does not match (crc32 {read._crcs[k]:08x}, "
                         f"index says {int(want):08x}); the file is corrupt, re-run diskgnn pack")
+            with self._checked_lock:
+                self._checked[read._run_lo:read._run_lo + len(read._runs)] = True
         read.bytes_read = got
         with self._lock:
             self._bytes_read += got

@@ -299,3 +299,44 @@ def test_a_tight_budget_reads_maps_and_blocks_with_o_direct_and_stays_exact(segm
             assert np.array_equal(batch.x.numpy(), np.asarray(ds.features[want.input_nodes]))
             for got, ref in zip(batch.blocks, want.blocks):
                 assert torch.equal(got.indptr, torch.from_numpy(np.asarray(ref.indptr)))
+
+
+def _flip_first_read_byte(store, packed_dir, part="train/0", index=0, keep_time=False):
+    """Flip one byte of the first run ``part/index`` reads, in place; optionally keep the file's times."""
+    g = store.packed.batch_id(part, index)
+    _, _, run_lo, _, base = (int(x) for x in store.batches[g])
+    offset = base + int(store.runs[run_lo, 0]) * ALIGN + 3
+    path = packed_dir / "packed.bin"
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+    if keep_time:
+        import os
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_reads_check_each_run_once_and_again_when_the_file_changes(tiny_dataset, tmp_path):
+    s = presample(tiny_dataset.path, tmp_path / "samples", SampleConfig(fanouts=(3, 2), batch_size=97, epochs=1, seed=4))
+    packed = pack(s.path, tmp_path / "packed", PackConfig(host_cache="0"))
+    with FeatureStore(packed, "cpu") as store:
+        first = store.read("train/0", 0)
+        assert first._crcs is not None, "a run's first read computes its crc32"
+        store.assemble("train/0", 0, first)
+        again = store.read("train/0", 0)
+        assert again._crcs is None, "a run already checked is not checked again while the file is unchanged"
+        store.assemble("train/0", 0, again)
+        _flip_first_read_byte(store, tmp_path / "packed")  # a new modification time: every run is checked again
+        with pytest.raises(IntegrityError, match=r"packed.bin: batch train/0/0 .* checksum does not match"):
+            store.read("train/0", 0)
+    _flip_first_read_byte(store, tmp_path / "packed")  # repaired
+    with FeatureStore(packed, "cpu", recheck_reads=True) as store:
+        store.assemble("train/0", 0, store.read("train/0", 0))
+        _flip_first_read_byte(store, tmp_path / "packed", keep_time=True)  # a change the file's times hide
+        with pytest.raises(IntegrityError, match="checksum does not match"):
+            store.read("train/0", 0)
+    with FeatureStore(packed, "cpu") as store:  # a new store checks a run on its first read
+        with pytest.raises(IntegrityError, match="checksum does not match"):
+            store.read("train/0", 0)
