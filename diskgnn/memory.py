@@ -99,14 +99,28 @@ class HostMemoryPlan:
     """Forward/backward temporaries, in feature matrices of the largest batch."""
     segment_buffers: int = 0
     """Segments of the disk-budget layout held in memory (the one in use and the one read ahead)."""
+    batch_index_bytes: int = 0
+    """The largest batch's sampled blocks, as the loader holds them (the int64 tensors of the model and the
+    arrays they were made from), and its feature map. Counted for every batch the pipeline holds: the
+    in-flight ones and the two between loading and assembly."""
+    runtime_files: int = 0
+    """Page cache the program's own code needs (torch, numba and their libraries). Under a memory cgroup
+    those pages count against the cap; a plan that leaves no room for them makes the process read its
+    code from disk again and again."""
 
     @property
     def in_flight(self) -> int:
         return (max(self.in_flight_batches, self.spare_batches) + self.activation_batches) * self.batch_bytes
 
     @property
+    def indexes(self) -> int:
+        """The blocks and maps of the batches the pipeline holds (none for the store alone)."""
+        return (self.in_flight_batches + 2) * self.batch_index_bytes if self.in_flight_batches else 0
+
+    @property
     def total(self) -> int:
-        return self.tiers + self.read_buffers + self.segment_buffers + self.in_flight + self.model + self.process
+        return (self.tiers + self.read_buffers + self.segment_buffers + self.in_flight + self.indexes + self.model
+                + self.process + self.runtime_files)
 
 
 def process_rss_bytes() -> int:

@@ -80,9 +80,14 @@ def samples_fingerprint(samples) -> str:
 
 # --- tiers ---------------------------------------------------------------------------------
 
-RUNTIME_FILE_PAGES = 256 << 20
-"""Page cache kept for the program's own code (torch, numba and their libraries) when the store decides
-whether the batches' maps and blocks can stay in the page cache from one pass to the next."""
+RUNTIME_FILE_PAGES = 128 << 20
+"""Page cache a training process keeps for its own code (torch, numba and their libraries): part of its
+memory plan (``HostMemoryPlan.runtime_files``). Measured at scale m, 3 layers, 2 GiB cgroup: a plan without
+it left 70 MiB beside 1.98 GiB of anonymous memory, and one run of about ten was killed by the cgroup."""
+INDEX_BYTES_PER_OFFSET = 20
+"""Loader bytes per block offset of a batch: the int64 offsets, the int64 degrees and the float32 in-degrees."""
+INDEX_BYTES_PER_EDGE = 20
+"""Loader bytes per sampled edge: the int32 source id read, and the int64 source and destination tensors."""
 
 
 class HostTier:
@@ -598,7 +603,28 @@ class FeatureStore:
                               in_flight_batches=training.in_flight_batches, batch_bytes=batch_bytes,
                               model=int(training.model_bytes), spare_batches=spare,
                               process=process_anon_bytes(),
-                              activation_batches=0 if self.cuda else training.activation_batches)
+                              activation_batches=0 if self.cuda else training.activation_batches,
+                              batch_index_bytes=self._largest_batch_indexes(), runtime_files=RUNTIME_FILE_PAGES)
+
+    def _largest_batch_indexes(self) -> int:
+        """Host bytes of the largest batch's blocks (as the loader holds them) and map; 0 without the samples."""
+        if getattr(self, "_batch_indexes", None) is None:
+            p = self.packed
+            best = 0
+            try:
+                samples = p.samples
+                for part in p.parts:
+                    idx = samples.index(part)
+                    first, nb = p._part(part)
+                    rows = self.batches[first:first + nb]
+                    per = (INDEX_BYTES_PER_OFFSET * np.diff(idx[:, 1]) + INDEX_BYTES_PER_EDGE * np.diff(idx[:, 2])
+                           + self.maps.dtype.itemsize * (rows[:, 1] - rows[:, 0]))
+                    if per.size:
+                        best = max(best, int(per.max()))
+            except (DiskGNNError, KeyError, IndexError, ValueError):
+                best = 0  # samples out of reach or of another shape: the plan counts the matrices alone
+            self._batch_indexes = best
+        return self._batch_indexes
 
     def _check_memory(self, memory_budget, pool_size: int, training: TrainingMemory | None) -> None:
         plan = self.memory_plan(pool_size, training)
@@ -615,7 +641,7 @@ class FeatureStore:
                         "--segment-memory", self.packed.path, what, format_bytes(self.max_segment_bytes))
             plan = self.memory_plan(pool_size, training)
         if plan.total <= budget:
-            self._choose_index_reads(budget - plan.total, what)
+            self._choose_index_reads(budget - plan.total, what, plan.runtime_files)
             return
         if self.max_segment_bytes and plan.segment_buffers >= plan.total - budget:
             raise MemoryBudgetError(
@@ -642,7 +668,7 @@ class FeatureStore:
             f"{format_bytes(plan.model)}, this process's runtimes {format_bytes(plan.process)}; re-pack with smaller --host-cache/--pinned-cache/--device-cache, "
             f"sample smaller batches (--batch-size, --fanouts), or raise --memory-budget")
 
-    def _choose_index_reads(self, room: int, what: str) -> None:
+    def _choose_index_reads(self, room: int, what: str, planned_files: int = 0) -> None:
         """Read the maps and blocks with O_DIRECT when the page cache that ``room`` (the budget beside the
         plan) leaves cannot keep a pass's worth of them next to the program's own code.
 
@@ -650,7 +676,8 @@ class FeatureStore:
         push out the pages of the libraries' code, which are then read again (measured at scale m, 3
         layers, 2 GiB: 8-14 thousand major faults per run and epochs of 4.7-8.5 s, against about 500
         faults and 4.2-4.8 s with O_DIRECT). Where they fit, the page cache keeps them from one pass to
-        the next and nothing is read twice.
+        the next and nothing is read twice. ``planned_files``: the code's page cache the plan already
+        counts (a training plan does; the store's own plan does not).
         """
         p = self.packed
         try:
@@ -664,7 +691,7 @@ class FeatureStore:
             rows = self.batches[first:first + nb]
             maps = int((rows[:, 1] - rows[:, 0]).sum()) * self.maps.dtype.itemsize
             per_pass = max(per_pass, maps + (lean(part) if lean is not None else 0))
-        self.direct_index_reads = per_pass + RUNTIME_FILE_PAGES > room
+        self.direct_index_reads = per_pass + RUNTIME_FILE_PAGES - planned_files > room
         if self.direct_index_reads:
             log.info("%s: a pass reads up to %s of maps and blocks, and %s leaves %s beside the plan for the "
                      "page cache: they are read with O_DIRECT", p.path, format_bytes(per_pass), what,

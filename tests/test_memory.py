@@ -131,8 +131,17 @@ def test_store_plan_adds_the_in_flight_batches(packed, samples):
     assert training.tiers == alone.tiers
     assert training.read_buffers == (6 + READ_AHEAD) * alone.read_buffers // (4 + READ_AHEAD)
     assert 0 < training.process < 4 << 30 and alone.process == 0  # the trainer's runtimes count in its budget
+    # the blocks (as the loader holds them) and map of the largest batch, for the 6 in flight and the 2
+    # between loading and assembly; the runtimes' code pages
+    from diskgnn.store import INDEX_BYTES_PER_EDGE, INDEX_BYTES_PER_OFFSET, RUNTIME_FILE_PAGES
+    itemsize = np.dtype(packed.specs["maps"].dtype).itemsize
+    index = max(sum(INDEX_BYTES_PER_OFFSET * b.indptr.size + INDEX_BYTES_PER_EDGE * b.indices.size
+                    for b in samples.batch(p, i).blocks) + itemsize * samples.input_nodes(p, i).size
+                for p in samples.parts for i in range(samples.num_batches(p)))
+    assert training.batch_index_bytes == index > 0 and alone.indexes == 0
+    assert training.runtime_files == RUNTIME_FILE_PAGES and alone.runtime_files == 0
     assert training.total == (alone.tiers + training.read_buffers + (6 + 6) * batch + 12345
-                              + training.process)
+                              + training.process + (6 + 2) * index + RUNTIME_FILE_PAGES)
 
 
 def test_assembled_matrices_are_reused_once_released(packed, samples):

@@ -286,7 +286,7 @@ def test_a_tight_budget_reads_maps_and_blocks_with_o_direct_and_stays_exact(segm
     monkeypatch.setattr(diskgnn.sampling, "pread_elements", counted)
     monkeypatch.setattr(diskgnn.store, "pread_elements", counted)
     s, ds = segmented.samples, segmented.dataset
-    with FeatureStore(segmented, "cpu", memory_budget=total + (1 << 20), training=training) as tight:
+    with FeatureStore(segmented, "cpu", memory_budget=total, training=training) as tight:
         assert tight.direct_index_reads, "no room beside the plan: the maps and blocks bypass the page cache"
         stages = BatchStages(s, ds.labels, tight, torch.device("cpu"))
         assert stages.direct
