@@ -461,7 +461,7 @@ def _open_rank_data(path, info: RankInfo, device: torch.device, memory_budget: i
         samples, dataset = packed.samples, packed.dataset
         training = training_memory(cfg, dataset, samples.config.num_layers, device, link=samples.config.is_link)
         source = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
-                              request_size=cfg.io_request)
+                              request_size=cfg.io_request, recheck_reads=cfg.recheck_reads)
         return samples, dataset, source, packed_data_id(packed), shard_layout(samples, packed.manifest)
     if features == "memmap":  # a samples directory with features gathered from the dataset (baseline, tests)
         from diskgnn.sampling import Samples

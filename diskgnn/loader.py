@@ -293,7 +293,7 @@ class PackedData:
 
     def __init__(self, path, *, device: str | torch.device = "auto", memory_budget=None, queue_depth: int = 2,
                  threads: int | None = None, assemble_threads: int | None = None, io_depth: int = 8,
-                 io_request: int = 1 << 20, model_bytes: int = 0):
+                 io_request: int = 1 << 20, model_bytes: int = 0, recheck_reads: bool = False):
         from diskgnn.memory import TrainingMemory
         from diskgnn.store import FeatureStore
         self.packed = open_packed(path) if not hasattr(path, "samples") else path
@@ -307,7 +307,7 @@ class PackedData:
         training = TrainingMemory(queue_depth=queue_depth, model_bytes=int(model_bytes),
                                   activation_batches=0 if self.device.type == "cuda" else 6)
         self.store = FeatureStore(self.packed, self.device, memory_budget=memory_budget, training=training,
-                                  io_depth=io_depth, request_size=io_request)
+                                  io_depth=io_depth, request_size=io_request, recheck_reads=recheck_reads)
         self.stages = BatchStages(self.samples, self.dataset.labels, self.store, self.device,
                                   assemble_threads=budget.assemble)
 

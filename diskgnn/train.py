@@ -124,6 +124,8 @@ class TrainConfig:
     """Read requests in flight (a disk with a long latency wants more)."""
     io_request: int = 1 << 20
     """Bytes per read request (a multiple of 4096)."""
+    recheck_reads: bool = False
+    """Check the crc32 of every packed read, not only each run's first read (``FeatureStore``)."""
     task: str | None = None
     """``node`` or ``link``; None: the task the samples were made for (a mismatch is an error)."""
     decoder: str | None = None
@@ -197,6 +199,7 @@ class TrainConfig:
                    checkpoint=getattr(args, "checkpoint", None), resume=bool(getattr(args, "resume", False)),
                    io_depth=getattr(args, "io_depth", None) or 8,
                    io_request=parse_size(getattr(args, "io_request", None) or "1M", name="--io-request"),
+                   recheck_reads=bool(getattr(args, "recheck_reads", False)),
                    task=getattr(args, "task", None), decoder=getattr(args, "decoder", None))
 
     def model_fields(self) -> dict:
@@ -955,7 +958,7 @@ def train_single(packed, cfg: TrainConfig, *, progress: ProgressFn = no_progress
     device = resolve_device(cfg.device)
     training = training_memory(cfg, packed.dataset, packed.samples.config.num_layers, device, link=link)
     store = FeatureStore(packed, device, memory_budget=memory_budget, training=training, io_depth=cfg.io_depth,
-                         request_size=cfg.io_request)
+                         request_size=cfg.io_request, recheck_reads=cfg.recheck_reads)
     try:
         trainer = Trainer(packed.samples, packed.dataset, store, cfg, device=device, progress=progress,
                           data_id=packed_data_id(packed), memory_budget=memory_budget)

@@ -91,3 +91,16 @@ def test_readme_pyg_loop_runs_as_written(packed_dir):
         scope = {"data": data, "torch": torch, "F": torch.nn.functional}
         exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documented example itself
         assert torch.isfinite(scope["loss"])
+
+
+def test_recheck_reads_reaches_the_store_from_the_loader_and_the_command_line(packed_dir):
+    with diskgnn.open(packed_dir, device="cpu", threads=1) as data:
+        assert data.store.recheck_reads is False, "by default each packed run is checked on its first read"
+    with diskgnn.open(packed_dir, device="cpu", threads=1, recheck_reads=True) as data:
+        assert data.store.recheck_reads is True
+        assert sum(1 for _ in data.loader("val")) == data.num_batches("val")
+    from diskgnn.tools.cli import build_parser
+    from diskgnn.train import TrainConfig
+    args = build_parser().parse_args(["train", str(packed_dir), "--recheck-reads"])
+    assert TrainConfig.from_cli(args).recheck_reads is True
+    assert TrainConfig.from_cli(build_parser().parse_args(["train", str(packed_dir)])).recheck_reads is False

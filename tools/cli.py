@@ -145,6 +145,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="read requests in flight (default 8; a disk with a long latency, e.g. network "
                         "storage, may want 16-32)")
     g.add_argument("--io-request", default=None, help="bytes per read request (default 1M)")
+    g.add_argument("--recheck-reads", action="store_true",
+                   help="check the crc32 of every packed read, not only the first read of each run (costs about "
+                        "1 s of CPU per 5 GiB read)")
     g.add_argument("--assemble-threads", type=int, default=None,
                    help="threads that assemble each batch's feature matrix while the previous batch computes "
                         "(default: the same as --threads)")
