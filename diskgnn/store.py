@@ -83,7 +83,7 @@ def samples_fingerprint(samples) -> str:
 RUNTIME_FILE_PAGES = 128 << 20
 """Page cache a training process keeps for its own code (torch, numba and their libraries): part of its
 memory plan (``HostMemoryPlan.runtime_files``). Measured at scale m, 3 layers, 2 GiB cgroup: a plan without
-it left 70 MiB beside 1.98 GiB of anonymous memory, and one run of about ten was killed by the cgroup."""
+it left 70 MiB beside 1,980 MiB of anonymous memory, and one run of about ten was killed by the cgroup."""
 INDEX_BYTES_PER_OFFSET = 20
 """Loader bytes per block offset of a batch: the int64 offsets, the int64 degrees and the float32 in-degrees."""
 INDEX_BYTES_PER_EDGE = 20
