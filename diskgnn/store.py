@@ -550,6 +550,7 @@ class FeatureStore:
         self.held_segments = 2  # the one being assembled and the next one, read beside it
         self.max_input_nodes = int((self.batches[:, 1] - self.batches[:, 0]).max(initial=0))
         self.direct_index_reads = False
+        self._batch_indexes: int | None = None  # see _largest_batch_indexes
         """Whether the batches' maps (and, through the loader, their blocks) are read with O_DIRECT: set
         by the memory check where the budget leaves no page cache to keep a pass's worth of them."""
         self._check_memory(memory_budget, pool_size, training)
@@ -608,7 +609,7 @@ class FeatureStore:
 
     def _largest_batch_indexes(self) -> int:
         """Host bytes of the largest batch's blocks (as the loader holds them) and map; 0 without the samples."""
-        if getattr(self, "_batch_indexes", None) is None:
+        if self._batch_indexes is None:
             p = self.packed
             best = 0
             try:
